@@ -1,0 +1,18 @@
+# LENS pipeline: universal lesion detection from heterogeneous, partially labeled CT datasets.
+# The DAG is described in docs/ and README.md; every rule calls one `lens <step>` command.
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+
+
+rule all:
+    input:
+        expand("results/prep/{dataset}/volumes.h5", dataset=DATASETS),
+    default_target: True

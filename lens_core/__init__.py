@@ -1,0 +1,1 @@
+"""LENS pipeline."""

@@ -1,0 +1,244 @@
+"""Preprocessing (paper Sec. VI-A): orientation, one HU window, resampling, border clipping, HDF5.
+
+Every dataset goes through the same steps so that one network sees one image domain:
+canonical (LPS) orientation; resampling to `pixel_mm` in-plane and `slice_mm` between slices
+(SimpleITK, linear); the single window -1024..3071 HU -> 0..255 that covers lung, soft tissue and
+bone; and clipping of black borders (air outside the body) to save computation.
+
+Boxes move with the image through physical space: a box's edges are mapped from the original
+voxel grid to world millimetres and into the preprocessed grid (`map_boxes`), so flips in a
+header's direction matrix are handled in one place.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import SimpleITK as sitk
+
+HU_MIN, HU_MAX = -1024.0, 3071.0
+BORDER_HU = -900.0          # voxels above this count as body when clipping black borders
+BORDER_MARGIN_PX = 2
+
+BOX = ["x1", "y1", "z1", "x2", "y2", "z2"]
+
+VOLUME_SCHEMA = pa.schema([
+    ("volume_id", pa.string()), ("dataset", pa.string()), ("patient_id", pa.string()),
+    ("study_id", pa.int64()), ("series_id", pa.int64()), ("split", pa.string()),
+    ("n_slices", pa.int64()), ("height", pa.int64()), ("width", pa.int64()),
+    ("spacing_z", pa.float64()), ("spacing_y", pa.float64()), ("spacing_x", pa.float64()),
+    ("source", pa.string()),
+])
+LESION_SCHEMA = pa.schema([
+    ("volume_id", pa.string()), ("patient_id", pa.string()), ("study_id", pa.int64()),
+    ("series_id", pa.int64()), ("dataset", pa.string()), ("lesion_id", pa.string()),
+    ("z", pa.int64()), ("x1", pa.float64()), ("y1", pa.float64()), ("x2", pa.float64()), ("y2", pa.float64()),
+    ("z1", pa.float64()), ("z2", pa.float64()),
+    ("kind", pa.string()), ("lesion_type", pa.string()), ("label_kind", pa.string()),
+])
+TRUTH_EXTRA = [("instance_id", pa.string()), ("size_mm", pa.float64()), ("labeled", pa.bool_()),
+               ("split", pa.string())]
+TRUTH_SCHEMA = pa.schema([f for f in LESION_SCHEMA if f.name not in ("kind", "label_kind")] + TRUTH_EXTRA)
+TEST3D_SCHEMA = pa.schema([("subvolume", pa.string()), ("volume_id", pa.string()), ("split", pa.string())]
+                          + [(c, pa.float64()) for c in BOX])
+
+
+@dataclass(frozen=True)
+class PrepParams:
+    pixel_mm: float = 2.0
+    slice_mm: float = 4.0
+
+    def as_meta(self) -> dict:
+        return {"pixel_mm": self.pixel_mm, "slice_mm": self.slice_mm, "hu_window": [HU_MIN, HU_MAX]}
+
+
+@dataclass
+class Prepared:
+    image: np.ndarray      # uint8 [z, y, x]
+    ref: sitk.Image        # resampled image geometry before clipping (for box mapping)
+    crop: tuple[int, int]  # y0, x0 removed by border clipping
+
+
+def window(hu: np.ndarray) -> np.ndarray:
+    """The paper's single window: -1024..3071 HU -> 0..255 (uint8)."""
+    return np.rint((np.clip(hu, HU_MIN, HU_MAX) - HU_MIN) * (255.0 / (HU_MAX - HU_MIN))).astype(np.uint8)
+
+
+def resample(img: sitk.Image, params: PrepParams) -> sitk.Image:
+    img = sitk.DICOMOrient(img, "LPS")
+    old_sp, old_sz = np.array(img.GetSpacing()), np.array(img.GetSize())
+    new_sp = np.array([params.pixel_mm, params.pixel_mm, params.slice_mm])
+    new_sz = np.maximum(1, np.floor(old_sz * old_sp / new_sp + 1e-6)).astype(int)
+    # keep the outer edge of the first voxel fixed: origin moves by half a voxel of each grid
+    d = np.array(img.GetDirection()).reshape(3, 3)
+    origin = np.array(img.GetOrigin()) + d @ ((new_sp - old_sp) / 2)
+    return sitk.Resample(img, [int(v) for v in new_sz], sitk.Transform(), sitk.sitkLinear, origin.tolist(),
+                         new_sp.tolist(), img.GetDirection(), HU_MIN, sitk.sitkFloat32)
+
+
+def prepare(img: sitk.Image, params: PrepParams) -> Prepared:
+    ref = resample(img, params)
+    hu = sitk.GetArrayViewFromImage(ref)
+    body = (hu > BORDER_HU).any(axis=0)
+    ys, xs = np.nonzero(body)
+    if len(ys) == 0:
+        y0, y1, x0, x1 = 0, body.shape[0], 0, body.shape[1]
+    else:
+        y0 = max(0, ys.min() - BORDER_MARGIN_PX)
+        y1 = min(body.shape[0], ys.max() + 1 + BORDER_MARGIN_PX)
+        x0 = max(0, xs.min() - BORDER_MARGIN_PX)
+        x1 = min(body.shape[1], xs.max() + 1 + BORDER_MARGIN_PX)
+    return Prepared(window(hu[:, y0:y1, x0:x1]), ref, (int(y0), int(x0)))
+
+
+def map_boxes(boxes: np.ndarray, src: sitk.Image, dst: sitk.Image, crop: tuple[int, int] = (0, 0)) -> np.ndarray:
+    """Map [N, 6] boxes (x1, y1, z1, x2, y2, z2; project convention) from `src`'s grid to `dst`'s.
+
+    The project convention puts pixel i on [i, i+1); ITK's continuous index puts its centre at i.
+    The eight corners travel through physical space, so direction flips are handled.
+    """
+    boxes = np.asarray(boxes, float).reshape(-1, 6)
+    out = np.empty_like(boxes)
+    for n, b in enumerate(boxes):
+        corners = np.array([[x, y, z] for x in (b[0], b[3]) for y in (b[1], b[4]) for z in (b[2], b[5])]) - 0.5
+        world = [src.TransformContinuousIndexToPhysicalPoint(c.tolist()) for c in corners]
+        idx = np.array([dst.TransformPhysicalPointToContinuousIndex(w) for w in world]) + 0.5
+        lo, hi = idx.min(0), idx.max(0)
+        out[n] = [lo[0] - crop[1], lo[1] - crop[0], lo[2], hi[0] - crop[1], hi[1] - crop[0], hi[2]]
+    return out
+
+
+def _snap_z(z1: np.ndarray, z2: np.ndarray, kind: np.ndarray, n_slices: int):
+    """Slices are whole: a 3D box covers slices whose centres lie in it; a key-slice box one slice."""
+    mid = (z1 + z2) / 2
+    zc = np.clip(np.floor(mid), 0, n_slices - 1).astype(np.int64)
+    lo = np.clip(np.rint(z1), 0, n_slices - 1)
+    hi = np.clip(np.rint(z2), lo + 1, n_slices)
+    two_d = kind == "2d"
+    lo = np.where(two_d, zc, np.minimum(lo, zc))
+    hi = np.where(two_d, zc + 1, np.maximum(hi, zc + 1))
+    return zc, lo.astype(float), hi.astype(float)
+
+
+def _atomic_parquet(df: pd.DataFrame, path: Path, schema: pa.Schema, meta: dict) -> None:
+    table = pa.Table.from_pandas(df[[f.name for f in schema]], schema=schema, preserve_index=False)
+    table = table.replace_schema_metadata({**(table.schema.metadata or {}), b"lens": json.dumps(meta).encode()})
+    tmp = path.with_name(path.name + ".tmp")
+    import pyarrow.parquet as pq
+
+    pq.write_table(table, tmp)
+    os.replace(tmp, path)
+
+
+def _shard(volumes: pd.DataFrame, shard: tuple[int, int]) -> pd.DataFrame:
+    i, n = shard
+    if not (0 <= i < n):
+        raise ValueError(f"shard {i}/{n}: need 0 <= i < n")
+    volumes = volumes.sort_values("volume_id", kind="stable").reset_index(drop=True)
+    return volumes.iloc[i::n]
+
+
+def preprocess_dataset(fmt: str, root: Path, out_dir: Path, params: PrepParams, *, dataset: str | None = None,
+                       shard: tuple[int, int] = (0, 1), truth: Path | None = None, reader_opts: dict | None = None,
+                       progress: bool = True) -> dict:
+    """Read one dataset with its format reader and write the preprocessed artifacts to `out_dir`.
+
+    Writes volumes.h5, volumes.parquet, lesions.parquet, and when present test3d.parquet (DeepLesion's
+    fully annotated 3D test set) and truth.parquet (the built-in corpus's hidden truth). All files are
+    written under temporary names and renamed at the end: a failure leaves no partial artifact.
+    """
+    from tqdm import tqdm
+
+    from .datasets import load_image, read_dataset
+
+    dataset = dataset or fmt
+    root, out_dir = Path(root), Path(out_dir)
+    index = read_dataset(fmt, root, **(reader_opts or {}))
+    volumes = _shard(index.volumes, shard)
+    truth_df = _load_truth(truth, dataset, index.volumes) if truth else None
+    meta = {"dataset": dataset, "format": fmt, "root": str(root), "shard": list(shard), **params.as_meta()}
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    h5_tmp = out_dir / "volumes.h5.tmp"
+    vol_rows, les_parts, truth_parts, test_parts = [], [], [], []
+    try:
+        with h5py.File(h5_tmp, "w") as h5:
+            h5.attrs["lens"] = json.dumps(meta)
+            for _, v in tqdm(volumes.iterrows(), total=len(volumes), desc=f"preprocess {dataset}",
+                             disable=not progress, unit="vol"):
+                img = load_image(fmt, root, v)
+                pre = prepare(img, params)
+                nz, ny, nx = pre.image.shape
+                g = h5.create_group(v["volume_id"])
+                g.create_dataset("image", data=pre.image, chunks=(1, ny, nx), compression="gzip", compression_opts=4)
+                ref = pre.ref
+                origin = ref.TransformIndexToPhysicalPoint([pre.crop[1], pre.crop[0], 0])
+                g.attrs.update({"spacing": np.array(ref.GetSpacing())[::-1], "orig_spacing": np.array(img.GetSpacing())[::-1],
+                                "origin": np.array(origin), "direction": np.array(ref.GetDirection()),
+                                "source": str(v["source"]), "crop": np.array(pre.crop)})
+                vol_rows.append({**{k: v[k] for k in ("volume_id", "patient_id", "study_id", "series_id", "split", "source")},
+                                 "dataset": dataset, "n_slices": nz, "height": ny, "width": nx,
+                                 "spacing_z": params.slice_mm, "spacing_y": params.pixel_mm, "spacing_x": params.pixel_mm})
+                les = index.lesions[index.lesions["volume_id"] == v["volume_id"]]
+                if len(les):
+                    les_parts.append(_to_prep(les, img, pre, v, dataset))
+                if truth_df is not None:
+                    t = truth_df[truth_df["volume_id"] == v["volume_id"]]
+                    if len(t):
+                        truth_parts.append(_to_prep(t.assign(kind="3d"), img, pre, v, dataset))
+                if index.test3d is not None:
+                    t = index.test3d[index.test3d["volume_id"] == v["volume_id"]]
+                    if len(t):
+                        test_parts.append(_to_prep(t.assign(kind="3d"), img, pre, v, dataset))
+        vol_df = pd.DataFrame(vol_rows, columns=[f.name for f in VOLUME_SCHEMA])
+        empty = pd.DataFrame({f.name: pd.Series(dtype=f.type.to_pandas_dtype()) for f in LESION_SCHEMA})
+        les_df = pd.concat(les_parts, ignore_index=True) if les_parts else empty
+        _atomic_parquet(vol_df, out_dir / "volumes.parquet", VOLUME_SCHEMA, meta)
+        _atomic_parquet(les_df, out_dir / "lesions.parquet", LESION_SCHEMA, meta)
+        if truth_df is not None:
+            tdf = pd.concat(truth_parts, ignore_index=True) if truth_parts else truth_df.iloc[:0]
+            _atomic_parquet(tdf, out_dir / "truth.parquet", TRUTH_SCHEMA, meta)
+        if index.test3d is not None:
+            sub = index.test3d[index.test3d["volume_id"].isin(vol_df["volume_id"])]
+            tdf = pd.concat(test_parts, ignore_index=True) if test_parts else sub.iloc[:0]
+            tdf = tdf[tdf["x2"].notna()] if len(tdf) else tdf
+            m = {**meta, "subvolumes": sorted(set(sub["subvolume"]))}
+            _atomic_parquet(tdf, out_dir / "test3d.parquet", TEST3D_SCHEMA, m)
+        os.replace(h5_tmp, out_dir / "volumes.h5")
+    finally:
+        if h5_tmp.exists():
+            h5_tmp.unlink()
+    return {"volumes": len(vol_df), "slices": int(vol_df["n_slices"].sum()), "lesions": len(les_df),
+            "raw_bytes": int(sum(int(np.prod(r["n_slices"])) for r in vol_rows))}
+
+
+def _to_prep(rows: pd.DataFrame, img: sitk.Image, pre: Prepared, v: pd.Series, dataset: str) -> pd.DataFrame:
+    """Rows with original-voxel boxes -> rows in preprocessed pixel coordinates."""
+    rows = rows.copy()
+    if rows[BOX].isna().any(axis=None):
+        rows = rows[rows[BOX].notna().all(axis=1)]
+    mapped = map_boxes(rows[BOX].to_numpy(float), img, pre.ref, pre.crop)
+    rows[BOX] = mapped
+    nz = pre.image.shape[0]
+    kind = rows["kind"].to_numpy() if "kind" in rows else np.full(len(rows), "3d")
+    rows["z"], rows["z1"], rows["z2"] = _snap_z(rows["z1"].to_numpy(), rows["z2"].to_numpy(), kind, nz)
+    for k in ("patient_id", "study_id", "series_id"):
+        rows[k] = v[k]
+    rows["dataset"] = dataset
+    for col, default in (("lesion_type", "unknown"), ("label_kind", "gt"), ("lesion_id", "")):
+        if col not in rows:
+            rows[col] = default
+    return rows
+
+
+def _load_truth(path: Path, dataset: str, volumes: pd.DataFrame) -> pd.DataFrame:
+    """The corpus's hidden truth for one dataset, joined to the reader's volume ids by source."""
+    t = pd.read_parquet(path)
+    t = t[t["dataset"] == dataset]
+    return t

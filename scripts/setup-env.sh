@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Create (once) and print the path of the project's virtual environment.
+#
+# The venv lives outside the checkout, keyed by a hash of the dependency pins, so that fresh clones
+# (CI runs a new one every time) reuse it and a change of pins gets a new one instead of filling the
+# disk with copies. The package itself is installed in editable mode from *this* checkout each time.
+#   usage: source <(scripts/setup-env.sh --print-activate)   or   VENV=$(scripts/setup-env.sh)
+set -euo pipefail
+here=$(cd "$(dirname "$0")/.." && pwd)
+pins=$(python3 - "$here/pyproject.toml" <<'PY'
+import sys, tomllib
+p = tomllib.load(open(sys.argv[1], "rb"))["project"]
+print("\n".join(sorted(p["dependencies"]) + sorted(p["optional-dependencies"]["test"])))
+PY
+)
+key=$( (python3 --version; echo "$pins") | sha256sum | cut -c1-16)
+root=${LENS_VENV_ROOT:-$HOME/.cache/lens-venvs}
+venv="$root/venv-$key"
+if [ ! -x "$venv/bin/lens-ready" ]; then
+    echo "setting up $venv (first time for these pins: a few minutes)" >&2
+    rm -rf "$venv"
+    mkdir -p "$root"
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install -q --upgrade pip >&2
+    # shellcheck disable=SC2086
+    "$venv/bin/pip" install -q $(echo "$pins" | tr '\n' ' ') >&2
+    printf '#!/bin/sh\nexit 0\n' > "$venv/bin/lens-ready" && chmod +x "$venv/bin/lens-ready"
+fi
+# editable install of this checkout (no dependency resolution: seconds)
+"$venv/bin/pip" install -q --no-deps --no-build-isolation -e "$here" >&2
+if [ "${1:-}" = "--print-activate" ]; then echo "source '$venv/bin/activate'"; else echo "$venv"; fi

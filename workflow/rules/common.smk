@@ -1,0 +1,37 @@
+# Config validation and the input functions the rules use (no lambdas in rules).
+from pathlib import Path
+
+from snakemake.utils import validate
+
+validate(config, "../schemas/config.schema.yaml")
+
+DATASETS = list(config["datasets"])
+SHARDS = int(config["preprocess"]["shards"])
+CORPUS = config["corpus"]["root"]
+
+
+def dataset_root(wildcards):
+    """The dataset's released folder; with the built-in corpus, the corpus marker makes it a dependency."""
+    if config["corpus"]["builtin"]:
+        return f"{CORPUS}/corpus.json"
+    return []
+
+
+def truth_arg(wildcards):
+    return f"--truth {CORPUS}/hidden_truth.parquet" if config["corpus"]["builtin"] else ""
+
+
+def prep_shard_dirs(wildcards):
+    return [f"results/prep/{wildcards.dataset}/shards/{i}/volumes.h5" for i in range(SHARDS)]
+
+
+def dataset_format(wildcards):
+    return config["datasets"][wildcards.dataset]["format"]
+
+
+def dataset_folder(wildcards):
+    return config["datasets"][wildcards.dataset]["root"]
+
+
+def shard_dirs_arg(wildcards, input):
+    return " ".join(str(Path(p).parent) for p in input)
