@@ -42,7 +42,7 @@ LESION_SCHEMA = pa.schema([
     ("z1", pa.float64()), ("z2", pa.float64()),
     ("kind", pa.string()), ("lesion_type", pa.string()), ("label_kind", pa.string()),
 ])
-TRUTH_EXTRA = [("instance_id", pa.string()), ("size_mm", pa.float64()), ("labeled", pa.bool_()),
+TRUTH_EXTRA = [("instance_id", pa.string()), ("scan_key", pa.string()), ("size_mm", pa.float64()), ("labeled", pa.bool_()),
                ("split", pa.string())]
 TRUTH_SCHEMA = pa.schema([f for f in LESION_SCHEMA if f.name not in ("kind", "label_kind")] + TRUTH_EXTRA)
 TEST3D_SCHEMA = pa.schema([("subvolume", pa.string()), ("volume_id", pa.string()), ("split", pa.string())]
@@ -161,18 +161,22 @@ def preprocess_dataset(fmt: str, root: Path, out_dir: Path, params: PrepParams, 
     root, out_dir = Path(root), Path(out_dir)
     index = read_dataset(fmt, root, **(reader_opts or {}))
     volumes = _shard(index.volumes, shard)
-    truth_df = _load_truth(truth, dataset, index.volumes) if truth else None
+    truth_df = _load_truth(truth, fmt, index.volumes) if truth else None
+    test3d = index.test3d
+    if test3d is not None:
+        test3d = test3d.merge(index.test3d_subvolumes[["subvolume", "split"]], on="subvolume", how="left")
     meta = {"dataset": dataset, "format": fmt, "root": str(root), "shard": list(shard), **params.as_meta()}
 
     out_dir.mkdir(parents=True, exist_ok=True)
     h5_tmp = out_dir / "volumes.h5.tmp"
     vol_rows, les_parts, truth_parts, test_parts = [], [], [], []
+    raw_bytes = 0
     try:
         with h5py.File(h5_tmp, "w") as h5:
             h5.attrs["lens"] = json.dumps(meta)
             for _, v in tqdm(volumes.iterrows(), total=len(volumes), desc=f"preprocess {dataset}",
                              disable=not progress, unit="vol"):
-                img = load_image(fmt, root, v)
+                img = load_image(v, root)
                 pre = prepare(img, params)
                 nz, ny, nx = pre.image.shape
                 g = h5.create_group(v["volume_id"])
@@ -182,6 +186,7 @@ def preprocess_dataset(fmt: str, root: Path, out_dir: Path, params: PrepParams, 
                 g.attrs.update({"spacing": np.array(ref.GetSpacing())[::-1], "orig_spacing": np.array(img.GetSpacing())[::-1],
                                 "origin": np.array(origin), "direction": np.array(ref.GetDirection()),
                                 "source": str(v["source"]), "crop": np.array(pre.crop)})
+                raw_bytes += img.GetNumberOfPixels() * img.GetSizeOfPixelComponent()
                 vol_rows.append({**{k: v[k] for k in ("volume_id", "patient_id", "study_id", "series_id", "split", "source")},
                                  "dataset": dataset, "n_slices": nz, "height": ny, "width": nx,
                                  "spacing_z": params.slice_mm, "spacing_y": params.pixel_mm, "spacing_x": params.pixel_mm})
@@ -192,8 +197,8 @@ def preprocess_dataset(fmt: str, root: Path, out_dir: Path, params: PrepParams, 
                     t = truth_df[truth_df["volume_id"] == v["volume_id"]]
                     if len(t):
                         truth_parts.append(_to_prep(t.assign(kind="3d"), img, pre, v, dataset))
-                if index.test3d is not None:
-                    t = index.test3d[index.test3d["volume_id"] == v["volume_id"]]
+                if test3d is not None:
+                    t = test3d[test3d["volume_id"] == v["volume_id"]]
                     if len(t):
                         test_parts.append(_to_prep(t.assign(kind="3d"), img, pre, v, dataset))
         vol_df = pd.DataFrame(vol_rows, columns=[f.name for f in VOLUME_SCHEMA])
@@ -204,18 +209,19 @@ def preprocess_dataset(fmt: str, root: Path, out_dir: Path, params: PrepParams, 
         if truth_df is not None:
             tdf = pd.concat(truth_parts, ignore_index=True) if truth_parts else truth_df.iloc[:0]
             _atomic_parquet(tdf, out_dir / "truth.parquet", TRUTH_SCHEMA, meta)
-        if index.test3d is not None:
-            sub = index.test3d[index.test3d["volume_id"].isin(vol_df["volume_id"])]
-            tdf = pd.concat(test_parts, ignore_index=True) if test_parts else sub.iloc[:0]
-            tdf = tdf[tdf["x2"].notna()] if len(tdf) else tdf
-            m = {**meta, "subvolumes": sorted(set(sub["subvolume"]))}
+        if test3d is not None:
+            subs = index.test3d_subvolumes
+            subs = subs[subs["volume_id"].isin(vol_df["volume_id"])]
+            tdf = pd.concat(test_parts, ignore_index=True) if test_parts else test3d.iloc[:0]
+            # every sub-volume counts for FPs per sub-volume, also those without lesions (Sec. VI-C)
+            m = {**meta, "subvolumes": {sp: sorted(g["subvolume"]) for sp, g in subs.groupby("split")}}
             _atomic_parquet(tdf, out_dir / "test3d.parquet", TEST3D_SCHEMA, m)
         os.replace(h5_tmp, out_dir / "volumes.h5")
     finally:
         if h5_tmp.exists():
             h5_tmp.unlink()
     return {"volumes": len(vol_df), "slices": int(vol_df["n_slices"].sum()), "lesions": len(les_df),
-            "raw_bytes": int(sum(int(np.prod(r["n_slices"])) for r in vol_rows))}
+            "raw_bytes": int(raw_bytes)}
 
 
 def _to_prep(rows: pd.DataFrame, img: sitk.Image, pre: Prepared, v: pd.Series, dataset: str) -> pd.DataFrame:
@@ -228,7 +234,7 @@ def _to_prep(rows: pd.DataFrame, img: sitk.Image, pre: Prepared, v: pd.Series, d
     nz = pre.image.shape[0]
     kind = rows["kind"].to_numpy() if "kind" in rows else np.full(len(rows), "3d")
     rows["z"], rows["z1"], rows["z2"] = _snap_z(rows["z1"].to_numpy(), rows["z2"].to_numpy(), kind, nz)
-    for k in ("patient_id", "study_id", "series_id"):
+    for k in ("patient_id", "study_id", "series_id", "split"):
         rows[k] = v[k]
     rows["dataset"] = dataset
     for col, default in (("lesion_type", "unknown"), ("label_kind", "gt"), ("lesion_id", "")):
@@ -237,8 +243,20 @@ def _to_prep(rows: pd.DataFrame, img: sitk.Image, pre: Prepared, v: pd.Series, d
     return rows
 
 
-def _load_truth(path: Path, dataset: str, volumes: pd.DataFrame) -> pd.DataFrame:
-    """The corpus's hidden truth for one dataset, joined to the reader's volume ids by source."""
+def _load_truth(path: Path, fmt: str, volumes: pd.DataFrame) -> pd.DataFrame:
+    """The corpus's hidden truth for one dataset, keyed by the reader's volume ids."""
     t = pd.read_parquet(path)
-    t = t[t["dataset"] == dataset]
-    return t
+    t = t[t["dataset"] == fmt].copy()
+    if fmt == "deeplesion":  # one slice run per series folder in the built-in corpus
+        by_folder = {Path(s).name: v for s, v in zip(volumes["source"], volumes["volume_id"])}
+        t["volume_id"] = t["scan_key"].map(by_folder)
+    elif fmt == "lits":
+        t["volume_id"] = "volume-" + t["scan_key"]
+    else:
+        t["volume_id"] = t["scan_key"]
+    t["lesion_id"] = t["instance_id"]
+    missing = t["volume_id"].isna() | ~t["volume_id"].isin(volumes["volume_id"])
+    if missing.any():
+        raise ValueError(f"{path}: {int(missing.sum())} truth rows name volumes the {fmt} reader did not find "
+                         f"(first: {t.loc[missing, 'scan_key'].iloc[0]})")
+    return t.drop(columns=["split"])

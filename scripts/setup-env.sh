@@ -27,5 +27,5 @@ if [ ! -x "$venv/bin/lens-ready" ]; then
     printf '#!/bin/sh\nexit 0\n' > "$venv/bin/lens-ready" && chmod +x "$venv/bin/lens-ready"
 fi
 # editable install of this checkout (no dependency resolution: seconds)
-"$venv/bin/pip" install -q --no-deps --no-build-isolation -e "$here" >&2
+"$venv/bin/pip" install -q --no-deps --no-build-isolation -e "$here" >/tmp/lens-editable-install.log 2>&1 || { cat /tmp/lens-editable-install.log >&2; exit 1; }
 if [ "${1:-}" = "--print-activate" ]; then echo "source '$venv/bin/activate'"; else echo "$venv"; fi

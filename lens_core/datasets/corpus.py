@@ -6,8 +6,9 @@ counterpart labels (paper Sec. VI-A, Table I):
 - DeepLesion-like: universal and *partial*: every lesion type, several studies and series per patient,
   but only some lesions get a RECIST box on their key slice. Its val/test volumes also get the
   fully annotated 3D boxes of the paper's manual test set.
-- LUNA16-like: chest scans; every lung nodule of diameter >= 3 mm is labeled (smaller ones go to
-  `annotations_excluded.csv`); other lesions are present and unlabeled.
+- LUNA16-like: chest scans; every lung nodule of diameter >= 6 mm is labeled (smaller ones go to
+  `annotations_excluded.csv`, as LUNA16 does below 3 mm at its finer resolution); other lesions are
+  present and unlabeled.
 - LiTS-like: abdominal scans; every liver tumour is in the segmentation.
 - NIH-LN-like: mediastinal / abdominal scans; every lymph node of short axis >= 8 mm is labeled
   (concept shift: a different size threshold than the other sets).
@@ -32,14 +33,14 @@ from . import phantom as ph
 
 DEFAULT_CORPUS = {
     "seed": 0,
-    "size_px": 128,                       # original in-plane size of every scan
+    "size_px": 128,  # original in-plane size of every scan (pixel sizes scale so the body stays in view)
     "deeplesion": {"patients": 16, "studies": [1, 3], "series": [1, 2], "lesions": [3, 7],
                    "pixel_mm": [2.1, 2.6], "slice_mm": [2.5, 5.0], "z_extent_mm": [110, 170],
                    "split": {"train": 0.6, "val": 0.15, "test": 0.25},
                    "annotate_p": [0.25, 0.7]},  # P(annotated) for the smallest .. largest lesions
-    "luna": {"cases": 10, "lesions": [2, 5], "pixel_mm": [2.0, 2.5], "slice_mm": [2.5, 3.0], "min_diameter_mm": 3.0},
+    "luna": {"cases": 10, "lesions": [2, 5], "pixel_mm": [2.0, 2.5], "slice_mm": [2.5, 3.0], "min_diameter_mm": 6.0},
     "lits": {"cases": 8, "lesions": [2, 5], "pixel_mm": [2.0, 2.5], "slice_mm": [2.5, 5.0]},
-    "nihln": {"cases": 8, "lesions": [3, 6], "pixel_mm": [2.0, 2.5], "slice_mm": [2.5, 3.0], "min_short_axis_mm": 8.0},
+    "nihln": {"cases": 8, "lesions": [6, 10], "pixel_mm": [2.0, 2.5], "slice_mm": [2.5, 3.0], "min_short_axis_mm": 8.0},
 }
 
 # lesion type mixes per dataset (weights); single-type sets still contain other lesions, unlabeled
@@ -64,6 +65,8 @@ class VisibleLesion:
     centre_world: np.ndarray  # x, y, z mm
     diameter_mm: float       # long axial diameter
     short_axis_mm: float
+    centre_idx: np.ndarray   # continuous voxel coords of the centre (may lie outside the scan in z)
+    radii_idx: np.ndarray    # semi-axes in voxels (x, y, z)
     labeled: bool = False
 
 
@@ -83,6 +86,17 @@ class Scan:
     extra: dict = field(default_factory=dict)
 
 
+def corpus_config(overrides: dict | None) -> dict:
+    """DEFAULT_CORPUS with config.yaml's `corpus:` section deep-merged on top (pipeline keys dropped)."""
+    from ..config import deep_merge
+
+    extra = {k: v for k, v in (overrides or {}).items() if k not in ("builtin", "root")}
+    unknown = set(extra) - set(DEFAULT_CORPUS)
+    if unknown:
+        raise ValueError(f"corpus config: unknown keys {sorted(unknown)} (known: {sorted(DEFAULT_CORPUS)})")
+    return deep_merge(DEFAULT_CORPUS, extra)
+
+
 def _visible(p: ph.Patient, study: int, grid: ph.Grid, min_px: float = 1.0) -> list[VisibleLesion]:
     """Lesions whose extent falls inside the grid, with their voxel boxes."""
     out = []
@@ -91,6 +105,7 @@ def _visible(p: ph.Patient, study: int, grid: ph.Grid, min_px: float = 1.0) -> l
         lo, hi = ph.lesion_box_world(p, les, study)
         a, b = grid.world_to_index(lo), grid.world_to_index(hi)
         box = np.array([a[0], a[1], a[2], b[0], b[1], b[2]])
+        centre, radii = (a + b) / 2, (b - a) / 2
         # voxel-centre coverage: pixel i is inside when its centre (i+0.5) is in [lo, hi]
         zc = np.clip(box[[2, 5]], 0, nz)
         if box[3] > nx or box[4] > ny or box[0] < 0 or box[1] < 0:
@@ -100,7 +115,7 @@ def _visible(p: ph.Patient, study: int, grid: ph.Grid, min_px: float = 1.0) -> l
         box[2], box[5] = zc
         r = les.radii_at(study)
         out.append(VisibleLesion(les.instance_id, les.lesion_type, box, ph.lesion_centre_world(p, les, study),
-                                 les.diameter_mm(study), float(2 * min(r[0], r[1]))))
+                                 les.diameter_mm(study), float(2 * min(r[0], r[1])), centre, radii))
     return out
 
 
@@ -112,9 +127,10 @@ def _uid(*parts) -> str:
 
 def generate_scans(cfg: dict) -> list[Scan]:
     """All synthetic scans of the four datasets, in a deterministic order."""
-    cfg = {**DEFAULT_CORPUS, **(cfg or {})}
+    cfg = corpus_config(cfg)
     rng = np.random.default_rng(cfg["seed"])
     size = int(cfg["size_px"])
+    fov = 128 / size  # pixel_mm ranges are for 128 px scans: a smaller scan keeps the body in view
     scans: list[Scan] = []
 
     def uni(r, lo_hi):
@@ -137,7 +153,7 @@ def generate_scans(cfg: dict) -> list[Scan]:
             n_se = int(r.integers(d["series"][0], d["series"][1] + 1))
             for se in range(n_se):
                 slice_mm = float(r.choice(d["slice_mm"]))
-                grid = ph.scan_grid("dl", (z0 + r.uniform(-10, 10), z0 + ext), uni(r, d["pixel_mm"]), slice_mm, size)
+                grid = ph.scan_grid("dl", (z0 + r.uniform(-10, 10), z0 + ext), uni(r, d["pixel_mm"]) * fov, slice_mm, size)
                 look = ph.SeriesLook(contrast=bool(se % 2 == 0) if n_se > 1 else bool(r.random() < 0.6),
                                      noise_hu=uni(r, (10, 25)))
                 hu = ph.render(p, st, look, grid, r)
@@ -146,11 +162,14 @@ def generate_scans(cfg: dict) -> list[Scan]:
                                                         "gender": "MF"[int(r.integers(2))],
                                                         "age": int(r.integers(30, 85)) + st})
                 lo_p, hi_p = d["annotate_p"]
-                for v in s.lesions:  # partial labels: radiologists mark some (larger ones more often)
+                # partial labels: radiologists mark some lesions (larger ones more often), always on the
+                # slice of largest cross-section, so only lesions whose centre is in the scan qualify
+                markable = [v for v in s.lesions if 0 <= v.centre_idx[2] < grid.shape[0]]
+                for v in markable:
                     frac = np.clip((v.diameter_mm - 8) / 25, 0, 1)
                     v.labeled = bool(r.random() < lo_p + (hi_p - lo_p) * frac)
-                if s.lesions and not any(v.labeled for v in s.lesions):
-                    max(s.lesions, key=lambda v: v.diameter_mm).labeled = True  # a DL volume exists because of a mark
+                if markable and not any(v.labeled for v in markable):
+                    max(markable, key=lambda v: v.diameter_mm).labeled = True  # a DL volume exists because of a mark
                 scans.append(s)
 
     for ds, region in (("luna", "chest"), ("lits", "abdomen"), ("nihln", None)):
@@ -164,7 +183,7 @@ def generate_scans(cfg: dict) -> list[Scan]:
             zlo, zhi = ph.REGIONS[reg]
             if ds == "nihln":  # NIH-LN scans cover the mediastinum or the abdomen
                 zlo, zhi = (255.0, 375.0) if reg == "chest" else (80.0, 230.0)
-            grid = ph.scan_grid(reg, (zlo + r.uniform(0, 10), zhi - r.uniform(0, 10)), uni(r, d["pixel_mm"]),
+            grid = ph.scan_grid(reg, (zlo + r.uniform(0, 10), zhi - r.uniform(0, 10)), uni(r, d["pixel_mm"]) * fov,
                                 float(r.choice(d["slice_mm"])), size)
             hu = ph.render(p, 0, ph.SeriesLook(contrast=bool(r.random() < 0.7), noise_hu=uni(r, (10, 25))), grid, r)
             if ds == "luna":
@@ -229,7 +248,7 @@ def write_corpus(out: Path, cfg: dict | None = None, progress: bool = True) -> p
     truth = truth_table(scans)
     truth.to_parquet(tmp / "hidden_truth.parquet", index=False)
     stats = corpus_stats(truth, scans)
-    (tmp / "corpus.json").write_text(json.dumps({"config": {**DEFAULT_CORPUS, **(cfg or {})},
+    (tmp / "corpus.json").write_text(json.dumps({"config": corpus_config(cfg),
                                                  "stats": stats.to_dict("records")}, indent=1, default=str))
     if out.exists():
         shutil.rmtree(out)

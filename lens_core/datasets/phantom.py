@@ -123,12 +123,12 @@ def _point_in(rng, e: Ellipsoid, frac: float) -> tuple[float, float, float]:
 # Sizes (mm radius ranges) and HU per lesion type. Ranges echo DeepLesion's manual 3D test set scaled to
 # the corpus: many small lesions, few large ones.
 _RADIUS_MM = {
-    "lung_nodule": (2.0, 9.0),
-    "liver_tumor": (4.0, 16.0),
-    "lymph_node": (4.0, 10.0),
-    "kidney_lesion": (4.0, 12.0),
-    "bone_lesion": (4.0, 8.0),
-    "soft_tissue": (5.0, 14.0),
+    "lung_nodule": (2.5, 10.0),
+    "liver_tumor": (5.0, 16.0),
+    "lymph_node": (5.0, 11.0),
+    "kidney_lesion": (5.0, 12.0),
+    "bone_lesion": (5.0, 9.0),
+    "soft_tissue": (6.0, 14.0),
 }
 
 
@@ -143,7 +143,7 @@ def make_patient(rng: np.random.Generator, patient_id: str, n_studies: int, lesi
         np.where(rng.random(k) < 0.5, -72, 72) + shift[0] + rng.uniform(-38, 38, k),
         5 + shift[1] + rng.uniform(-50, 50, k),
         rng.uniform(-0.35, 0.35, k), rng.uniform(-0.35, 0.35, k),
-        rng.uniform(1.2, 2.8, k),
+        rng.uniform(1.5, 3.2, k),
     ])
     p = Patient(patient_id, body, shift, vessels, n_studies=n_studies,
                 study_offsets=tuple((0.0, 0.0, 0.0) if t == 0 else tuple(float(v) for v in rng.uniform(-4, 4, 3))

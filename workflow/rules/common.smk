@@ -10,6 +10,11 @@ SHARDS = int(config["preprocess"]["shards"])
 CORPUS = config["corpus"]["root"]
 
 
+wildcard_constraints:
+    dataset="|".join(DATASETS),
+    shard=r"\d+",
+
+
 def dataset_root(wildcards):
     """The dataset's released folder; with the built-in corpus, the corpus marker makes it a dependency."""
     if config["corpus"]["builtin"]:
@@ -22,7 +27,7 @@ def truth_arg(wildcards):
 
 
 def prep_shard_dirs(wildcards):
-    return [f"results/prep/{wildcards.dataset}/shards/{i}/volumes.h5" for i in range(SHARDS)]
+    return [f"results/prep_shards/{wildcards.dataset}/{i}/volumes.h5" for i in range(SHARDS)]
 
 
 def dataset_format(wildcards):

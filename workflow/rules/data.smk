@@ -21,9 +21,9 @@ rule preprocess:
     input:
         dataset_root,
     output:
-        h5="results/prep/{dataset}/shards/{shard}/volumes.h5",
-        volumes="results/prep/{dataset}/shards/{shard}/volumes.parquet",
-        lesions="results/prep/{dataset}/shards/{shard}/lesions.parquet",
+        h5="results/prep_shards/{dataset}/{shard}/volumes.h5",
+        volumes="results/prep_shards/{dataset}/{shard}/volumes.parquet",
+        lesions="results/prep_shards/{dataset}/{shard}/lesions.parquet",
     log:
         "results/logs/preprocess/{dataset}.{shard}.log",
     benchmark:
@@ -40,7 +40,7 @@ rule preprocess:
         "preprocess"
     shell:
         "lens preprocess --format {params.fmt} --root {params.root} --dataset {wildcards.dataset} "
-        "--out results/prep/{wildcards.dataset}/shards/{wildcards.shard} --shard {wildcards.shard}/{params.nshards} "
+        "--out results/prep_shards/{wildcards.dataset}/{wildcards.shard} --shard {wildcards.shard}/{params.nshards} "
         "--pixel-mm {params.p[pixel_mm]} --slice-mm {params.p[slice_mm]} --split-seed {params.p[split_seed]} "
         "--ln-diameter-mm {params.p[ln_diameter_mm]} {params.truth} --no-progress 2> {log}"
 
