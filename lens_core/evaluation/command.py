@@ -1,0 +1,148 @@
+"""`lens evaluate` (one variant under one protocol) and `lens froc-plot` (variants side by side)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+log = logging.getLogger("lens")
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "evaluate",
+        help="FROC of one variant: LENS 3D IoBB, DeepLesion 2D or LUNA16 protocol",
+        description="Match a detection table to the ground truth under one protocol (paper Sec. VI-C, "
+                    "VI-E) and write froc.parquet, summary.parquet, summary.md and froc.png to --out.",
+    )
+    p.add_argument("--pred", required=True, type=Path, help="detections (Parquet or CSV)")
+    p.add_argument("--truth", required=True, type=Path, help="ground truth (test3d.parquet, truth.parquet, ...)")
+    p.add_argument("--protocol", required=True, choices=["lens3d", "deeplesion2d", "luna"])
+    p.add_argument("--name", default="model", help="variant name in tables and plots")
+    p.add_argument("--out", required=True, type=Path, help="output folder")
+    p.add_argument("--units", type=Path,
+                   help="table listing every evaluated unit (e.g. volumes.parquet); default: the truth's "
+                        "'subvolumes' metadata, else every unit seen in either table")
+    p.add_argument("--unit-column",
+                   help="unit column (lens3d: subvolume, else volume_id; luna: scan, else volume_id)")
+    p.add_argument("--split", help="keep only --units / --truth rows of this split (e.g. test)")
+    p.add_argument("--volumes", type=Path, help="volumes.parquet: voxel spacing for luna on box tables")
+    p.add_argument("--threshold", type=float, help="IoBB (lens3d, 0.3) or IoU (deeplesion2d, 0.5) threshold")
+    p.add_argument("--fp-rates", type=float, nargs="+", help="FP rates to report (protocol default)")
+    p.add_argument("--max-marks", type=int, default=100, help="luna: marks kept per scan")
+    p.add_argument("--bootstrap", type=int, default=0, help="bootstrap draws for an interval of the average")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--strata", nargs="*", default=["lesion_type", "size_bin", "dataset"])
+    p.set_defaults(func=run_evaluate)
+
+    p = sub.add_parser("froc-plot", help="several variants' froc.parquet on one FROC plot + table",
+                       description="Combine froc.parquet files of several variants into one PNG and a table.")
+    p.add_argument("--curves", required=True, type=Path, nargs="+", help="froc.parquet files")
+    p.add_argument("--out", required=True, type=Path, help="PNG to write")
+    p.add_argument("--table", type=Path, help="Markdown summary to write (a .parquet twin is written too)")
+    p.add_argument("--stratum", default="all", help="stratum to plot (default all)")
+    p.add_argument("--title", default="FROC")
+    p.set_defaults(func=run_froc_plot)
+
+
+def _unit_column(args, protocol: str, truth) -> str:
+    if args.unit_column:
+        return args.unit_column
+    preferred = {"lens3d": "subvolume", "luna": "scan", "deeplesion2d": "image"}[protocol]
+    return preferred if preferred in truth.columns or protocol == "deeplesion2d" else "volume_id"
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from lens_core.evaluation import inputs
+    from lens_core.evaluation.api import evaluate, write_outputs
+    from lens_core.evaluation.luna import points_from_boxes
+
+    pred = inputs.read_table(args.pred)
+    truth = inputs.read_table(args.truth)
+    if args.split and "split" in truth.columns:
+        truth = truth.loc[truth["split"] == args.split]
+    unit = _unit_column(args, args.protocol, truth)
+
+    # the list travels in attrs only as far as here: pandas deep-copies attrs on every operation
+    units, unit_info = truth.attrs.pop("units", None), None
+    if args.units:
+        table = inputs.read_table(args.units)
+        if args.split:
+            inputs.require_columns(table, ["split"], "units")
+            table = table.loc[table["split"] == args.split]
+        if args.protocol == "deeplesion2d":  # units are key-slice images: `image` or volume_id + z
+            from lens_core.evaluation.deeplesion2d import image_key
+
+            table = table.assign(image=image_key(table, "units"))
+        col = unit if unit in table.columns else ("volume_id" if "volume_id" in table.columns else unit)
+        inputs.require_columns(table, [col], "units")
+        units = pd.unique(table[col]).tolist()
+        unit_info = table.drop_duplicates(col).set_index(col)
+
+    if args.protocol == "luna":
+        if not {"x", "y", "z"} <= set(pred.columns):
+            if args.volumes is None:
+                raise ValueError(f"{args.pred}: luna on box tables needs --volumes for the voxel spacing")
+            vols = inputs.read_table(args.volumes)
+            pred = points_from_boxes(pred, vols, "predictions")
+            truth = points_from_boxes(truth, vols, "ground truth")
+        for df in (pred, truth):
+            if "scan" not in df.columns:
+                df["scan"] = df[unit]
+
+    froc, summary = evaluate(
+        pred, truth, args.protocol, args.name, strata=tuple(args.strata), bootstrap=args.bootstrap,
+        seed=args.seed, units=units, unit_info=unit_info, threshold=args.threshold,
+        fp_rates=args.fp_rates, max_marks=args.max_marks,
+        **({"unit": unit} if args.protocol == "lens3d" else {}),
+    )
+    fp_rates = froc.attrs["fp_rates"]
+    write_outputs(args.out, froc, summary, fp_rates, title=f"{args.name} ({args.protocol})")
+    overall = summary.loc[summary["stratum_by"] == "all"].iloc[0]
+    log.info("%s: average sensitivity %.1f%% over %d lesions, %d units -> %s", args.name,
+             100 * overall["average"], overall["n_gt"], overall["n_units"], args.out)
+    return 0
+
+
+def run_froc_plot(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from lens_core.evaluation import inputs
+    from lens_core.evaluation.plots import plot_froc
+    from lens_core.evaluation.tables import summarize, to_markdown
+
+    frocs, rates = [], None
+    for path in args.curves:
+        df = inputs.read_table(path)
+        inputs.require_columns(df, ["variant", "protocol", "stratum_by", "stratum", "fp_rate", "sensitivity", "n_gt"], "froc")
+        meta = pq_fp_rates(path)
+        if rates is not None and meta != rates:
+            raise ValueError(f"{path}: FP rates {meta} differ from the other curves' {rates}")
+        rates = meta
+        frocs.append(df)
+    froc = pd.concat(frocs, ignore_index=True)
+    if froc["protocol"].nunique() > 1:
+        raise ValueError(f"curves of different protocols cannot share a plot: {sorted(froc['protocol'].unique())}")
+    plot_froc(froc, rates, args.out, title=args.title, stratum=args.stratum)
+    if args.table:
+        summary = summarize(froc, rates)
+        summary = summary.loc[summary["stratum"] == args.stratum]
+        inputs.write_parquet(summary, args.table.with_suffix(".parquet"), {"fp_rates": list(rates)})
+        inputs.write_text(to_markdown(summary, args.title), args.table)
+    log.info("plotted %d variant(s) -> %s", froc["variant"].nunique(), args.out)
+    return 0
+
+
+def pq_fp_rates(path) -> list[float]:
+    """The FP rates a froc.parquet was summarised at (its metadata)."""
+    import json
+
+    import pyarrow.parquet as pq
+
+    meta = pq.read_schema(path).metadata or {}
+    if b"fp_rates" not in meta:
+        raise ValueError(f"{path}: no fp_rates metadata; was it written by `lens evaluate`?")
+    return [float(r) for r in json.loads(meta[b"fp_rates"])]

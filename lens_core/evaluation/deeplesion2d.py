@@ -1,0 +1,59 @@
+"""DeepLesion's official 2D protocol [9]: per key-slice image, 2D IoU >= 0.5, FPs per image.
+
+The evaluated images are the annotated key slices (every slice holding a ground truth unless a
+list is given); predictions on other slices are not part of the test set and are ignored. The
+ranking and hit rule are those of the LENS protocol with 2D IoU instead of 3D IoBB; sensitivity
+at 0.5, 1, 2, 4, 8, 16 FPs per image.
+
+Predictions: ``volume_id, z, x1, y1, x2, y2, score`` (or an ``image`` column instead of
+``volume_id, z``); ground truth: the same without ``score``.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from lens_core.evaluation import inputs
+from lens_core.evaluation.froc import DEEPLESION_FP_RATES, Matching
+from lens_core.evaluation.matching import match_boxes
+
+IOU_THRESHOLD = 0.5
+
+
+def image_key(df: pd.DataFrame, what: str) -> pd.Series:
+    """One id per 2D image: the ``image`` column, or ``"{volume_id}@{z}"``."""
+    if "image" in df.columns:
+        return df["image"].astype(str)
+    inputs.require_columns(df, ["volume_id", "z"], what)
+    z = inputs.numeric(df, ["z"], what)[:, 0]
+    if (z != z.round()).any():
+        raise ValueError(f"{inputs.where(df, what)}: slice index z must be an integer")
+    return df["volume_id"].astype(str) + "@" + pd.Series(z.astype(int), index=df.index).astype(str)
+
+
+def match_deeplesion2d(
+    pred: pd.DataFrame,
+    truth: pd.DataFrame,
+    images=None,
+    *,
+    iou_threshold: float = IOU_THRESHOLD,
+    fp_rates=DEEPLESION_FP_RATES,
+    unit_info: pd.DataFrame | None = None,
+) -> Matching:
+    """Match 2D predictions to key-slice ground truth by IoU; ``images`` defaults to the key slices."""
+    pred = pred.assign(image=image_key(pred, "predictions"))
+    truth = truth.assign(image=image_key(truth, "ground truth"))
+    if images is None:
+        images = pd.unique(truth["image"])
+    return match_boxes(
+        "deeplesion2d",
+        pred,
+        truth,
+        unit="image",
+        box_columns=inputs.BOX2D,
+        overlap="iou",
+        threshold=iou_threshold,
+        fp_rates=fp_rates,
+        units=images,
+        unit_info=unit_info,
+    )

@@ -1,0 +1,119 @@
+"""Reading and checking the evaluator's tables; atomic writing of its outputs.
+
+Bad input raises ``ValueError`` naming the file (when known) and the first offending row, before
+anything is written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+
+BOX2D = ["x1", "y1", "x2", "y2"]
+BOX3D = ["x1", "y1", "z1", "x2", "y2", "z2"]
+
+
+def read_table(path) -> pd.DataFrame:
+    """A Parquet or CSV table (by extension); a ``subvolumes`` list in its metadata -> ``attrs["units"]``."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    try:
+        if path.suffix == ".csv":
+            return pd.read_csv(path)
+        table = pq.read_table(path)
+    except Exception as exc:  # pyarrow / pandas errors do not always name the file
+        raise ValueError(f"{path}: cannot read table: {exc}") from exc
+    df = table.to_pandas()
+    meta = table.schema.metadata or {}
+    # the list of evaluated sub-volumes (those without lesions included) travels in the metadata,
+    # either top-level or inside the pipeline's JSON "lens" entry (preprocess.py)
+    entries = {k.decode(errors="replace"): v for k, v in meta.items()}
+    if "lens" in entries:
+        try:
+            entries.update(json.loads(entries["lens"]))
+        except (ValueError, TypeError):
+            pass
+    for key in ("subvolumes", "units"):
+        if key in entries:
+            value = entries[key]
+            df.attrs["units"] = json.loads(value) if isinstance(value, bytes) else list(value)
+    df.attrs["source"] = str(path)
+    return df
+
+
+def where(df: pd.DataFrame, what: str) -> str:
+    src = df.attrs.get("source")
+    return f"{src} ({what})" if src else what
+
+
+def require_columns(df: pd.DataFrame, columns, what: str) -> None:
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise ValueError(f"{where(df, what)}: missing column(s) {missing}; has {list(df.columns)}")
+
+
+def numeric(df: pd.DataFrame, columns, what: str) -> np.ndarray:
+    """``df[columns]`` as a finite float64 array; names the first bad row otherwise."""
+    require_columns(df, columns, what)
+    try:
+        arr = df[list(columns)].to_numpy(dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{where(df, what)}: non-numeric value in {list(columns)}: {exc}") from exc
+    bad = ~np.isfinite(arr).all(axis=1)
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        raise ValueError(f"{where(df, what)}: row {row}: non-finite value in {list(columns)}")
+    return arr
+
+
+def boxes(df: pd.DataFrame, columns, what: str) -> np.ndarray:
+    """Box columns as ``[N, 2D]`` floats; every extent must be positive (exclusive upper bounds)."""
+    arr = numeric(df, columns, what)
+    d = len(columns) // 2
+    bad = (arr[:, d:] <= arr[:, :d]).any(axis=1)
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        raise ValueError(
+            f"{where(df, what)}: row {row}: empty or inverted box {dict(zip(columns, arr[row]))} "
+            "(upper bounds are exclusive and must exceed lower bounds)"
+        )
+    return arr
+
+
+@contextmanager
+def atomic_path(path):
+    """Yield a temporary path next to ``path``; it replaces ``path`` only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_parquet(df: pd.DataFrame, path, metadata: dict | None = None) -> None:
+    import pyarrow as pa
+
+    table = pa.Table.from_pandas(df, preserve_index=False)
+    if metadata:
+        extra = {k.encode(): json.dumps(v).encode() for k, v in metadata.items()}
+        table = table.replace_schema_metadata({**(table.schema.metadata or {}), **extra})
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
+
+
+def write_text(text: str, path) -> None:
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text(text)

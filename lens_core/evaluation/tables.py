@@ -1,0 +1,45 @@
+"""Summary tables: sensitivity at each FP rate and their average, per variant and stratum
+(the layout of the paper's Table II), as a DataFrame and as Markdown."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from lens_core.evaluation.froc import interpolate_sensitivity
+
+KEYS = ["variant", "protocol", "stratum_by", "stratum"]
+
+
+def rate_label(rate: float) -> str:
+    return f"FP@{rate:g}"
+
+
+def summarize(froc: pd.DataFrame, fp_rates) -> pd.DataFrame:
+    """One row per (variant, protocol, stratum_by, stratum) of a ``froc.parquet`` table:
+    ``n_gt, n_units, n_fp`` (FPs of the whole list), ``FP@<rate>`` sensitivities and ``average``."""
+    rows = []
+    for key, curve in froc.groupby(KEYS, sort=False):
+        sens = interpolate_sensitivity(curve["fp_rate"], curve["sensitivity"], fp_rates)
+        if curve["n_gt"].iloc[0] == 0:
+            sens = np.full(len(fp_rates), np.nan)
+        row = dict(zip(KEYS, key))
+        row.update(n_gt=int(curve["n_gt"].iloc[0]), n_units=int(curve["n_units"].iloc[0]), n_fp=int(curve["n_fp"].max()))
+        row.update({rate_label(r): float(s) for r, s in zip(fp_rates, sens)})
+        row["average"] = float(np.mean(sens))
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def to_markdown(summary: pd.DataFrame, title: str | None = None) -> str:
+    """Markdown table with sensitivities in percent (one decimal, as in the paper)."""
+    rate_cols = [c for c in summary.columns if c.startswith("FP@")] + ["average"]
+    head = ["variant", "stratum", "n_gt"] + rate_cols
+    lines = [f"## {title}", ""] if title else []
+    lines += ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * 3 + ["---:"] * len(rate_cols)) + "|"]
+    for _, r in summary.iterrows():
+        stratum = "all" if r["stratum_by"] == "all" else f"{r['stratum_by']}={r['stratum']}"
+        cells = [str(r["variant"]), stratum, str(r["n_gt"])]
+        cells += ["–" if pd.isna(r[c]) else f"{100 * r[c]:.1f}" for c in rate_cols]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,147 @@
+"""`lens evaluate` and `lens froc-plot`: files written, numbers as computed by hand, bad input refused."""
+
+import argparse
+import json
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+from test_evaluation_lens3d import PRED, TRUTH, UNITS
+
+from lens_core.evaluation.command import add_parser
+
+
+def run(*argv):
+    parser = argparse.ArgumentParser()
+    add_parser(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args([str(a) for a in argv])
+    return args.func(args)
+
+
+def write_truth(path, truth, subvolumes):
+    # as preprocess.py writes test3d.parquet: the sub-volume list in the "lens" metadata entry
+    table = pa.Table.from_pandas(truth, preserve_index=False)
+    meta = {**(table.schema.metadata or {}), b"lens": json.dumps({"subvolumes": subvolumes}).encode()}
+    pq.write_table(table.replace_schema_metadata(meta), path)
+
+
+@pytest.fixture
+def toy(tmp_path):
+    write_truth(tmp_path / "test3d.parquet", TRUTH.assign(lesion_type=["liver", "lung", "liver"]), UNITS)
+    PRED.to_parquet(tmp_path / "pred.parquet")
+    return tmp_path
+
+
+def test_evaluate_writes_the_four_outputs_with_hand_computed_numbers(toy):
+    out = toy / "eval" / "toy"
+    assert run("evaluate", "--pred", toy / "pred.parquet", "--truth", toy / "test3d.parquet",
+               "--protocol", "lens3d", "--name", "toy", "--out", out) == 0
+    summary = pd.read_parquet(out / "summary.parquet")
+    overall = summary[summary.stratum_by == "all"].iloc[0]
+    assert overall["average"] == pytest.approx(31 / 42)  # as in test_evaluation_lens3d
+    assert overall["n_units"] == 3  # the empty sub-volume C came from the metadata
+    assert set(summary.stratum) == {"all", "liver", "lung"}
+    froc = pd.read_parquet(out / "froc.parquet")
+    assert froc.loc[froc.stratum == "all", "n_fp"].max() == 2
+    md = (out / "summary.md").read_text()
+    assert "| toy | all | 3 | 33.3 | 33.3 | 50.0 | 100.0 |" in md
+    assert Image.open(out / "froc.png").size[0] > 100
+    assert not list(out.glob(".*tmp"))  # no temporary file left behind
+
+
+def test_froc_plot_combines_variants(toy):
+    for name, frac in (("full", 1.0), ("half", 0.5)):
+        pred = PRED.iloc[: int(len(PRED) * frac)]
+        pred.to_parquet(toy / f"{name}.parquet")
+        run("evaluate", "--pred", toy / f"{name}.parquet", "--truth", toy / "test3d.parquet",
+            "--protocol", "lens3d", "--name", name, "--out", toy / name)
+    assert run("froc-plot", "--curves", toy / "full" / "froc.parquet", toy / "half" / "froc.parquet",
+               "--out", toy / "all.png", "--table", toy / "table.md") == 0
+    table = pd.read_parquet(toy / "table.parquet")
+    assert table["variant"].tolist() == ["full", "half"]
+    assert table.set_index("variant").loc["full", "average"] >= table.set_index("variant").loc["half", "average"]
+    assert Image.open(toy / "all.png").format == "PNG"
+
+
+def test_bad_prediction_row_is_named_and_nothing_is_written(toy):
+    bad = PRED.copy()
+    bad.loc[2, "z2"] = bad.loc[2, "z1"]  # empty box
+    bad.to_parquet(toy / "bad.parquet")
+    with pytest.raises(ValueError, match=r"bad\.parquet \(predictions\): row 2"):
+        run("evaluate", "--pred", toy / "bad.parquet", "--truth", toy / "test3d.parquet",
+            "--protocol", "lens3d", "--out", toy / "out")
+    assert not (toy / "out").exists()
+
+
+def test_luna_on_pixel_box_tables_with_volume_spacing(tmp_path):
+    vols = pd.DataFrame({"volume_id": ["S1", "S2"], "split": ["val", "val"], "dataset": "luna",
+                         "spacing_x": 1.0, "spacing_y": 1.0, "spacing_z": 2.0})
+    vols.to_parquet(tmp_path / "volumes.parquet")
+    # a 10 mm nodule centred at pixel (50, 50, 10) of S1; S2 has none
+    truth = pd.DataFrame({"volume_id": ["S1"], "x1": [45.0], "y1": [45.0], "z1": [7.5],
+                          "x2": [55.0], "y2": [55.0], "z2": [12.5], "label_kind": ["gt"]})
+    pred = pd.DataFrame({"volume_id": ["S1", "S1", "S2"], "x1": [46.0, 200, 0], "y1": [46.0, 0, 0],
+                         "z1": [8.0, 0, 0], "x2": [54.0, 210, 5], "y2": [54.0, 10, 5],
+                         "z2": [12.0, 2, 2], "score": [0.9, 0.8, 0.7]})
+    truth.to_parquet(tmp_path / "truth.parquet")
+    pred.to_parquet(tmp_path / "pred.parquet")
+    assert run("evaluate", "--pred", tmp_path / "pred.parquet", "--truth", tmp_path / "truth.parquet",
+               "--protocol", "luna", "--volumes", tmp_path / "volumes.parquet", "--units",
+               tmp_path / "volumes.parquet", "--split", "val", "--bootstrap", "20",
+               "--out", tmp_path / "out") == 0
+    s = pd.read_parquet(tmp_path / "out" / "summary.parquet")
+    overall = s[s.stratum_by == "all"].iloc[0]
+    # found before any FP: sensitivity 1 at every rate; 2 FPs over 2 scans
+    assert overall["average"] == 1.0 and overall["n_units"] == 2 and overall["n_fp"] == 2
+    assert overall["average_low"] <= overall["average"] <= overall["average_high"]
+    assert set(s.loc[s.stratum_by == "dataset", "stratum"]) == {"luna"}
+
+
+def test_evaluate_the_preprocessed_builtin_corpus_against_its_hidden_truth(tiny_prep, tmp_path):
+    """Contract with preprocess: truth.parquet + volumes.parquet as written there. Perfect
+    detections of the test volumes find every lesion of every type, size and dataset."""
+    prep = tiny_prep / "deeplesion"
+    truth = pd.read_parquet(prep / "truth.parquet")
+    vols = pd.read_parquet(prep / "volumes.parquet")
+    test_vols = set(vols.loc[vols.split == "test", "volume_id"])
+    perfect = truth[truth.volume_id.isin(test_vols)].assign(score=1.0)
+    assert len(perfect), "the tiny corpus has no test lesion"
+    perfect.to_parquet(tmp_path / "pred.parquet")
+    assert run("evaluate", "--pred", tmp_path / "pred.parquet", "--truth", prep / "truth.parquet",
+               "--protocol", "lens3d", "--units", prep / "volumes.parquet", "--split", "test",
+               "--out", tmp_path / "out") == 0
+    s = pd.read_parquet(tmp_path / "out" / "summary.parquet")
+    assert (s["average"] == 1.0).all() and (s["n_fp"] == 0).all()
+    assert s.loc[s.stratum_by == "all", "n_units"].item() == len(test_vols)
+    assert {"lesion_type", "size_bin", "dataset"} <= set(s.stratum_by)
+
+
+def test_luna_protocol_on_the_preprocessed_luna_like_set(tiny_prep, tmp_path):
+    prep = tiny_prep / "luna"
+    les = pd.read_parquet(prep / "lesions.parquet")
+    vols = pd.read_parquet(prep / "volumes.parquet")
+    marks = les[les.label_kind == "gt"].assign(score=0.9)  # the tiny corpus: 2 scans, both train
+    assert len(marks) and len(marks) < len(les), "expected nodules and excluded findings"
+    marks.to_parquet(tmp_path / "marks.parquet")
+    assert run("evaluate", "--pred", tmp_path / "marks.parquet", "--truth", prep / "lesions.parquet",
+               "--protocol", "luna", "--volumes", prep / "volumes.parquet", "--units", prep / "volumes.parquet",
+               "--out", tmp_path / "out") == 0
+    s = pd.read_parquet(tmp_path / "out" / "summary.parquet")
+    overall = s[s.stratum_by == "all"].iloc[0]
+    assert overall["average"] == 1.0 and overall["n_fp"] == 0
+    assert overall["n_gt"] == len(marks)  # excluded findings are not in the denominator
+    assert overall["n_units"] == len(vols)
+
+
+def test_deeplesion2d_from_csv_tables(tmp_path):
+    from test_evaluation_protocols import DL_PRED, DL_TRUTH
+
+    DL_PRED.to_csv(tmp_path / "pred.csv", index=False)
+    DL_TRUTH.to_csv(tmp_path / "truth.csv", index=False)
+    assert run("evaluate", "--pred", tmp_path / "pred.csv", "--truth", tmp_path / "truth.csv",
+               "--protocol", "deeplesion2d", "--out", tmp_path / "out") == 0
+    s = pd.read_parquet(tmp_path / "out" / "summary.parquet").iloc[0]
+    assert s["FP@0.5"] == pytest.approx(1 / 3) and s["FP@16"] == pytest.approx(2 / 3)  # as by hand
+    assert s["n_units"] == 2
