@@ -10,9 +10,11 @@ configfile: "config.yaml"
 
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
+include: "workflow/rules/detector.smk"
+include: "workflow/rules/eval.smk"
 
 
 rule all:
     input:
-        expand("results/prep/{dataset}/volumes.h5", dataset=DATASETS),
+        "results/eval/table.md",
     default_target: True

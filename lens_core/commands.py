@@ -43,6 +43,11 @@ def add_parser(sub) -> None:
     p.add_argument("--out", required=True, type=Path)
     p.set_defaults(func=_gather)
 
+    p = sub.add_parser("concat", help="concatenate Parquet tables (e.g. the shards of `lens propose`)")
+    p.add_argument("tables", nargs="+", type=Path)
+    p.add_argument("--out", required=True, type=Path)
+    p.set_defaults(func=_concat)
+
 
 def _synthesize(args) -> int:
     from .config import load_config
@@ -75,4 +80,16 @@ def _gather(args) -> int:
     from .prep_shards import gather
 
     gather(args.shards, args.out)
+    return 0
+
+
+def _concat(args) -> int:
+    import pandas as pd
+
+    from .io import read_meta, write_parquet
+
+    frames = [pd.read_parquet(p) for p in args.tables]
+    nonempty = [f for f in frames if len(f)]
+    df = pd.concat(nonempty, ignore_index=True) if nonempty else frames[0]
+    write_parquet(df, args.out, {"parts": [str(p) for p in args.tables], **read_meta(args.tables[0])})
     return 0

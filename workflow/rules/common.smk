@@ -40,3 +40,35 @@ def dataset_folder(wildcards):
 
 def shard_dirs_arg(wildcards, input):
     return " ".join(str(Path(p).parent) for p in input)
+
+
+wildcard_constraints:
+    round=r"round\d",
+    split="train|val|test",
+    dim=r"|\.3d",
+
+
+def prep_tables(datasets):
+    return expand("results/prep/{dataset}/{name}", dataset=datasets, name=["volumes.h5", "volumes.parquet", "lesions.parquet"])
+
+
+def proposal_shards(wildcards):
+    n = int(config["propose"]["shards"])
+    return [f"results/{wildcards.round}/proposals/{wildcards.dataset}/{wildcards.split}/{i}{wildcards.dim}.parquet"
+            for i in range(n)]
+
+
+# evaluated detector variants (results/<variant>/proposals/deeplesion/test.3d.parquet)
+VARIANTS = ["round1"]
+
+
+wildcard_constraints:
+    variant=r"round\d",
+
+
+def eval_truth(wildcards):
+    """The built-in corpus's full 3D truth carries lesion type and size (stratified FROC); real data
+    uses the manual 3D test set."""
+    if config["corpus"]["builtin"]:
+        return "results/prep/deeplesion/truth.parquet"
+    return "results/prep/deeplesion/test3d.parquet"

@@ -1,0 +1,121 @@
+"""Every slice's 2D proposals of a set of volumes, one score column per dataset expert, and their
+stacking into 3D boxes (paper Sec. IV-C)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from lens_core.inference.fusion import fuse_experts
+from lens_core.model.lens import LENS
+from lens_core.training.data import PAD_MULTIPLE, normalize, read_table, stack_slices
+from lens_core.training.loop import autocast
+
+ID_COLUMNS = ["volume_id", "patient_id", "study_id", "series_id"]
+
+
+def select_volumes(volumes: pd.DataFrame, split: str | None, shard: tuple[int, int] = (0, 1)) -> pd.DataFrame:
+    """The ``split``'s volumes, sorted by id, then every n-th from i (``shard = (i, n)``, 0-based i)."""
+    v = volumes if split is None else volumes[volumes["split"] == split]
+    v = v.sort_values("volume_id", kind="stable").reset_index(drop=True)
+    i, n = shard
+    return v.iloc[i::n].reset_index(drop=True)
+
+
+def _slice_batches(image: np.ndarray, n_slices: int, batch: int):
+    depth = image.shape[0]
+    for z0 in range(0, depth, batch):
+        zs = list(range(z0, min(depth, z0 + batch)))
+        yield zs, torch.stack([normalize(stack_slices(image, z, n_slices)) for z in zs])
+
+
+def propose_volume(
+    model: LENS,
+    image: np.ndarray,
+    fuse: list[str],
+    device: torch.device,
+    batch_slices: int = 16,
+    nms_thresh: float = 0.5,
+    min_score: float = 0.01,
+    max_per_slice: int = 20,
+) -> pd.DataFrame:
+    """2D proposals of every slice of one ``[z, y, x]`` uint8 volume: ``z, x1, y1, x2, y2,
+    score_<dataset>...`` (each expert's score), ``score`` (fused), ``expert``."""
+    h, w = image.shape[1:]
+    ph, pw = -(-h // PAD_MULTIPLE) * PAD_MULTIPLE, -(-w // PAD_MULTIPLE) * PAD_MULTIPLE
+    fuse_idx = [model.datasets.index(d) for d in fuse]
+    n_slices = model.backbone.n_slices
+    parts = []
+    for zs, x in _slice_batches(image, n_slices, batch_slices):
+        x = F.pad(x, (0, pw - w, 0, ph - h), value=-1.0).to(device)
+        with autocast(device):
+            dets = model.detect(x)
+        for z, det in zip(zs, dets):
+            b = det["boxes"].float().cpu()
+            b[..., 0::2] = b[..., 0::2].clamp(0, w)  # the padding is not image
+            b[..., 1::2] = b[..., 1::2].clamp(0, h)
+            boxes, fused, scores, expert = fuse_experts(b, det["scores"].float().cpu(), fuse_idx,
+                                                        nms_thresh, min_score, max_per_slice)
+            if not len(fused):
+                continue
+            part = {"z": np.full(len(fused), z, np.int64)}
+            for j, c in enumerate(["x1", "y1", "x2", "y2"]):
+                part[c] = boxes[:, j].numpy().astype(np.float32)
+            for j, d in enumerate(model.datasets):
+                part[f"score_{d}"] = scores[:, j].numpy().astype(np.float32)
+            part["score"] = fused.numpy().astype(np.float32)
+            part["expert"] = [model.datasets[int(k)] for k in expert]
+            parts.append(pd.DataFrame(part))
+    cols = ["z", "x1", "y1", "x2", "y2", *[f"score_{d}" for d in model.datasets], "score", "expert"]
+    if not parts:
+        return pd.DataFrame({c: pd.Series(dtype="float32") for c in cols}).astype({"z": "int64", "expert": "object"})
+    return pd.concat(parts, ignore_index=True)[cols]
+
+
+def propose(
+    model: LENS,
+    prep_dir: Path,
+    dataset: str,
+    split: str | None,
+    shard: tuple[int, int],
+    fuse: list[str],
+    device: torch.device,
+    batch_slices: int = 16,
+    min_score: float = 0.01,
+    max_per_slice: int = 20,
+    progress: bool = False,
+) -> pd.DataFrame:
+    """:func:`propose_volume` over a shard of ``prep_dir/dataset``'s volumes, with their id columns."""
+    from tqdm import tqdm
+
+    ddir = Path(prep_dir) / dataset
+    vols = select_volumes(read_table(ddir / "volumes.parquet", ID_COLUMNS + ["split"]), split, shard)
+    parts = []
+    with h5py.File(ddir / "volumes.h5", "r") as f:
+        for row in tqdm(list(vols.itertuples(index=False)), desc=f"propose {dataset}", disable=not progress):
+            try:
+                image = f[row.volume_id]["image"][...]
+            except KeyError:
+                raise ValueError(f"{ddir / 'volumes.h5'}: no volume {row.volume_id!r}") from None
+            df = propose_volume(model, image, fuse, device, batch_slices, min_score=min_score,
+                                max_per_slice=max_per_slice)
+            for c in reversed(ID_COLUMNS):
+                df.insert(0, c, getattr(row, c))
+            parts.append(df)
+    if not parts:
+        return pd.DataFrame(columns=ID_COLUMNS + ["z", "x1", "y1", "x2", "y2",
+                                                  *[f"score_{d}" for d in model.datasets], "score", "expert"])
+    return pd.concat(parts, ignore_index=True)
+
+
+def stack_proposals_3d(df: pd.DataFrame, iou_threshold: float = 0.5) -> pd.DataFrame:
+    """2D -> 3D stacking (Sec. IV-C): lens_core.mining.tracklets.stack_to_3d on the fused score."""
+    from lens_core.mining.tracklets import stack_to_3d
+
+    if df.empty:
+        return pd.DataFrame(columns=["volume_id", "x1", "y1", "z1", "x2", "y2", "z2", "score"])
+    return stack_to_3d(df.drop(columns=["expert"], errors="ignore"), iou_threshold=iou_threshold, score_col="score")

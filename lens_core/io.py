@@ -1,0 +1,50 @@
+"""Atomic artifact writing: a step that fails leaves no partial file behind (temp file, then rename)."""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+import pandas as pd
+
+
+@contextmanager
+def atomic_path(path):
+    """Yield a temporary path next to ``path``; it replaces ``path`` only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_parquet(df: pd.DataFrame, path, meta: dict | None = None, schema=None) -> None:
+    """Write ``df`` atomically; ``meta`` (the config keys the artifact depends on) goes into the file's
+    ``lens`` metadata key, ``schema`` (pyarrow) fixes column order and types when given."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if schema is not None:
+        table = pa.Table.from_pandas(df[[f.name for f in schema]], schema=schema, preserve_index=False)
+    else:
+        table = pa.Table.from_pandas(df, preserve_index=False)
+    if meta:
+        table = table.replace_schema_metadata({**(table.schema.metadata or {}),
+                                               b"lens": json.dumps(meta, default=str).encode()})
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
+
+
+def read_meta(path) -> dict:
+    """The ``lens`` metadata of a Parquet artifact ({} when absent)."""
+    import pyarrow.parquet as pq
+
+    raw = (pq.read_schema(path).metadata or {}).get(b"lens")
+    return json.loads(raw) if raw else {}

@@ -1,0 +1,363 @@
+"""Lesion embeddings for intra-patient matching (paper Sec. V-B; LesaNNet [55] stand-in).
+
+The paper embeds each annotation and the centre slice of each tracklet with LesaNNet, which "encodes
+the body part, type, and attributes of lesions", and matches pairs within a patient whose L2 distance
+is below delta. LesaNNet is not available, so an embedding here is three blocks, each on a fixed scale
+so that delta means the same thing on every corpus:
+
+- appearance (``w_app`` x a unit vector): :class:`~lens_core.mining.embed_model.LesionEncoder` on a
+  context-padded 3-slice crop, trained self-supervised from tracklets and annotations only;
+- body position (``w_pos`` x 2 numbers in [-0.5, 0.5]): the box centre relative to the body's extent
+  on its slice (the body found by thresholding the slice), which survives the patient lying a few mm
+  differently and a different field of view, unlike raw pixel positions;
+- size (``w_size`` x log of the box's mean side in mm): lesions grow or shrink between studies, so size
+  is a soft cue (a 25% change costs ``w_size * 0.22``).
+
+So ``|e_i - e_j|^2 = w_app^2 |a_i - a_j|^2 + w_pos^2 |p_i - p_j|^2 + w_size^2 (s_i - s_j)^2``. The
+appearance block is L2-normalised; the whole vector deliberately is not: renormalising it would make
+a distance depend on where in the body two lesions lie. ``benchmarks/embedding_ablation.py`` measures
+each block's worth on the validation split.
+
+The source is pluggable (:func:`embed`): ``"learned"`` (all three blocks), ``"position"`` (position
+and size only: no training), ``"appearance"`` (the encoder alone), or the path of a user's Parquet
+table of embeddings keyed by box.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pandas as pd
+from scipy import ndimage
+
+from lens_core.mining.overlap import same_slice_iou
+
+__all__ = ["EmbeddingWeights", "box_keys", "body_extents", "position_features", "extract_patches",
+           "tracklet_centres", "training_groups", "fit_encoder", "embed", "lookup",
+           "write_embeddings_h5", "read_embeddings_h5"]
+
+BOX_COLS = ["x1", "y1", "x2", "y2"]
+# uint8 value of HU -500 under the preprocessing window (-1024..3071 -> 0..255): tissue above, air below.
+BODY_THRESHOLD_U8 = int(np.ceil((-500 + 1024) / 4095 * 255))
+
+
+@dataclass(frozen=True)
+class EmbeddingWeights:
+    """Block weights of the composite embedding (see the module docstring)."""
+
+    w_app: float = 0.1
+    w_pos: float = 1.0
+    w_size: float = 0.25
+    context: float = 2.0      # crop side = context x the box's longer side ...
+    min_crop_px: float = 16.0  # ... but at least this many pixels (small lesions need surroundings)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def box_keys(df: pd.DataFrame) -> np.ndarray:
+    """A string key per box: ``volume_id/z/x1,y1,x2,y2`` (2 decimals); the key of embeddings.h5."""
+    _require(df, ["volume_id", "z", *BOX_COLS], "box table")
+    z = df["z"].to_numpy(dtype=np.int64)
+    b = df[BOX_COLS].to_numpy(dtype=np.float64)
+    return np.array([f"{v}/{zz}/{c[0]:.2f},{c[1]:.2f},{c[2]:.2f},{c[3]:.2f}"
+                     for v, zz, c in zip(df["volume_id"].astype(str), z, b)], dtype=object)
+
+
+def _require(df: pd.DataFrame, cols: list[str], name: str) -> None:
+    missing = [c for c in cols if c not in df.columns]
+    if missing:
+        raise KeyError(f"{name} lacks columns {missing}")
+
+
+class _Volumes:
+    """Lazy reader of volumes.h5: one volume in memory at a time (boxes are processed volume by volume)."""
+
+    def __init__(self, prep_dir: str | Path):
+        self.path = Path(prep_dir) / "volumes.h5"
+        if not self.path.exists():
+            raise FileNotFoundError(f"{self.path}: no preprocessed volumes (run `lens preprocess`)")
+        self.file = h5py.File(self.path, "r")
+
+    def get(self, volume_id: str) -> tuple[np.ndarray, np.ndarray]:
+        if volume_id not in self.file:
+            raise KeyError(f"{self.path}: no volume {volume_id!r}")
+        g = self.file[volume_id]
+        return g["image"][()], np.asarray(g.attrs["spacing"], dtype=np.float64)
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def body_extents(image_slice: np.ndarray) -> tuple[float, float, float, float]:
+    """(x1, y1, x2, y2) of the body on a uint8 slice: the largest connected region above HU -500
+    (holes such as the lungs filled), exclusive bounds; the whole slice if nothing is found."""
+    mask = image_slice >= BODY_THRESHOLD_U8
+    lab, n = ndimage.label(mask)
+    h, w = image_slice.shape
+    if n == 0:
+        return 0.0, 0.0, float(w), float(h)
+    sizes = np.bincount(lab.ravel())
+    sizes[0] = 0
+    ys, xs = np.nonzero(lab == int(sizes.argmax()))
+    return float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1)
+
+
+def position_features(boxes: pd.DataFrame, prep_dir: str | Path) -> np.ndarray:
+    """float32 [n, 3]: box centre x, y relative to the body extent on its slice (-0.5..0.5 inside the
+    body) and log of the box's mean side in mm (``sqrt(w * h)`` with the volume's pixel spacing)."""
+    _require(boxes, ["volume_id", "z", *BOX_COLS], "box table")
+    out = np.zeros((len(boxes), 3), np.float32)
+    vols = _Volumes(prep_dir)
+    try:
+        for vid, idx in boxes.groupby("volume_id", sort=False).indices.items():
+            image, spacing = vols.get(str(vid))
+            sub = boxes.iloc[idx]
+            z = np.clip(sub["z"].to_numpy(dtype=np.int64), 0, image.shape[0] - 1)
+            b = sub[BOX_COLS].to_numpy(dtype=np.float64)
+            ext = {zz: body_extents(image[zz]) for zz in np.unique(z)}
+            e = np.array([ext[zz] for zz in z])
+            cx, cy = (b[:, 0] + b[:, 2]) / 2, (b[:, 1] + b[:, 3]) / 2
+            out[idx, 0] = (cx - e[:, 0]) / np.maximum(e[:, 2] - e[:, 0], 1.0) - 0.5
+            out[idx, 1] = (cy - e[:, 1]) / np.maximum(e[:, 3] - e[:, 1], 1.0) - 0.5
+            side_mm = np.sqrt(np.maximum(b[:, 2] - b[:, 0], 1e-3) * spacing[2]
+                              * np.maximum(b[:, 3] - b[:, 1], 1e-3) * spacing[1])
+            out[idx, 2] = np.log(side_mm)
+    finally:
+        vols.close()
+    return out
+
+
+def extract_patches(boxes: pd.DataFrame, prep_dir: str | Path, weights: EmbeddingWeights = EmbeddingWeights(),
+                    patch_px: int | None = None) -> np.ndarray:
+    """uint8 [n, 3, P, P] patches (slices z-1, z, z+1) centred on each box, spanning twice its crop
+    (crop side = max(context x longer box side, min_crop_px)); outside the image reads as air (0)."""
+    import torch
+    from torchvision.ops import roi_align
+
+    from lens_core.mining.embed_model import PATCH_PX
+
+    p = int(patch_px or PATCH_PX)
+    _require(boxes, ["volume_id", "z", *BOX_COLS], "box table")
+    out = np.zeros((len(boxes), 3, p, p), np.uint8)
+    vols = _Volumes(prep_dir)
+    try:
+        for vid, idx in boxes.groupby("volume_id", sort=False).indices.items():
+            image, _ = vols.get(str(vid))
+            nz = image.shape[0]
+            sub = boxes.iloc[idx]
+            z = sub["z"].to_numpy(dtype=np.int64)
+            if (z < 0).any() or (z >= nz).any():
+                bad = int(idx[np.flatnonzero((z < 0) | (z >= nz))[0]])
+                raise ValueError(f"box row {bad}: slice {int(boxes['z'].iloc[bad])} outside volume {vid} ({nz} slices)")
+            used = np.unique(np.concatenate([z - 1, z, z + 1]).clip(0, nz - 1))
+            pos = {int(s): k for k, s in enumerate(used)}
+            stack = torch.as_tensor(image[used], dtype=torch.float32)  # [U, H, W]
+            # channel c of item k = slice z_k - 1 + c (clamped at the volume's ends)
+            trip = np.array([[pos[int(min(max(zz - 1 + c, 0), nz - 1))] for c in range(3)] for zz in z])
+            b = sub[BOX_COLS].to_numpy(dtype=np.float64)
+            cx, cy = (b[:, 0] + b[:, 2]) / 2, (b[:, 1] + b[:, 3]) / 2
+            half = np.maximum(weights.context * np.maximum(b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]),
+                              weights.min_crop_px)  # half the patch = the crop side
+            rois = torch.as_tensor(np.stack([np.arange(len(z)), cx - half, cy - half, cx + half, cy + half], 1),
+                                   dtype=torch.float32)
+            inp = stack[torch.as_tensor(trip)]  # [n, 3, H, W]
+            crops = roi_align(inp, rois, output_size=p, spatial_scale=1.0, sampling_ratio=2, aligned=True)
+            out[idx] = crops.round().clamp(0, 255).to(torch.uint8).numpy()
+    finally:
+        vols.close()
+    return out
+
+
+def tracklet_centres(tracklet_boxes: pd.DataFrame) -> pd.DataFrame:
+    """One row per tracklet: its box on the centre slice (Sec. V-B: "we run it on the center slice of
+    each tracklet"), the highest-scoring one if several; all columns of that box row kept."""
+    _require(tracklet_boxes, ["tracklet_id", "volume_id", "z", *BOX_COLS], "tracklet table")
+    t = tracklet_boxes.reset_index(drop=True)
+    g = t.groupby("tracklet_id")["z"]
+    centre = np.floor((g.transform("min") + g.transform("max")) / 2).to_numpy(dtype=np.int64)
+    score = t["score"].to_numpy(dtype=np.float64) if "score" in t.columns else np.zeros(len(t))
+    # distance to the centre slice first (a tracklet with a gap may lack it), then the best score
+    order = np.lexsort((-score, np.abs(t["z"].to_numpy(dtype=np.int64) - centre), t["tracklet_id"].to_numpy()))
+    return t.iloc[order].drop_duplicates("tracklet_id").sort_values("tracklet_id").reset_index(drop=True)
+
+
+def training_groups(annotations: pd.DataFrame, tracklet_boxes: pd.DataFrame, iou_threshold: float = 0.5) -> pd.DataFrame:
+    """The encoder's training boxes with a ``group`` column: what the user knows to be one lesion.
+
+    Every tracklet is a group (its boxes on different slices are positives of each other). An
+    annotation joins the tracklet it overlaps on its key slice (IoU > theta, the best one), else it is
+    a group of its own (positives come from augmentation). Built from annotations and proposals only.
+    """
+    ann = annotations.reset_index(drop=True)
+    if "label_kind" in ann.columns:
+        ann = ann[ann["label_kind"] == "gt"].reset_index(drop=True)
+    trk = tracklet_boxes.reset_index(drop=True)
+    _require(trk, ["tracklet_id", "volume_id", "z", *BOX_COLS], "tracklet table")
+    group_a = -1 - np.arange(len(ann), dtype=np.int64)  # own groups, negative ids
+    if len(ann) and len(trk):
+        pairs = same_slice_iou(ann, trk)
+        pairs = pairs[pairs["iou"] > iou_threshold].sort_values(["a_row", "iou"], ascending=[True, False])
+        best = pairs.drop_duplicates("a_row")
+        group_a[best["a_row"].to_numpy()] = trk["tracklet_id"].to_numpy(dtype=np.int64)[best["b_row"].to_numpy()]
+    cols = ["volume_id", "patient_id", "z", *BOX_COLS]
+    return pd.concat([ann[cols].assign(group=group_a, role="annotation"),
+                      trk[cols].assign(group=trk["tracklet_id"].to_numpy(dtype=np.int64), role="tracklet")],
+                     ignore_index=True)
+
+
+def fit_encoder(groups: pd.DataFrame, prep_dir: str | Path, weights: EmbeddingWeights = EmbeddingWeights(),
+                cfg=None, max_per_group: int = 8, log=None):
+    """Train the appearance encoder on :func:`training_groups` output; returns ``(model, cfg, history)``.
+
+    At most ``max_per_group`` boxes per group (evenly spaced slices) so that long tracklets do not
+    dominate the patches held in memory.
+    """
+    from lens_core.mining.embed_model import EncoderTraining, train_encoder
+
+    cfg = cfg or EncoderTraining()
+    _require(groups, ["group", "volume_id", "patient_id", "z", *BOX_COLS], "training groups")
+    g = groups.reset_index(drop=True)
+    rank = g.groupby("group").cumcount().to_numpy()
+    size = g.groupby("group")["z"].transform("size").to_numpy()
+    stride = np.maximum(size // max_per_group, 1)
+    g = g[(rank % stride == 0) & (rank // stride < max_per_group)].reset_index(drop=True)
+    if g["group"].nunique() < 2:
+        raise ValueError("the encoder needs at least two lesion groups (annotations or tracklets) to train")
+    patches = extract_patches(g, prep_dir, weights)
+    patient, _ = pd.factorize(g["patient_id"].astype(str))
+    volume, _ = pd.factorize(g["volume_id"].astype(str))
+    model, history = train_encoder(patches, g["group"].to_numpy(), patient, volume, cfg, log=log)
+    return model, cfg, history
+
+
+def _encoder(encoder):
+    from lens_core.mining.embed_model import LesionEncoder, load_encoder
+
+    if isinstance(encoder, LesionEncoder):
+        return encoder
+    if encoder is None:
+        raise ValueError("source='learned'/'appearance' needs an encoder (a LesionEncoder or a checkpoint path)")
+    return load_encoder(encoder)[0]
+
+
+def embed(boxes: pd.DataFrame, prep_dir: str | Path | None, source: str | Path = "learned", *,
+          encoder=None, weights: EmbeddingWeights = EmbeddingWeights()) -> tuple[np.ndarray, np.ndarray]:
+    """Embed 2D boxes: ``(keys, emb)``, keys = :func:`box_keys`, emb float32 [n, d] in row order.
+
+    source: ``"learned"`` (appearance + position + size; ``encoder`` = a LesionEncoder or the path of
+    one saved by ``embed_model.save_encoder``), ``"position"`` (position + size; d = 3),
+    ``"appearance"`` (the encoder's unit vectors alone), or the path of a user Parquet table with
+    ``volume_id, z, x1, y1, x2, y2`` and either an ``embedding`` list column or ``emb_0 .. emb_{d-1}``
+    columns; each box takes the row on its slice with the highest IoU (>= 0.9 required).
+    """
+    keys = box_keys(boxes)
+    if isinstance(source, str) and source in ("learned", "position", "appearance"):
+        if prep_dir is None:
+            raise ValueError(f"source={source!r} reads the images: prep_dir is required")
+        parts = []
+        if source in ("learned", "appearance"):
+            from lens_core.mining.embed_model import encode
+
+            app = encode(_encoder(encoder), extract_patches(boxes, prep_dir, weights))
+            parts.append(app if source == "appearance" else weights.w_app * app)
+        if source in ("learned", "position"):
+            pos = position_features(boxes, prep_dir)
+            parts += [weights.w_pos * pos[:, :2], weights.w_size * pos[:, 2:]]
+        return keys, np.concatenate(parts, axis=1).astype(np.float32)
+    return keys, _user_embeddings(boxes, Path(source))
+
+
+def _user_embeddings(boxes: pd.DataFrame, path: Path, min_iou: float = 0.9) -> np.ndarray:
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: embedding table not found (source must be 'learned', 'position', "
+                                f"'appearance' or the path of a Parquet table)")
+    try:
+        table = pd.read_parquet(path)
+    except Exception as exc:  # noqa: BLE001
+        raise ValueError(f"{path}: not a readable Parquet table ({exc})") from exc
+    missing = [c for c in ["volume_id", "z", *BOX_COLS] if c not in table.columns]
+    if missing:
+        raise KeyError(f"{path}: embedding table lacks columns {missing}")
+    if "embedding" in table.columns:
+        lens = table["embedding"].map(len).to_numpy()
+        if len(table) and (lens != lens[0]).any():
+            raise ValueError(f"{path}: row {int(np.flatnonzero(lens != lens[0])[0])} has an embedding of "
+                             f"length {int(lens[np.flatnonzero(lens != lens[0])[0]])}, row 0 of {int(lens[0])}")
+        vec = np.stack(table["embedding"].to_numpy()).astype(np.float32) if len(table) else np.zeros((0, 0), np.float32)
+    else:
+        cols = sorted((c for c in table.columns if c.startswith("emb_")), key=lambda c: int(c[4:]))
+        if not cols:
+            raise KeyError(f"{path}: embedding table has neither an 'embedding' column nor emb_0.. columns")
+        vec = table[cols].to_numpy(dtype=np.float32)
+    bad = ~np.isfinite(vec).all(axis=1)
+    if bad.any():
+        raise ValueError(f"{path}: row {int(np.flatnonzero(bad)[0])} has a non-finite embedding")
+    b = boxes.reset_index(drop=True)
+    pairs = same_slice_iou(b, table.reset_index(drop=True))
+    pairs = pairs[pairs["iou"] >= min_iou].sort_values(["a_row", "iou"], ascending=[True, False]).drop_duplicates("a_row")
+    found = np.zeros(len(b), bool)
+    found[pairs["a_row"].to_numpy()] = True
+    if not found.all():
+        i = int(np.flatnonzero(~found)[0])
+        r = b.iloc[i]
+        raise KeyError(f"{path}: no embedding for box row {i} (volume {r['volume_id']}, slice {int(r['z'])}, "
+                       f"box {[round(float(r[c]), 2) for c in BOX_COLS]}); {int((~found).sum())} boxes lack one")
+    out = np.empty((len(b), vec.shape[1]), np.float32)
+    out[pairs["a_row"].to_numpy()] = vec[pairs["b_row"].to_numpy()]
+    return out
+
+
+def lookup(keys: np.ndarray, emb: np.ndarray, boxes: pd.DataFrame, source: str = "embeddings") -> np.ndarray:
+    """The rows of ``emb`` for ``boxes`` (by :func:`box_keys`), e.g. to feed ``mine_intra_patient``."""
+    index = pd.Index(np.asarray(keys, dtype=object))
+    if not index.is_unique:
+        index = index.drop_duplicates()
+        emb = emb[~pd.Index(np.asarray(keys, dtype=object)).duplicated()]
+    want = box_keys(boxes)
+    pos = index.get_indexer(want)
+    if (pos < 0).any():
+        i = int(np.flatnonzero(pos < 0)[0])
+        raise KeyError(f"{source}: no embedding for box row {i} ({want[i]})")
+    return emb[pos]
+
+
+def write_embeddings_h5(path: str | Path, keys: np.ndarray, emb: np.ndarray, config: dict | None = None) -> None:
+    """embeddings.h5, atomically: datasets ``keys`` (utf-8 strings [n]) and ``embedding`` (float32
+    [n, d]); attribute ``config`` (JSON: the source, weights and encoder settings)."""
+    emb = np.asarray(emb, dtype=np.float32)
+    keys = np.asarray(keys, dtype=object)
+    if emb.ndim != 2 or len(keys) != len(emb):
+        raise ValueError(f"keys [n] and embedding [n, d] must line up, got {keys.shape} and {emb.shape}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with h5py.File(tmp, "w") as f:
+            f.create_dataset("keys", data=keys.astype(str).astype(object), dtype=h5py.string_dtype("utf-8"))
+            f.create_dataset("embedding", data=emb, compression="gzip")
+            f.attrs["config"] = json.dumps(config or {})
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def read_embeddings_h5(path: str | Path) -> tuple[np.ndarray, np.ndarray, dict]:
+    """``(keys, embedding, config)`` from :func:`write_embeddings_h5`'s file."""
+    path = Path(path)
+    try:
+        with h5py.File(path, "r") as f:
+            keys = np.array([k.decode() if isinstance(k, bytes) else k for k in f["keys"][()]], dtype=object)
+            emb = f["embedding"][()].astype(np.float32)
+            config = json.loads(f.attrs.get("config", "{}"))
+    except (OSError, KeyError) as exc:
+        raise ValueError(f"{path}: not an embeddings file ({exc})") from exc
+    if len(keys) != len(emb):
+        raise ValueError(f"{path}: {len(keys)} keys but {len(emb)} embeddings")
+    return keys, emb, config

@@ -1,0 +1,106 @@
+"""Anchor-free proposal network, AFP (paper Sec. IV-B, Eq. 1-2): one per dataset."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torchvision.ops import batched_nms, sigmoid_focal_loss
+
+
+@dataclass
+class AfpTargets:
+    """Per-pixel AFP targets on the feature grid (built by ``lens_core.training.targets``).
+
+    center: ``[B, H, W]`` float, 1 in the centre regions B_ctn, else 0.
+    ignore: ``[B, H, W]`` bool, B_ign - B_ctn of lesions plus B_ign of uncertain boxes.
+    reg:    ``[B, 4, H, W]`` float, distances (left, top, right, bottom) in input pixels from each
+            cell centre to the borders of its lesion box; defined only where ``center == 1``.
+    """
+
+    center: torch.Tensor
+    ignore: torch.Tensor
+    reg: torch.Tensor
+
+    def to(self, device) -> "AfpTargets":
+        return AfpTargets(self.center.to(device), self.ignore.to(device), self.reg.to(device))
+
+
+def _branch(c_in: int, hidden: int, c_out: int) -> nn.Sequential:
+    # "Both branches include two convolutional layers and a ReLU layer" (Sec. IV-B).
+    return nn.Sequential(nn.Conv2d(c_in, hidden, 3, padding=1), nn.ReLU(inplace=True), nn.Conv2d(hidden, c_out, 1))
+
+
+class AnchorFreeProposalNetwork(nn.Module):
+    """Centerness + box-size branches on one feature map of stride ``stride``."""
+
+    def __init__(self, in_channels: int, stride: int, hidden: int | None = None):
+        super().__init__()
+        hidden = hidden or in_channels
+        self.stride = stride
+        self.center = _branch(in_channels, hidden, 1)
+        self.size = _branch(in_channels, hidden, 4)
+        # Rare-positive prior so the focal loss starts near its equilibrium (RetinaNet init).
+        nn.init.constant_(self.center[-1].bias, -math.log(99.0))
+
+    def forward(self, feat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``feat [B, C, H, W]`` -> centerness logits ``[B, H, W]``, distances ``[B, 4, H, W]`` (px)."""
+        logits = self.center(feat)[:, 0]
+        # exp keeps distances positive; scaled by the stride so the raw output is O(1).
+        dist = torch.exp(self.size(feat).float().clamp(max=8.0)) * self.stride
+        return logits, dist
+
+    @staticmethod
+    def compute_loss(logits: torch.Tensor, dist: torch.Tensor, t: AfpTargets) -> tuple[torch.Tensor, torch.Tensor]:
+        """Eq. 1 (centerness focal loss) and Eq. 2 (size L1) for one batch.
+
+        Eq. 1 is sigmoid_focal_loss with gamma = 2 and alpha = 0.5 (alpha_t = 0.5 for both terms).
+        Ignored pixels are removed by selection, so they add exactly zero loss and gradient.
+        Both losses are divided by the number n of centre pixels in the batch (Eq. 2 uses n; for
+        Eq. 1 it keeps the scale independent of the image size, as in CenterNet [50]).
+        """
+        valid = ~t.ignore
+        focal = sigmoid_focal_loss(logits.float()[valid], t.center[valid], alpha=0.5, gamma=2.0, reduction="sum")
+        pos = t.center > 0
+        n = pos.sum().clamp(min=1).to(focal.dtype)
+        pred = dist.permute(0, 2, 3, 1)[pos]  # [n, 4]
+        true = t.reg.permute(0, 2, 3, 1)[pos]
+        size = (pred - true).abs().sum() / n
+        return focal / n, size
+
+    def proposals(
+        self,
+        logits: torch.Tensor,
+        dist: torch.Tensor,
+        image_hw: tuple[int, int],
+        pre_nms_top_n: int = 1000,
+        nms_thresh: float = 0.7,
+        post_nms_top_n: int = 300,
+    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Inference (Sec. IV-B): a box per pixel scored by its centerness, then NMS.
+
+        Returns per image ``(boxes [N, 4] (x1, y1, x2, y2) px, scores [N])``.
+        """
+        b, h, w = logits.shape
+        s = self.stride
+        ys, xs = torch.meshgrid(
+            (torch.arange(h, device=logits.device) + 0.5) * s,
+            (torch.arange(w, device=logits.device) + 0.5) * s,
+            indexing="ij",
+        )
+        out = []
+        for i in range(b):
+            score = torch.sigmoid(logits[i].float()).reshape(-1)
+            d = dist[i].reshape(4, -1)
+            k = min(pre_nms_top_n, score.numel())
+            score, idx = score.topk(k)
+            cx, cy = xs.reshape(-1)[idx], ys.reshape(-1)[idx]
+            boxes = torch.stack([cx - d[0, idx], cy - d[1, idx], cx + d[2, idx], cy + d[3, idx]], dim=1)
+            boxes[:, 0::2] = boxes[:, 0::2].clamp(0, image_hw[1])
+            boxes[:, 1::2] = boxes[:, 1::2].clamp(0, image_hw[0])
+            ok = (boxes[:, 2] - boxes[:, 0] >= 1) & (boxes[:, 3] - boxes[:, 1] >= 1)
+            boxes, score = boxes[ok], score[ok]
+            keep = batched_nms(boxes, score, torch.zeros_like(score, dtype=torch.int64), nms_thresh)[:post_nms_top_n]
+            out.append((boxes[keep], score[keep]))
+        return out

@@ -1,0 +1,183 @@
+"""Lesion Ensemble, LENS (paper Sec. IV-C, Fig. 2): shared 2.5D backbone, one AFP per dataset, and a
+multi-task head whose per-dataset layers are the "dataset experts"."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torchvision.ops import batched_nms
+
+from lens_core.model import boxes as box_coding
+from lens_core.model.afp import AfpTargets, AnchorFreeProposalNetwork
+from lens_core.model.backbone import build_backbone
+from lens_core.model.head import MultiTaskHead
+
+__all__ = ["AfpTargets", "ImageTargets", "LENS", "total_loss"]
+
+
+@dataclass
+class ImageTargets:
+    """One image's boxes ``[N, 4]`` (lesions counted as ground truth) and ``ignore [M, 4]`` (uncertain)."""
+
+    boxes: torch.Tensor
+    ignore: torch.Tensor
+
+    def to(self, device) -> "ImageTargets":
+        return ImageTargets(self.boxes.to(device), self.ignore.to(device))
+
+
+def total_loss(losses: dict[str, torch.Tensor], lambda1: float = 0.1, lambda2: float = 10.0) -> torch.Tensor:
+    """Eq. 3 for one batch: L_center + lambda1 L_size + L_class + lambda2 L_box."""
+    return losses["center"] + lambda1 * losses["size"] + losses["class"] + lambda2 * losses["box"]
+
+
+class LENS(nn.Module):
+    """Args:
+        datasets: dataset names, one AFP and one expert each (order = score column order).
+        preset: backbone preset (``paper`` | ``cpu``); n_slices: input slices per image.
+        fc_dim: width of the two shared FC layers; rois_per_image: head RoIs sampled in training.
+        afp_pre_nms / proposals_per_afp: an AFP's best pixels entering its NMS, and its boxes kept.
+        pool_nms / pool_top_n: NMS IoU and count after pooling the AFPs' proposals.
+    """
+
+    def __init__(
+        self,
+        datasets: list[str],
+        preset: str = "cpu",
+        n_slices: int = 3,
+        weights_path: str | None = None,
+        fc_dim: int | None = None,
+        rois_per_image: int = 64,
+        afp_pre_nms: int = 300,
+        proposals_per_afp: int = 100,
+        pool_nms: float = 0.7,
+        pool_top_n: int = 200,
+    ):
+        super().__init__()
+        if not datasets or len(set(datasets)) != len(datasets):
+            raise ValueError(f"datasets must be a non-empty list of distinct names, got {datasets}")
+        self.datasets = list(datasets)
+        self.backbone = build_backbone(preset, n_slices, weights_path)
+        c, s = self.backbone.out_channels, self.backbone.stride
+        self.afps = nn.ModuleDict({d: AnchorFreeProposalNetwork(c, s) for d in datasets})
+        fc_dim = fc_dim or (1024 if preset == "paper" else 256)
+        self.head = MultiTaskHead(c, s, datasets, fc_dim=fc_dim)
+        self.rois_per_image = rois_per_image
+        self.afp_pre_nms = afp_pre_nms
+        self.proposals_per_afp = proposals_per_afp
+        self.pool_nms = pool_nms
+        self.pool_top_n = pool_top_n
+
+    @property
+    def stride(self) -> int:
+        return self.backbone.stride
+
+    def _pooled_proposals(self, feat: torch.Tensor, image_hw) -> list[torch.Tensor]:
+        """Proposals of all AFPs pooled, then NMS (Sec. IV-C). Never carries gradients."""
+        per_afp = []
+        with torch.no_grad():
+            for d in self.datasets:
+                logits, dist = self.afps[d](feat)
+                per_afp.append(self.afps[d].proposals(logits, dist, image_hw, pre_nms_top_n=self.afp_pre_nms,
+                                                      post_nms_top_n=self.proposals_per_afp))
+        pooled = []
+        for i in range(feat.shape[0]):
+            b = torch.cat([p[i][0] for p in per_afp])
+            s = torch.cat([p[i][1] for p in per_afp])
+            keep = batched_nms(b, s, torch.zeros_like(s, dtype=torch.int64), self.pool_nms)[: self.pool_top_n]
+            pooled.append(b[keep].detach())
+        return pooled
+
+    def losses(
+        self,
+        images: torch.Tensor,
+        dataset: str,
+        afp_targets: AfpTargets,
+        targets: list[ImageTargets],
+        generator: torch.Generator | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Training losses of Eq. 3 for a batch drawn from one ``dataset``.
+
+        Only ``dataset``'s AFP and expert layers enter the graph, so the other datasets' layers get
+        no gradient at all (grad stays None, optimizers skip them); backbone and shared FCs always do.
+        """
+        if dataset not in self.afps:
+            raise KeyError(f"dataset {dataset!r} is not one of the model's datasets {self.datasets}")
+        feat = self.backbone(images)
+        logits, dist = self.afps[dataset](feat)
+        l_center, l_size = AnchorFreeProposalNetwork.compute_loss(logits, dist, afp_targets)
+        proposals = self._pooled_proposals(feat, images.shape[-2:])
+        rois, labels, matched = [], [], []
+        for p, t in zip(proposals, targets):
+            r, l, m = MultiTaskHead.sample_rois(p, t.boxes, t.ignore, self.rois_per_image, generator=generator)
+            rois.append(r)
+            labels.append(l)
+            matched.append(m)
+        x = self.head.shared_features(feat, rois)
+        cls, deltas = self.head.expert(x, dataset)
+        l_class, l_box = MultiTaskHead.compute_loss(cls, deltas, torch.cat(rois), torch.cat(labels), torch.cat(matched))
+        return {"center": l_center, "size": l_size, "class": l_class, "box": l_box}
+
+    @torch.no_grad()
+    def detect(self, images: torch.Tensor) -> list[dict[str, torch.Tensor]]:
+        """Every expert's view of the pooled proposals, per image:
+
+        ``rois [N, 4]``; ``boxes [D, N, 4]`` (each expert's regressed boxes); ``scores [N, D]``
+        (each expert's lesion probability), D = ``len(self.datasets)`` in that order.
+        """
+        feat = self.backbone(images)
+        proposals = self._pooled_proposals(feat, images.shape[-2:])
+        x = self.head.shared_features(feat, proposals)
+        out, start = [], 0
+        h, w = images.shape[-2:]
+        for p in proposals:
+            xi = x[start:start + len(p)]
+            start += len(p)
+            boxes, scores = [], []
+            for d in self.datasets:
+                logit, delta = self.head.expert(xi, d)
+                b = box_coding.decode(p.float(), delta.float())
+                b[:, 0::2] = b[:, 0::2].clamp(0, w)
+                b[:, 1::2] = b[:, 1::2].clamp(0, h)
+                boxes.append(b)
+                scores.append(torch.sigmoid(logit.float()))
+            out.append({
+                "rois": p.float(),
+                "boxes": torch.stack(boxes) if boxes else p.new_zeros(0, 0, 4),
+                "scores": torch.stack(scores, 1),
+            })
+        return out
+
+
+MODEL_ARGS = ("datasets", "preset", "n_slices", "fc_dim", "rois_per_image")
+
+
+def save_lens(path, model: LENS, meta: dict) -> None:
+    """Weights-only file: ``{"state_dict": ..., "meta": {...}}`` (plain types; torch.load(weights_only=True)).
+
+    ``meta`` must hold the constructor arguments in ``MODEL_ARGS``; written atomically."""
+    import os
+    from pathlib import Path
+
+    missing = [k for k in MODEL_ARGS if k not in meta]
+    if missing:
+        raise ValueError(f"model meta lacks {missing}")
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save({"state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}, "meta": meta}, tmp)
+    os.replace(tmp, path)
+
+
+def load_lens(path, device="cpu") -> tuple[LENS, dict]:
+    """Inverse of :func:`save_lens`: the model in eval mode on ``device`` and its meta."""
+    import pickle
+
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+        meta = blob["meta"]
+        model = LENS(**{k: meta[k] for k in MODEL_ARGS})
+        model.load_state_dict(blob["state_dict"])
+    except (OSError, RuntimeError, KeyError, TypeError, EOFError, pickle.UnpicklingError) as e:
+        raise ValueError(f"{path}: not a LENS model file: {e}") from e
+    return model.to(device).eval(), meta

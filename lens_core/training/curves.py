@@ -1,0 +1,41 @@
+"""Loss curves of a training run: the per-step table (Parquet) and a PNG."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pandas as pd
+
+LOSS_TERMS = ["center", "size", "class", "box", "total"]
+
+
+def write_loss_table(rows: list[dict], path: Path) -> pd.DataFrame:
+    df = pd.DataFrame(rows, columns=["epoch", "step", "dataset", *LOSS_TERMS, "lr"])
+    tmp = path.with_name(path.name + ".tmp")
+    df.to_parquet(tmp, index=False)
+    os.replace(tmp, path)
+    return df
+
+
+def plot_losses(df: pd.DataFrame, path: Path) -> None:
+    """Each Eq. 3 term per step, smoothed, one line per dataset (the per-dataset AFPs side by side)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(LOSS_TERMS), figsize=(4 * len(LOSS_TERMS), 3.2))
+    if len(df):
+        for ds, g in df.groupby("dataset"):
+            for ax, term in zip(axes, LOSS_TERMS):
+                ax.plot(g["step"], g[term].rolling(max(1, len(g) // 25), min_periods=1).mean(), label=ds, lw=1)
+    for ax, term in zip(axes, LOSS_TERMS):
+        ax.set_title(term)
+        ax.set_xlabel("step")
+        ax.set_yscale("log")
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    tmp = path.with_name(path.name + ".tmp.png")
+    fig.savefig(tmp, dpi=90)
+    plt.close(fig)
+    os.replace(tmp, path)

@@ -1,0 +1,222 @@
+"""Training slices from the preprocessed artifacts (docs/artifacts.md): 2.5D inputs, per-slice 2D
+boxes from 2D/3D labels, augmentation (Sec. VI-A) and batch collation with AFP targets."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from lens_core.model.lens import ImageTargets
+from lens_core.training.config import TrainConfig
+from lens_core.training.targets import batch_targets
+
+BOX_COLUMNS = ["volume_id", "dataset", "z", "x1", "y1", "x2", "y2", "z1", "z2", "kind", "label_kind"]
+PAD_MULTIPLE = 16  # coarsest backbone stride
+
+
+def normalize(slices: np.ndarray) -> torch.Tensor:
+    """uint8 window (-1024..3071 HU -> 0..255) -> float, air ~ -1, soft tissue ~ 0."""
+    return (torch.from_numpy(np.ascontiguousarray(slices)).float() - 64.0) / 64.0
+
+
+def stack_slices(volume, z: int, n: int) -> np.ndarray:
+    """The ``n`` slices centred on ``z`` (edge slices repeated past the volume's ends) ``[n, H, W]``.
+
+    ``volume`` is anything indexable like ``[z, y, x]`` (an h5py dataset or a numpy array)."""
+    depth = volume.shape[0]
+    idx = np.clip(np.arange(z - n // 2, z + n // 2 + 1), 0, depth - 1)
+    lo, hi = int(idx.min()), int(idx.max())
+    block = volume[lo:hi + 1]
+    return np.asarray(block)[idx - lo]
+
+
+def read_table(path: Path, columns: list[str]) -> pd.DataFrame:
+    try:
+        df = pd.read_parquet(path)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path}: cannot read table: {e}") from e
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise ValueError(f"{path}: missing columns {missing}")
+    return df
+
+
+@dataclass
+class SliceLabels:
+    """2D boxes on one slice: ``gt [N, 4]`` lesions, ``ignore [M, 4]`` uncertain regions."""
+
+    gt: list = field(default_factory=list)
+    ignore: list = field(default_factory=list)
+
+
+@dataclass
+class DatasetIndex:
+    """One dataset's training slices: which are positive, by lesion, and which may be negatives."""
+
+    name: str
+    h5_path: Path
+    labels: dict  # (volume_id, z) -> SliceLabels
+    lesion_slices: list  # per lesion (gt row): list of (volume_id, z) keys
+    negatives: list  # (volume_id, z) keys with no lesion and far enough from any label
+
+
+def slice_boxes(row, min_end_scale: float) -> list[tuple[int, list[float]]]:
+    """The 2D boxes of one label row: ``kind == '2d'`` -> its key slice ``z``; ``kind == '3d'`` ->
+    every slice in ``[z1, z2)``, the x/y box shrunk toward the ends like an ellipsoid's cross-section
+    (scale sqrt(1 - t^2), t the distance from the centre in half-depths, floored at ``min_end_scale``)."""
+    box = [float(row.x1), float(row.y1), float(row.x2), float(row.y2)]
+    if row.kind == "2d":
+        return [(int(row.z), box)]
+    if row.kind != "3d":
+        raise ValueError(f"unknown box kind {row.kind!r}")
+    z1, z2 = int(row.z1), int(row.z2)
+    cz, half = (z1 + z2) / 2, max((z2 - z1) / 2, 1e-6)
+    cx, cy, w, h = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2, box[2] - box[0], box[3] - box[1]
+    out = []
+    for z in range(z1, z2):
+        t = min(1.0, abs(z + 0.5 - cz) / half)
+        s = max(min_end_scale, float(np.sqrt(max(0.0, 1 - t * t))))
+        out.append((z, [cx - s * w / 2, cy - s * h / 2, cx + s * w / 2, cy + s * h / 2]))
+    return out
+
+
+def build_index(
+    cfg: TrainConfig, prep_dir: Path, labels: pd.DataFrame | None = None, split: str = "train"
+) -> dict[str, DatasetIndex]:
+    """Index every configured dataset's ``split`` slices.
+
+    Labels come from ``prep_dir/{dataset}/lesions.parquet``, unless ``labels`` (a round-2 table)
+    has rows for that dataset, in which case those rows replace the dataset's own table.
+    """
+    prep_dir = Path(prep_dir)
+    index = {}
+    for name in cfg.datasets:
+        ddir = prep_dir / name
+        vols = read_table(ddir / "volumes.parquet", ["volume_id", "split", "n_slices"])
+        vols = vols[vols["split"] == split]
+        if labels is not None and (labels["dataset"] == name).any():
+            lab, src = labels[labels["dataset"] == name], "labels table"
+        else:
+            src = ddir / "lesions.parquet"
+            lab = read_table(src, BOX_COLUMNS)
+        depth = dict(zip(vols["volume_id"], vols["n_slices"].astype(int)))
+        lab = lab[lab["volume_id"].isin(depth)]
+        per_slice: dict = {}
+        lesion_slices, blocked = [], {v: np.zeros(n, bool) for v, n in depth.items()}
+        for i, row in enumerate(lab.itertuples(index=False)):
+            if row.label_kind in cfg.gt_kinds:
+                role = "gt"
+            elif row.label_kind in cfg.ignore_kinds:
+                role = "ignore"
+            else:
+                continue
+            if not (row.x2 > row.x1 and row.y2 > row.y1):
+                raise ValueError(f"{src}: row {i} (volume {row.volume_id}): empty box {row.x1, row.y1, row.x2, row.y2}")
+            try:
+                boxes = slice_boxes(row, cfg.min_end_scale)
+            except ValueError as e:
+                raise ValueError(f"{src}: row {i} (volume {row.volume_id}): {e}") from e
+            n = depth[row.volume_id]
+            keys = []
+            for z, b in boxes:
+                if not 0 <= z < n:
+                    raise ValueError(f"{src}: row {i} (volume {row.volume_id}): slice {z} outside 0..{n - 1}")
+                getattr(per_slice.setdefault((row.volume_id, z), SliceLabels()), role).append(b)
+                keys.append((row.volume_id, z))
+            gap = cfg.neg_gap_2d if row.kind == "2d" else cfg.neg_gap_3d
+            zs = [z for z, _ in boxes]
+            blocked[row.volume_id][max(0, min(zs) - gap):max(zs) + 1 + gap] = True
+            if role == "gt":
+                lesion_slices.append(keys)
+        negatives = [(v, z) for v, b in blocked.items() for z in np.flatnonzero(~b).tolist()]
+        index[name] = DatasetIndex(name, ddir / "volumes.h5", per_slice, lesion_slices, sorted(negatives))
+    return index
+
+
+class SliceReader:
+    """Reads 2.5D stacks from the datasets' ``volumes.h5`` files (kept open)."""
+
+    def __init__(self, n_slices: int):
+        self.n_slices = n_slices
+        self._files: dict[Path, h5py.File] = {}
+
+    def read(self, h5_path: Path, volume_id: str, z: int) -> np.ndarray:
+        f = self._files.get(h5_path)
+        if f is None:
+            try:
+                f = self._files[h5_path] = h5py.File(h5_path, "r")
+            except OSError as e:
+                raise ValueError(f"{h5_path}: cannot open volumes file: {e}") from e
+        try:
+            image = f[volume_id]["image"]
+        except KeyError as e:
+            raise ValueError(f"{h5_path}: no volume {volume_id!r}") from e
+        return stack_slices(image, z, self.n_slices)
+
+    def close(self) -> None:
+        for f in self._files.values():
+            f.close()
+        self._files.clear()
+
+
+def augment(image: torch.Tensor, gt: np.ndarray, ign: np.ndarray, rng: np.random.Generator, cfg: TrainConfig):
+    """Random resize (0.8-1.2) and shift (+-8 px) of image and boxes (Sec. VI-A); same canvas size."""
+    s = rng.uniform(*cfg.scale_range)
+    dx, dy = (int(v) for v in rng.integers(-int(cfg.max_shift), int(cfg.max_shift) + 1, size=2))
+    _, h, w = image.shape
+    nh, nw = max(1, round(h * s)), max(1, round(w * s))
+    scaled = F.interpolate(image[None], size=(nh, nw), mode="bilinear", align_corners=False)[0]
+    canvas = torch.full_like(image, -1.0)  # air
+    # paste ``scaled`` at offset (dy, dx), cropped to the canvas
+    ys, xs = max(0, dy), max(0, dx)
+    ye, xe = min(h, dy + nh), min(w, dx + nw)
+    if ye > ys and xe > xs:
+        canvas[:, ys:ye, xs:xe] = scaled[:, ys - dy:ye - dy, xs - dx:xe - dx]
+    sx, sy = nw / w, nh / h
+
+    def move(b):
+        if not len(b):
+            return b
+        b = b * np.array([sx, sy, sx, sy]) + np.array([dx, dy, dx, dy])
+        b[:, 0::2] = b[:, 0::2].clip(0, w)
+        b[:, 1::2] = b[:, 1::2].clip(0, h)
+        return b[(b[:, 2] - b[:, 0] >= 1) & (b[:, 3] - b[:, 1] >= 1)]
+
+    return canvas, move(gt), move(ign)
+
+
+@dataclass
+class Batch:
+    images: torch.Tensor  # [B, S, H, W]
+    dataset: str
+    targets: list  # list[ImageTargets]
+    afp: object  # AfpTargets
+
+
+def load_batch(
+    keys: list, ds: DatasetIndex, reader: SliceReader, cfg: TrainConfig, stride: int,
+    rng: np.random.Generator | None,
+) -> Batch:
+    """Read, augment (when ``rng`` is given), pad to a common size and build the targets."""
+    images, gts, igns = [], [], []
+    for vol, z in keys:
+        img = normalize(reader.read(ds.h5_path, vol, z))
+        lab = ds.labels.get((vol, z), SliceLabels())
+        gt = np.asarray(lab.gt, np.float64).reshape(-1, 4)
+        ign = np.asarray(lab.ignore, np.float64).reshape(-1, 4)
+        if rng is not None and cfg.augment:
+            img, gt, ign = augment(img, gt, ign, rng, cfg)
+        images.append(img)
+        gts.append(torch.as_tensor(gt, dtype=torch.float32))
+        igns.append(torch.as_tensor(ign, dtype=torch.float32))
+    h = max(i.shape[1] for i in images)
+    w = max(i.shape[2] for i in images)
+    h, w = -(-h // PAD_MULTIPLE) * PAD_MULTIPLE, -(-w // PAD_MULTIPLE) * PAD_MULTIPLE
+    batch = torch.stack([F.pad(i, (0, w - i.shape[2], 0, h - i.shape[1]), value=-1.0) for i in images])
+    afp = batch_targets(gts, igns, (h // stride, w // stride), stride, cfg.r_c, cfg.r_i)
+    return Batch(batch, ds.name, [ImageTargets(g, i) for g, i in zip(gts, igns)], afp)

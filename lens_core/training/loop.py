@@ -1,0 +1,149 @@
+"""The LENS training loop (paper Sec. VI-B): RAdam, lr / 10 steps, one dataset per batch, a
+checkpoint every epoch from which a killed run resumes with the same result as an uninterrupted one."""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import pickle
+from pathlib import Path
+from typing import Callable
+
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from lens_core.model.lens import LENS, save_lens, total_loss
+from lens_core.training.config import TrainConfig
+from lens_core.training.curves import plot_losses, write_loss_table
+from lens_core.training.data import SliceReader, build_index, load_batch, read_table
+from lens_core.training.sampler import DatasetHomogeneousSampler
+
+log = logging.getLogger(__name__)
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda requested but CUDA is not available")
+    if device not in ("cpu", "cuda"):
+        raise ValueError(f"device must be auto, cpu or cuda, got {device!r}")
+    return torch.device(device)
+
+
+def autocast(device: torch.device):
+    """Mixed precision on CUDA (bfloat16: no loss scaling needed), full precision on the CPU."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def build_model(cfg: TrainConfig) -> tuple[LENS, dict]:
+    meta = {
+        "datasets": list(cfg.datasets), "preset": cfg.preset, "n_slices": cfg.slices,
+        "fc_dim": cfg.fc_dim, "rois_per_image": cfg.rois_per_image,
+        "fuse_experts": list(cfg.fuse_experts or cfg.datasets), "config": cfg.to_dict(),
+    }
+    return LENS(cfg.datasets, cfg.preset, cfg.slices, cfg.weights_path, cfg.fc_dim, cfg.rois_per_image), meta
+
+
+def _atomic_save(obj, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def train(
+    cfg: TrainConfig,
+    prep_dir: str | Path,
+    out_dir: str | Path,
+    labels: str | Path | None = None,
+    device: str = "auto",
+    resume: bool = False,
+    progress: bool = True,
+    on_step: Callable[[int, int], None] | None = None,
+) -> Path:
+    """Train LENS; writes ``lens.pt``, ``checkpoint.pt``, ``losses.parquet``, ``losses.png`` in
+    ``out_dir`` and returns the path of ``lens.pt``.
+
+    ``on_step(epoch, batch)`` is called after every optimizer step (tests use it to kill a run).
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    dev = resolve_device(device)
+    label_table = None
+    if labels is not None:
+        label_table = read_table(Path(labels), ["volume_id", "dataset", "z", "x1", "y1", "x2", "y2",
+                                                "z1", "z2", "kind", "label_kind"])
+    index = build_index(cfg, Path(prep_dir), label_table)
+    for name, ds in index.items():
+        if not ds.lesion_slices:
+            raise ValueError(f"{Path(prep_dir) / name}: no training lesions with label_kind in {cfg.gt_kinds}")
+    sampler = DatasetHomogeneousSampler(index, cfg.batch_size, cfg.pos_neg_ratio, cfg.slices_per_lesion, cfg.seed)
+
+    torch.manual_seed(cfg.seed)  # the initial weights
+    model, meta = build_model(cfg)
+    model.to(dev).train()
+    opt = torch.optim.RAdam(model.parameters(), lr=cfg.lr)
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=list(cfg.lr_steps), gamma=0.1)
+    rows: list[dict] = []
+    start_epoch = 0
+    ckpt_path = out / "checkpoint.pt"
+    if resume and ckpt_path.exists():
+        try:
+            ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+            if ckpt["config"] != cfg.to_dict():
+                raise ValueError(f"{ckpt_path}: cannot resume: it was written with a different training config")
+            model.load_state_dict(ckpt["model"])
+            opt.load_state_dict(ckpt["optimizer"])
+            sched.load_state_dict(ckpt["scheduler"])
+        except (KeyError, RuntimeError, EOFError, pickle.UnpicklingError) as e:
+            raise ValueError(f"{ckpt_path}: cannot resume: {e}") from e
+        start_epoch = ckpt["sampler"]["epoch"]
+        rows = [dict(r) for r in ckpt["losses"]]
+        log.info("resuming %s at epoch %d", out, start_epoch)
+
+    reader = SliceReader(cfg.slices)
+    step = len(rows)
+    try:
+        for epoch in range(start_epoch, cfg.epochs):
+            plan = sampler.plan(epoch)
+            bar = tqdm(plan, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress, leave=False)
+            for b, (name, keys) in enumerate(bar):
+                rng = sampler.rng(epoch, b, 1)
+                batch = load_batch(keys, index[name], reader, cfg, model.stride, rng)
+                gen = torch.Generator().manual_seed(int(sampler.rng(epoch, b, 2).integers(2**62)))
+                with autocast(dev):
+                    losses = model.losses(batch.images.to(dev), name, batch.afp.to(dev),
+                                          [t.to(dev) for t in batch.targets], generator=gen)
+                loss = total_loss(losses, cfg.lambda1, cfg.lambda2)
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"non-finite loss at epoch {epoch} batch {b} ({name}): "
+                                             f"{ {k: float(v) for k, v in losses.items()} }")
+                opt.zero_grad(set_to_none=True)  # other datasets' AFP/expert layers keep grad None
+                loss.backward()
+                opt.step()
+                row = {"epoch": epoch, "step": step, "dataset": name,
+                       **{k: float(v.detach()) for k, v in losses.items()}, "total": float(loss.detach()),
+                       "lr": opt.param_groups[0]["lr"]}
+                rows.append(row)
+                step += 1
+                bar.set_postfix(loss=f"{row['total']:.3f}", ds=name)
+                if on_step is not None:
+                    on_step(epoch, b)
+            sched.step()
+            _atomic_save({
+                "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                "sampler": sampler.state_dict(epoch + 1, 0), "losses": rows, "config": cfg.to_dict(),
+            }, ckpt_path)
+            ep = pd.DataFrame([r for r in rows if r["epoch"] == epoch])
+            if len(ep):
+                log.info("epoch %d: %s", epoch + 1, ep[["center", "size", "class", "box", "total"]].mean().round(4).to_dict())
+    finally:
+        reader.close()
+    model_path = out / "lens.pt"
+    save_lens(model_path, model, meta)
+    df = write_loss_table(rows, out / "losses.parquet")
+    plot_losses(df, out / "losses.png")
+    return model_path

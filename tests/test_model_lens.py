@@ -1,0 +1,112 @@
+"""LENS assembly (paper Sec. IV-A, IV-C): backbone presets, 3D fusion, per-dataset training."""
+import pytest
+import torch
+
+from lens_core.model import boxes as box_coding
+from lens_core.model.backbone import build_backbone
+from lens_core.model.lens import LENS, ImageTargets, load_lens, save_lens, total_loss
+from lens_core.training.targets import batch_targets
+
+H = W = 64
+
+
+def batch_for(model, seed):
+    g = torch.Generator().manual_seed(seed)
+    images = torch.randn(2, model.backbone.n_slices, H, W, generator=g)
+    boxes = [torch.tensor([[10.0, 12.0, 30.0, 28.0]]), torch.tensor([[30.0, 30.0, 50.0, 44.0]])]
+    ign = [torch.zeros(0, 4), torch.tensor([[2.0, 40.0, 14.0, 60.0]])]
+    afp = batch_targets(boxes, ign, (H // model.stride, W // model.stride), model.stride)
+    return images, afp, [ImageTargets(b, i) for b, i in zip(boxes, ign)]
+
+
+def step(model, opt, dataset, seed):
+    images, afp, targets = batch_for(model, seed)
+    loss = total_loss(model.losses(images, dataset, afp, targets, generator=torch.Generator().manual_seed(seed)))
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+
+
+def snapshot(module):
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def same(a, b):
+    return all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_batch_from_dataset_a_trains_only_a_and_the_shared_parts():
+    torch.manual_seed(0)
+    model = LENS(["a", "b"], preset="cpu", n_slices=3, fc_dim=64)
+    opt = torch.optim.RAdam(model.parameters(), lr=1e-3)
+    step(model, opt, "b", seed=1)  # B's layers now have optimizer (momentum) state
+    before = {n: snapshot(m) for n, m in {
+        "afp_a": model.afps["a"], "afp_b": model.afps["b"], "cls_b": model.head.cls["b"], "box_b": model.head.box["b"],
+        "cls_a": model.head.cls["a"], "backbone": model.backbone, "shared": model.head.shared}.items()}
+    step(model, opt, "a", seed=2)
+    after = {n: snapshot(m) for n, m in {
+        "afp_a": model.afps["a"], "afp_b": model.afps["b"], "cls_b": model.head.cls["b"], "box_b": model.head.box["b"],
+        "cls_a": model.head.cls["a"], "backbone": model.backbone, "shared": model.head.shared}.items()}
+    for n in ["afp_b", "cls_b", "box_b"]:
+        assert same(before[n], after[n]), f"{n} changed on a batch from dataset a"
+    for n in ["afp_a", "cls_a", "backbone", "shared"]:
+        assert not same(before[n], after[n]), f"{n} did not learn from a batch from dataset a"
+
+
+@pytest.mark.parametrize("preset,slices", [("cpu", 3), ("cpu", 9), ("paper", 9)])
+def test_backbone_presets_share_one_interface(preset, slices):
+    torch.manual_seed(0)
+    bb = build_backbone(preset, slices).eval()
+    x = torch.randn(1, slices, H, W)
+    with torch.no_grad():
+        y = bb(x)
+    assert y.shape == (1, bb.out_channels, H // bb.stride, W // bb.stride)
+    assert bb.stride == (4 if preset == "paper" else 2)
+
+
+def test_3d_fusion_lets_every_slice_group_reach_the_output():
+    torch.manual_seed(0)
+    bb = build_backbone("cpu", 9).eval()
+    x = torch.randn(1, 9, H, W)
+    with torch.no_grad():
+        y = bb(x)
+        for group in (0, 2):  # the groups above and below the centre group (slices 3-5)
+            x2 = x.clone()
+            x2[:, 3 * group:3 * group + 3] += 1.0
+            assert not torch.allclose(bb(x2), y)
+
+
+def test_paper_preset_loads_imagenet_weights_from_a_local_file_only(tmp_path):
+    from torchvision.models import densenet121
+
+    ref = densenet121(weights=None)
+    path = tmp_path / "densenet121.pth"
+    torch.save(ref.state_dict(), path)
+    bb = build_backbone("paper", 3, str(path))
+    assert torch.equal(bb.stages.block1.denselayer1.conv1.weight, ref.features.denseblock1.denselayer1.conv1.weight)
+    torch.save({"something": torch.zeros(1)}, tmp_path / "bad.pth")
+    with pytest.raises(ValueError, match="bad.pth"):
+        build_backbone("paper", 3, str(tmp_path / "bad.pth"))
+    with pytest.raises(FileNotFoundError, match="missing.pth"):
+        build_backbone("paper", 3, str(tmp_path / "missing.pth"))
+
+
+def test_box_deltas_round_trip():
+    ref = torch.tensor([[10.0, 10.0, 30.0, 40.0], [0.0, 5.0, 8.0, 9.0]])
+    gt = torch.tensor([[12.0, 8.0, 33.0, 41.0], [1.0, 4.0, 6.0, 12.0]])
+    assert torch.allclose(box_coding.decode(ref, box_coding.encode(ref, gt)), gt, atol=1e-5)
+
+
+def test_model_file_round_trips_with_weights_only(tmp_path):
+    torch.manual_seed(0)
+    model = LENS(["a", "b"], preset="cpu", n_slices=3, fc_dim=32).eval()
+    meta = {"datasets": ["a", "b"], "preset": "cpu", "n_slices": 3, "fc_dim": 32, "rois_per_image": 64}
+    save_lens(tmp_path / "lens.pt", model, meta)
+    loaded, meta2 = load_lens(tmp_path / "lens.pt")
+    assert meta2 == meta
+    x = torch.randn(1, 3, H, W)
+    a, b = model.detect(x)[0], loaded.detect(x)[0]
+    assert torch.equal(a["scores"], b["scores"]) and a["scores"].shape[1] == 2
+    (tmp_path / "junk.pt").write_bytes(b"not a model")
+    with pytest.raises(ValueError, match="junk.pt"):
+        load_lens(tmp_path / "junk.pt")

@@ -1,0 +1,112 @@
+"""Training data (paper Sec. VI-A/B): labels -> per-slice boxes, dataset-homogeneous 2:1 sampling,
+augmentation that moves boxes with the image, config-driven label kinds."""
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from lens_core.training.config import TrainConfig
+from lens_core.training.data import SliceReader, augment, build_index, load_batch, slice_boxes
+from lens_core.training.sampler import DatasetHomogeneousSampler
+from lens_core.training.synthetic import make_prep
+
+DATASETS = ["deeplesion", "luna"]
+
+
+@pytest.fixture(scope="module")
+def prep(tmp_path_factory):
+    return make_prep(tmp_path_factory.mktemp("prep"), datasets=DATASETS, n_volumes=4, depth=24, size=64)
+
+
+def cfg(**kw):
+    return TrainConfig.from_config({"datasets": DATASETS, **kw})
+
+
+def test_a_3d_label_is_a_2d_box_on_every_slice_it_spans_shrinking_toward_its_ends():
+    row = pd.Series({"kind": "3d", "z": 4, "z1": 2, "z2": 7, "x1": 10.0, "y1": 20.0, "x2": 30.0, "y2": 30.0}).to_frame().T
+    boxes = slice_boxes(next(row.itertuples(index=False)), min_end_scale=0.5)
+    assert [z for z, _ in boxes] == [2, 3, 4, 5, 6]
+    widths = [b[2] - b[0] for _, b in boxes]
+    assert widths[2] == pytest.approx(20.0)  # the centre slice carries the full box
+    assert widths[0] == widths[4] < widths[1] == widths[3] < widths[2]
+    assert min(widths) >= 10.0
+    for _, b in boxes:  # same centre on every slice
+        assert (b[0] + b[2]) / 2 == pytest.approx(20.0) and (b[1] + b[3]) / 2 == pytest.approx(25.0)
+
+
+def test_label_kinds_from_config_decide_positives_and_ignores(prep, tmp_path):
+    les = pd.read_parquet(prep / "deeplesion" / "lesions.parquet")
+    extra = les.iloc[[0]].assign(label_kind="uncertain", z=1, z1=1, z2=2, lesion_id="u")
+    mined = les.iloc[[0]].assign(label_kind="mined_cross_slice", z=les.iloc[0].z + 1, lesion_id="m")
+    table = pd.concat([les, extra, mined], ignore_index=True)
+    vid = les.iloc[0].volume_id
+    round2 = build_index(cfg(), prep, table)["deeplesion"]
+    assert round2.labels[(vid, 1)].ignore and not round2.labels[(vid, 1)].gt
+    assert round2.labels[(vid, int(les.iloc[0].z) + 1)].gt
+    assert len(round2.lesion_slices) == len(les) + 1
+    # an ablation that does not trust mined labels: they are dropped, uncertain still ignored
+    strict = build_index(cfg(gt_kinds=["gt"]), prep, table)["deeplesion"]
+    assert len(strict.lesion_slices) == len(les) and (vid, int(les.iloc[0].z) + 1) not in strict.labels
+    # the round-2 table only replaces the datasets it contains
+    assert len(round2.lesion_slices) and build_index(cfg(), prep, table)["luna"].lesion_slices
+
+
+def test_bad_label_rows_name_the_file_and_row(prep):
+    les = pd.read_parquet(prep / "deeplesion" / "lesions.parquet")
+    bad = les.copy()
+    bad.loc[3, "x2"] = bad.loc[3, "x1"]
+    with pytest.raises(ValueError, match="labels table: row 3"):
+        build_index(cfg(), prep, bad)
+    with pytest.raises(ValueError, match="unknown training config keys"):
+        TrainConfig.from_config({"datasets": DATASETS, "epohcs": 3})
+
+
+def test_batches_hold_one_dataset_and_positives_outnumber_negatives_two_to_one(prep):
+    index = build_index(cfg(), prep)
+    sampler = DatasetHomogeneousSampler(index, batch_size=4, pos_neg_ratio=2, seed=0)
+    plan = sampler.plan(0)
+    assert {name for name, _ in plan} == set(DATASETS)
+    for name in DATASETS:
+        keys = [k for n, ks in plan if n == name for k in ks]
+        assert len(keys) == len(set(keys))
+        pos = [k for k in keys if index[name].labels.get(k) and index[name].labels[k].gt]
+        neg = [k for k in keys if k not in index[name].labels]
+        assert len(pos) + len(neg) == len(keys)
+        assert len(neg) == round(len(pos) / 2)
+    assert all(len(ks) <= 4 for _, ks in plan)
+    assert sampler.plan(0) == plan and sampler.plan(1) != plan
+
+
+def test_negative_slices_keep_away_from_2d_key_slices(prep):
+    c = cfg(neg_gap_2d=4)
+    ds = build_index(c, prep)["deeplesion"]
+    les = pd.read_parquet(prep / "deeplesion" / "lesions.parquet")
+    for r in les.itertuples():
+        near = {(r.volume_id, z) for z in range(r.z - 4, r.z + 5)}
+        assert not near & set(ds.negatives)
+    assert ds.negatives
+
+
+def test_augmentation_moves_boxes_with_the_image():
+    img = torch.full((3, 64, 64), -1.0)
+    img[:, 20:30, 12:40] = 2.0
+    box = np.array([[12.0, 20.0, 40.0, 30.0]])
+    c = cfg()
+    for seed in range(5):
+        out, moved, _ = augment(img, box, np.zeros((0, 4)), np.random.default_rng(seed), c)
+        x1, y1, x2, y2 = moved[0]
+        inside = out[0, int(np.ceil(y1)) + 1:int(y2) - 1, int(np.ceil(x1)) + 1:int(x2) - 1]
+        assert (inside > 1.5).all()
+        bright = (out[0] > 1.0).nonzero().float()
+        assert abs(bright[:, 0].mean() - (y1 + y2) / 2) < 1.0 and abs(bright[:, 1].mean() - (x1 + x2) / 2) < 1.0
+
+
+def test_batch_targets_come_from_the_slice_labels(prep):
+    c = cfg(augment=False)
+    index = build_index(c, prep)
+    ds = index["luna"]
+    key = ds.lesion_slices[0][0]
+    batch = load_batch([key], ds, SliceReader(3), c, stride=4, rng=None)
+    assert batch.images.shape == (1, 3, 64, 64) and batch.dataset == "luna"
+    assert torch.allclose(batch.targets[0].boxes, torch.tensor(ds.labels[key].gt, dtype=torch.float32))
+    assert batch.afp.center.sum() >= 1
