@@ -11,10 +11,12 @@ configfile: "config.yaml"
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/detector.smk"
+include: "workflow/rules/mining.smk"
 include: "workflow/rules/eval.smk"
+include: "workflow/rules/report.smk"
 
 
 rule all:
     input:
-        "results/eval/table.md",
+        "results/report.html",
     default_target: True

@@ -22,6 +22,8 @@ import pandas as pd
 import pyarrow as pa
 import SimpleITK as sitk
 
+from .io import write_parquet
+
 HU_MIN, HU_MAX = -1024.0, 3071.0
 BORDER_HU = -900.0          # voxels above this count as body when clipping black borders
 BORDER_MARGIN_PX = 2
@@ -126,14 +128,8 @@ def _snap_z(z1: np.ndarray, z2: np.ndarray, kind: np.ndarray, n_slices: int):
     return zc, lo.astype(float), hi.astype(float)
 
 
-def _atomic_parquet(df: pd.DataFrame, path: Path, schema: pa.Schema, meta: dict) -> None:
-    table = pa.Table.from_pandas(df[[f.name for f in schema]], schema=schema, preserve_index=False)
-    table = table.replace_schema_metadata({**(table.schema.metadata or {}), b"lens": json.dumps(meta).encode()})
-    tmp = path.with_name(path.name + ".tmp")
-    import pyarrow.parquet as pq
-
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
+def _empty(schema: pa.Schema) -> pd.DataFrame:
+    return pd.DataFrame({f.name: pd.Series(dtype=f.type.to_pandas_dtype()) for f in schema})
 
 
 def _shard(volumes: pd.DataFrame, shard: tuple[int, int]) -> pd.DataFrame:
@@ -165,7 +161,8 @@ def preprocess_dataset(fmt: str, root: Path, out_dir: Path, params: PrepParams, 
     test3d = index.test3d
     if test3d is not None:
         test3d = test3d.merge(index.test3d_subvolumes[["subvolume", "split"]], on="subvolume", how="left")
-    meta = {"dataset": dataset, "format": fmt, "root": str(root), "shard": list(shard), **params.as_meta()}
+    meta = {"dataset": dataset, "format": fmt, "root": str(root), "shard": list(shard), **params.as_meta(),
+            "reader": reader_opts or {}}
 
     out_dir.mkdir(parents=True, exist_ok=True)
     h5_tmp = out_dir / "volumes.h5.tmp"
@@ -202,20 +199,19 @@ def preprocess_dataset(fmt: str, root: Path, out_dir: Path, params: PrepParams, 
                     if len(t):
                         test_parts.append(_to_prep(t.assign(kind="3d"), img, pre, v, dataset))
         vol_df = pd.DataFrame(vol_rows, columns=[f.name for f in VOLUME_SCHEMA])
-        empty = pd.DataFrame({f.name: pd.Series(dtype=f.type.to_pandas_dtype()) for f in LESION_SCHEMA})
-        les_df = pd.concat(les_parts, ignore_index=True) if les_parts else empty
-        _atomic_parquet(vol_df, out_dir / "volumes.parquet", VOLUME_SCHEMA, meta)
-        _atomic_parquet(les_df, out_dir / "lesions.parquet", LESION_SCHEMA, meta)
-        if truth_df is not None:
-            tdf = pd.concat(truth_parts, ignore_index=True) if truth_parts else truth_df.iloc[:0]
-            _atomic_parquet(tdf, out_dir / "truth.parquet", TRUTH_SCHEMA, meta)
-        if test3d is not None:
-            subs = index.test3d_subvolumes
-            subs = subs[subs["volume_id"].isin(vol_df["volume_id"])]
-            tdf = pd.concat(test_parts, ignore_index=True) if test_parts else test3d.iloc[:0]
-            # every sub-volume counts for FPs per sub-volume, also those without lesions (Sec. VI-C)
-            m = {**meta, "subvolumes": {sp: sorted(g["subvolume"]) for sp, g in subs.groupby("split")}}
-            _atomic_parquet(tdf, out_dir / "test3d.parquet", TEST3D_SCHEMA, m)
+        les_df = pd.concat(les_parts, ignore_index=True) if les_parts else _empty(LESION_SCHEMA)
+        write_parquet(vol_df, out_dir / "volumes.parquet", meta, VOLUME_SCHEMA)
+        write_parquet(les_df, out_dir / "lesions.parquet", meta, LESION_SCHEMA)
+        # truth.parquet and test3d.parquet always exist (empty where the data has none) so that the
+        # workflow's file graph is the same for the built-in corpus and for real data
+        tdf = pd.concat(truth_parts, ignore_index=True) if truth_parts else _empty(TRUTH_SCHEMA)
+        write_parquet(tdf, out_dir / "truth.parquet", meta, TRUTH_SCHEMA)
+        subs = index.test3d_subvolumes if test3d is not None else pd.DataFrame(columns=["volume_id", "split", "subvolume"])
+        subs = subs[subs["volume_id"].isin(vol_df["volume_id"])]
+        tdf = pd.concat(test_parts, ignore_index=True) if test_parts else _empty(TEST3D_SCHEMA)
+        # every sub-volume counts for FPs per sub-volume, also those without lesions (Sec. VI-C)
+        m = {**meta, "subvolumes": {sp: sorted(g["subvolume"]) for sp, g in subs.groupby("split")}}
+        write_parquet(tdf, out_dir / "test3d.parquet", m, TEST3D_SCHEMA)
         os.replace(h5_tmp, out_dir / "volumes.h5")
     finally:
         if h5_tmp.exists():

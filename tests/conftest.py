@@ -21,7 +21,8 @@ def build_corpus(out: Path, seed: int | None = None) -> Path:
 def preprocess_all(corpus: Path, out: Path) -> Path:
     for fmt in FORMATS:
         assert main(["preprocess", "--format", fmt, "--root", str(corpus / fmt), "--out", str(out / fmt),
-                     "--pixel-mm", "4", "--slice-mm", "5", "--truth", str(corpus / "hidden_truth.parquet"),
+                     "--pixel-mm", "4", "--slice-mm", "5", "--dl-box-pad-px", "0",
+                     "--truth", str(corpus / "hidden_truth.parquet"),
                      "--no-progress"]) == 0
     return out
 

@@ -126,7 +126,8 @@ def test_gathered_shards_equal_one_pass(tiny_corpus, tiny_prep, tmp_path):
     for i in range(3):
         d = tmp_path / f"s{i}"
         assert main(["preprocess", "--format", fmt, "--root", str(tiny_corpus / fmt), "--out", str(d),
-                     "--pixel-mm", "4", "--slice-mm", "5", "--truth", str(tiny_corpus / "hidden_truth.parquet"),
+                     "--pixel-mm", "4", "--slice-mm", "5", "--dl-box-pad-px", "0",
+                     "--truth", str(tiny_corpus / "hidden_truth.parquet"),
                      "--shard", f"{i}/3", "--no-progress"]) == 0
         dirs.append(str(d))
     assert main(["gather-prep", *dirs, "--out", str(tmp_path / "g")]) == 0

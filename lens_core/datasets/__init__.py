@@ -19,19 +19,21 @@ __all__ = ["DATASETS", "DatasetError", "DatasetIndex", "read_dataset", "load_ima
 
 
 def read_dataset(fmt: str, root: Path, *, split_seed: int = 0, val_fraction: float = 0.2,
-                 default_ln_diameter_mm: float = nihln.DEFAULT_DIAMETER_MM) -> DatasetIndex:
+                 default_ln_diameter_mm: float = nihln.DEFAULT_DIAMETER_MM,
+                 dl_box_pad_px: float = deeplesion.RECIST_PAD_PX) -> DatasetIndex:
     """Index a dataset in its released format: volumes, lesion boxes (original voxel coordinates, 0-based,
     exclusive upper bounds) and, for DeepLesion, the manual 3D test set when present.
 
     Splits: DeepLesion from Train_Val_Test; the single-type datasets 80/20 train/val by a seeded hash of
     the volume id (`split_seed`, `val_fraction`). NIH-LN nodes without a sizes file get
-    `default_ln_diameter_mm`.
+    `default_ln_diameter_mm`. DeepLesion key-slice boxes: the RECIST extent +- `dl_box_pad_px` original
+    pixels (5 = the released Bounding_boxes).
     """
     root = Path(root)
     if not root.is_dir():
         raise DatasetError(f"{root}: dataset folder missing")
     if fmt == "deeplesion":
-        return deeplesion.read_deeplesion(root)
+        return deeplesion.read_deeplesion(root, box_pad_px=dl_box_pad_px)
     if fmt == "luna":
         return luna16.read_luna(root, split_seed=split_seed, val_fraction=val_fraction)
     if fmt == "lits":

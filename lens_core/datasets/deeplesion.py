@@ -328,7 +328,11 @@ def _runs(numbers: list[int]) -> list[tuple[int, int]]:
     return [tuple(r) for r in runs]
 
 
-def read_deeplesion(root: Path) -> DatasetIndex:
+def read_deeplesion(root: Path, box_pad_px: float = RECIST_PAD_PX) -> DatasetIndex:
+    """Index a DeepLesion folder. Key-slice boxes are the released `Bounding_boxes` (the RECIST end points'
+    extent +- 5 px) when `box_pad_px` is 5, else that extent +- `box_pad_px` original pixels: 5 px is
+    about 4 mm at DeepLesion's ~0.8 mm pixels but 11 mm at the built-in corpus's coarse ones, larger
+    than most of its lesions, so the pipeline's config chooses the margin."""
     root = Path(root)
     info_path = root / "DL_info.csv"
     if not info_path.is_file():
@@ -412,7 +416,12 @@ def read_deeplesion(root: Path) -> DatasetIndex:
         z = r["key"] - run[0]
         for pt in np.asarray(r["recist"]).reshape(4, 2) - 0.5:  # 1-based, centres on integers -> project coords
             check_inside([pt[0], pt[1], z + 0.5], [w, h, nz], f"{where} (Measurement_coordinates)")
-        x1, y1, x2, y2 = r["bbox"]
+        if box_pad_px == RECIST_PAD_PX:  # the released Bounding_boxes as they are
+            x1, y1, x2, y2 = r["bbox"]
+        else:  # the RECIST end points' extent with another margin (see read_deeplesion's docstring)
+            pts = np.asarray(r["recist"]).reshape(4, 2)
+            x1, y1 = pts.min(0) - box_pad_px
+            x2, y2 = pts.max(0) + box_pad_px
         box = clip_box([x1 - 1, y1 - 1, z, x2, y2, z + 1], [w, h, nz])  # docs/artifacts.md: x1 = X1 - 1, x2 = X2
         k = count[vid] = count.get(vid, 0) + 1
         lesions.append({"volume_id": vid, "lesion_id": f"{vid}/{k:03d}", "kind": "2d", "label_kind": "gt",

@@ -204,7 +204,8 @@ def render(p: Patient, study: int, look: SeriesLook, grid: Grid, rng: np.random.
     body = ell <= 1.0
     hu = np.where(body, -90.0, hu)                                    # fat
     hu = np.where(body & (ell <= 0.86 ** 2) & (ell > 0.80 ** 2), 45.0, hu)  # muscle wall
-    hu = np.where(body & (ell <= 0.80 ** 2), 20.0, hu)                # visceral soft tissue / fat mix
+    # inside the wall: fat (mediastinum, retroperitoneum, mesentery), where nodes sit as in real CT
+    hu = np.where(body & (ell <= 0.80 ** 2), -70.0, hu)
     o = p.organs()
     c = look.contrast
     organ_hu = {"liver": 105.0 if c else 60.0, "spleen": 110.0 if c else 50.0, "heart": 140.0 if c else 40.0,

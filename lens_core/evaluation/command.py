@@ -62,6 +62,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
     pred = inputs.read_table(args.pred)
     truth = inputs.read_table(args.truth)
+    by_split = truth.attrs.pop("units_by_split", None)
+    if args.split and by_split is not None:
+        truth.attrs["units"] = by_split.get(args.split, [])
     if args.split and "split" in truth.columns:
         truth = truth.loc[truth["split"] == args.split]
     unit = _unit_column(args, args.protocol, truth)

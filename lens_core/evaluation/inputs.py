@@ -44,7 +44,11 @@ def read_table(path) -> pd.DataFrame:
     for key in ("subvolumes", "units"):
         if key in entries:
             value = entries[key]
-            df.attrs["units"] = json.loads(value) if isinstance(value, bytes) else list(value)
+            value = json.loads(value) if isinstance(value, bytes) else value
+            if isinstance(value, dict):  # preprocess.py lists the sub-volumes per split
+                df.attrs["units_by_split"] = {k: list(v) for k, v in value.items()}
+                value = sorted({u for v in value.values() for u in v})
+            df.attrs["units"] = list(value)
     df.attrs["source"] = str(path)
     return df
 

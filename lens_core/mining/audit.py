@@ -40,8 +40,15 @@ RECIST_PAD_ORIG_PX = 5.0  # DeepLesion Bounding_boxes = RECIST extent +- 5 px of
 STRATEGY_ORDER = ("no_mining", "cross_slice", "intra_patient", "cross_dataset", "unlabeled")
 
 
-def annotation_pad_px(prep_dir: str | Path, orig_pad_px: float = RECIST_PAD_ORIG_PX) -> dict[str, float]:
-    """Per volume: the box padding of ``orig_pad_px`` original pixels in resampled pixels (x)."""
+def annotation_pad_px(prep_dir: str | Path, orig_pad_px: float | None = None) -> dict[str, float]:
+    """Per volume: the box padding of ``orig_pad_px`` original pixels in resampled pixels (x).
+
+    By default the margin the DeepLesion reader used (recorded in lesions.parquet's metadata)."""
+    if orig_pad_px is None:
+        from lens_core.io import read_meta
+
+        meta = read_meta(Path(prep_dir) / "lesions.parquet")
+        orig_pad_px = float(meta.get("reader", {}).get("dl_box_pad_px", RECIST_PAD_ORIG_PX))
     path = Path(prep_dir) / "volumes.h5"
     out = {}
     with h5py.File(path, "r") as f:

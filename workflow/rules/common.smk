@@ -59,7 +59,7 @@ def proposal_shards(wildcards):
 
 
 # evaluated detector variants (results/<variant>/proposals/deeplesion/test.3d.parquet)
-VARIANTS = ["round1"]
+VARIANTS = ["round1", "round2"]
 
 
 wildcard_constraints:
@@ -72,3 +72,29 @@ def eval_truth(wildcards):
     if config["corpus"]["builtin"]:
         return "results/prep/deeplesion/truth.parquet"
     return "results/prep/deeplesion/test3d.parquet"
+
+
+def delta_input(wildcards):
+    """delta.json when mining.delta is 'auto' (calibrated on the validation split of the built-in corpus)."""
+    return "results/mining/delta.json" if config["mining"]["delta"] == "auto" else []
+
+
+def delta_arg(wildcards, input):
+    return input.delta if config["mining"]["delta"] == "auto" else config["mining"]["delta"]
+
+
+def parent_of(name):
+    """A params function: the folder of input/output file `name` (no hard-coded path prefixes in rules)."""
+
+    def folder(wildcards, input, output):
+        files = input if name in input.keys() else output
+        return str(Path(files[name] if isinstance(files[name], str) else files[name][0]).parent)
+
+    return folder
+
+
+def mining_report_files(wildcards):
+    files = ["results/mining/audit.md", "results/mining/montage.png"]
+    if config["mining"]["delta"] == "auto":
+        files.append("results/mining/delta.png")
+    return files

@@ -12,7 +12,7 @@ rule synthesize_corpus:
     conda:
         "../../envs/lens.yaml"
     params:
-        out=CORPUS,
+        out=parent_of("marker"),
     shell:
         "lens synthesize --out {params.out} --config config.yaml --no-progress 2> {log}"
 
@@ -24,6 +24,8 @@ rule preprocess:
         h5="results/prep_shards/{dataset}/{shard}/volumes.h5",
         volumes="results/prep_shards/{dataset}/{shard}/volumes.parquet",
         lesions="results/prep_shards/{dataset}/{shard}/lesions.parquet",
+        truth="results/prep_shards/{dataset}/{shard}/truth.parquet",
+        test3d="results/prep_shards/{dataset}/{shard}/test3d.parquet",
     log:
         "results/logs/preprocess/{dataset}.{shard}.log",
     benchmark:
@@ -42,7 +44,8 @@ rule preprocess:
         "lens preprocess --format {params.fmt} --root {params.root} --dataset {wildcards.dataset} "
         "--out results/prep_shards/{wildcards.dataset}/{wildcards.shard} --shard {wildcards.shard}/{params.nshards} "
         "--pixel-mm {params.p[pixel_mm]} --slice-mm {params.p[slice_mm]} --split-seed {params.p[split_seed]} "
-        "--ln-diameter-mm {params.p[ln_diameter_mm]} {params.truth} --no-progress 2> {log}"
+        "--ln-diameter-mm {params.p[ln_diameter_mm]} --dl-box-pad-px {params.p[deeplesion_box_pad_px]} "
+        "{params.truth} --no-progress 2> {log}"
 
 
 rule gather_prep:
@@ -52,6 +55,8 @@ rule gather_prep:
         h5="results/prep/{dataset}/volumes.h5",
         volumes="results/prep/{dataset}/volumes.parquet",
         lesions="results/prep/{dataset}/lesions.parquet",
+        truth="results/prep/{dataset}/truth.parquet",
+        test3d="results/prep/{dataset}/test3d.parquet",
     log:
         "results/logs/gather_prep/{dataset}.log",
     benchmark:

@@ -1,0 +1,120 @@
+"""The Snakemake workflow (issue 7): lint-clean, and a single mining step reruns with its dependants only."""
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--cores", "2"]
+
+# rules that run before mining (never rerun by --forcerun of a mining rule)
+UPSTREAM = {"synthesize_corpus", "preprocess", "gather_prep", "train_lens"}
+# for each mining rule: the mining rules upstream of it, and dependants that must be replanned
+MINING = {
+    "build_tracklets": (set(), {"mine_cross_slice", "embed_lesions", "mine_intra_patient", "merge_labels",
+                                "train_lens_round2"}),
+    "mine_cross_slice": ({"build_tracklets"}, {"mine_cross_dataset", "merge_labels", "audit_mining",
+                                                "train_lens_round2"}),
+    "embed_lesions": ({"build_tracklets"}, {"calibrate_delta", "mine_intra_patient", "train_lens_round2"}),
+    "calibrate_delta": ({"build_tracklets", "embed_lesions"}, {"mine_intra_patient", "train_lens_round2"}),
+    "mine_intra_patient": ({"build_tracklets", "embed_lesions", "calibrate_delta", "mine_cross_slice"},
+                           {"mine_cross_dataset", "merge_labels", "audit_mining", "train_lens_round2"}),
+    "mine_cross_dataset": ({"build_tracklets", "embed_lesions", "mine_intra_patient", "mine_cross_slice"},
+                           {"merge_labels", "audit_mining", "train_lens_round2"}),
+    "merge_labels": ({"build_tracklets", "embed_lesions", "mine_intra_patient", "mine_cross_slice",
+                      "mine_cross_dataset"}, {"train_lens_round2"}),
+}
+
+
+# rules call the `lens` console script: the one installed beside this interpreter
+ENV = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+
+
+def _run(args, cwd):
+    return subprocess.run(SNAKEMAKE + ["--directory", str(cwd)] + args, capture_output=True, text=True,
+                          timeout=300, env=ENV)
+
+
+@pytest.fixture(scope="module")
+def finished_workflow(tmp_path_factory):
+    """A working folder where every output of the DAG exists and is up to date (created, then touched in DAG
+    order by `snakemake --touch`), with intra-patient delta calibration switched on."""
+    wd = tmp_path_factory.mktemp("wf")
+    cfg = yaml.safe_load((ROOT / "tests" / "data" / "tiny_config.yaml").read_text())
+    cfg["mining"]["delta"] = "auto"
+    (wd / "config.yaml").write_text(yaml.safe_dump(cfg))
+    summary = _run(["--summary"], wd)
+    assert summary.returncode == 0, summary.stderr
+    for line in summary.stdout.splitlines()[1:]:
+        f = wd / line.split("\t")[0]
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.touch()
+    touched = _run(["--touch"], wd)
+    assert touched.returncode == 0, touched.stderr
+    return wd
+
+
+def _planned(wd, *args) -> dict[str, int]:
+    res = _run(["-n", *args], wd)
+    assert res.returncode == 0, res.stderr
+    table = re.search(r"^job\s+count\n-+\s+-+\n(.*?)\ntotal", res.stdout, re.S | re.M)
+    if table is None:
+        assert "Nothing to be done" in res.stdout + res.stderr, res.stdout
+        return {}
+    return {name: int(n) for name, n in (line.split() for line in table.group(1).splitlines())}
+
+
+def test_lint_reports_nothing():
+    res = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--lint"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert "Lints for" not in res.stdout + res.stderr, res.stdout + res.stderr
+    assert res.returncode == 0
+
+
+def test_finished_workflow_has_nothing_to_do(finished_workflow):
+    assert _planned(finished_workflow) == {}
+
+
+@pytest.mark.parametrize("rule", sorted(MINING))
+def test_forcerun_reruns_a_mining_step_and_its_dependants_only(finished_workflow, rule):
+    upstream_mining, dependants = MINING[rule]
+    jobs = _planned(finished_workflow, "--forcerun", rule)
+    assert jobs.get(rule) == 1
+    assert dependants <= set(jobs), f"{rule}: dependants not replanned: {dependants - set(jobs)}"
+    rerun_upstream = (UPSTREAM | upstream_mining) & set(jobs)
+    assert not rerun_upstream, f"--forcerun {rule} would redo upstream steps {rerun_upstream}"
+    # round-1 proposals are upstream too; only round 2's are replanned
+    assert jobs.get("propose", 0) <= 1
+
+
+def test_config_rejects_an_unknown_format(tmp_path):
+    cfg = yaml.safe_load((ROOT / "tests" / "data" / "tiny_config.yaml").read_text())
+    cfg["datasets"]["luna"]["format"] = "dicomdir"
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
+    res = _run(["-n"], tmp_path)
+    assert res.returncode != 0
+    assert "dicomdir" in res.stdout + res.stderr
+
+
+def test_real_data_switch_reads_released_folders_instead_of_the_corpus(tiny_corpus, tmp_path):
+    """corpus.builtin: false + dataset roots elsewhere: no corpus job, the readers read those folders."""
+    cfg = yaml.safe_load((ROOT / "tests" / "data" / "tiny_config.yaml").read_text())
+    cfg["corpus"]["builtin"] = False
+    cfg["datasets"] = {"luna": {"format": "luna", "root": str(tiny_corpus / "luna")},
+                       "lits": {"format": "lits", "root": str(tiny_corpus / "lits")}}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
+    target = ["results/prep/luna/lesions.parquet", "results/prep/lits/lesions.parquet"]
+    planned = _planned(tmp_path, *target)
+    assert "synthesize_corpus" not in planned and planned["preprocess"] == 2
+    res = _run(target, tmp_path)
+    assert res.returncode == 0, res.stderr
+    import pandas as pd
+
+    les = pd.read_parquet(tmp_path / "results/prep/luna/lesions.parquet")
+    assert len(les) and set(les.dataset) == {"luna"}
+    assert not (tmp_path / "results" / "corpus").exists()

@@ -1,0 +1,17 @@
+# Issue 7: the run's report (also: snakemake --report results/report.zip for the captioned Snakemake report).
+
+
+rule html_report:
+    input:
+        eval=["results/eval/froc.png", "results/eval/table.md"],
+        mining=mining_report_files,
+        training=expand("results/{round}/losses.png", round=["round1", "round2"]),
+    output:
+        "results/report.html",
+    log:
+        "results/logs/report.log",
+    conda:
+        "../../envs/lens.yaml"
+    shell:
+        "lens report --results results --section Evaluation {input.eval} --section Mining {input.mining} "
+        "--section Training {input.training} --out {output} 2> {log}"
