@@ -12,7 +12,9 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/detector.smk"
 include: "workflow/rules/mining.smk"
+include: "workflow/rules/fpr.smk"
 include: "workflow/rules/eval.smk"
+include: "workflow/rules/ablation.smk"
 include: "workflow/rules/report.smk"
 
 

@@ -15,9 +15,12 @@ from pathlib import Path
 COMMAND_MODULES = [
     "lens_core.commands",
     "lens_core.evaluation.command",
+    "lens_core.evaluation.ablation",
     "lens_core.training.command",
     "lens_core.inference.command",
     "lens_core.mining.command",
+    "lens_core.fpr.command",
+    "lens_core.detect_command",
 ]
 
 

@@ -110,3 +110,21 @@ def test_model_file_round_trips_with_weights_only(tmp_path):
     (tmp_path / "junk.pt").write_bytes(b"not a model")
     with pytest.raises(ValueError, match="junk.pt"):
         load_lens(tmp_path / "junk.pt")
+
+
+def test_an_experts_score_is_its_classifier_tempered_by_its_own_afp():
+    torch.manual_seed(0)
+    model = LENS(["a", "b"], "cpu", 3, fc_dim=32, rois_per_image=8).eval()
+    x = torch.randn(1, 3, H, W)
+    head_only = LENS(["a", "b"], "cpu", 3, fc_dim=32, rois_per_image=8, score="head").eval()
+    head_only.load_state_dict(model.state_dict())
+    for afp in model.afps.values():  # a flat, certain centerness map: the AFP agrees everywhere
+        torch.nn.init.zeros_(afp.center[-1].weight)
+        torch.nn.init.constant_(afp.center[-1].bias, 30.0)
+    head_only.load_state_dict(model.state_dict())
+    a, h = model.detect(x)[0], head_only.detect(x)[0]
+    assert torch.equal(a["rois"], h["rois"]) and len(a["rois"])
+    assert torch.allclose(a["scores"] ** 2, h["scores"], rtol=1e-5, atol=1e-7)  # sqrt(p_head * 1)
+    torch.nn.init.constant_(model.afps["b"].center[-1].bias, -30.0)  # expert b's AFP sees nothing
+    s = model.detect(x)[0]["scores"]
+    assert torch.allclose(s[:, 0], a["scores"][:, 0]) and (s[:, 1] < 1e-5).all()

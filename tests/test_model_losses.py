@@ -85,3 +85,18 @@ def test_head_never_uses_proposals_on_an_uncertain_box_as_negatives():
     assert (box_iou(rois[labels == 0], unc) < 0.3).all()
     assert len(rois) == 3  # 2 positives (proposal + the gt itself) and 1 negative
     assert labels.sum() == 2 and torch.equal(matched[labels == 1], gt.expand(2, 4))
+
+
+def test_jittered_lesion_boxes_give_the_head_varied_positives_around_each_lesion():
+    gt = torch.tensor([[10.0, 10.0, 30.0, 30.0], [40.0, 40.0, 52.0, 60.0]])
+    jit = MultiTaskHead.jitter_boxes(gt, 50, generator=torch.Generator().manual_seed(0))
+    assert jit.shape == (100, 4) and (jit[:, 2:] > jit[:, :2]).all()
+    from torchvision.ops import box_iou
+
+    iou = box_iou(jit, gt)
+    assert (iou[:50, 0] >= 0.5).float().mean() > 0.6 and (iou[50:, 1] >= 0.5).float().mean() > 0.6
+    assert (iou[:50, 0] < 0.95).float().mean() > 0.5  # not mere copies: regression targets vary
+    rois, labels, _ = MultiTaskHead.sample_rois(torch.cat([jit, torch.tensor([[60.0, 0.0, 80.0, 20.0]])]), gt,
+                                                torch.zeros(0, 4), rois_per_image=64,
+                                                generator=torch.Generator().manual_seed(0))
+    assert labels.sum() == 16  # the positive quota (25 % of 64) is filled

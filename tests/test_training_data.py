@@ -110,3 +110,23 @@ def test_batch_targets_come_from_the_slice_labels(prep):
     assert batch.images.shape == (1, 3, 64, 64) and batch.dataset == "luna"
     assert torch.allclose(batch.targets[0].boxes, torch.tensor(ds.labels[key].gt, dtype=torch.float32))
     assert batch.afp.center.sum() >= 1
+
+
+def test_crops_keep_a_lesion_whole_and_turn_slivers_into_ignored_regions():
+    from lens_core.training.data import crop
+
+    img = torch.zeros(3, 100, 140)
+    gt = np.array([[100.0, 40.0, 120.0, 60.0], [5.0, 5.0, 25.0, 25.0]])
+    for seed in range(20):
+        rng = np.random.default_rng(seed)
+        out, g, ign = crop(img + torch.arange(140.0), gt, np.zeros((0, 4)), 64, rng)
+        assert out.shape == (3, 64, 64) and len(g) >= 1
+        x0 = float(out[0, 0, 0])  # the pixel values encode the column: the window's offset
+        whole = [b for b in gt if b[0] >= x0 and b[2] <= x0 + 64]
+        assert len(whole) >= 1
+        for b in g:  # every kept lesion is a window-coordinate copy of one that is mostly inside
+            assert (b >= 0).all() and (b <= 64).all()
+        assert len(g) + len(ign) <= 2
+    out, g, ign = crop(img, gt, np.zeros((0, 4)), 128, np.random.default_rng(0))
+    assert out.shape == (3, 128, 128) and (out[:, 100:] == -1).all()  # padded with air
+    assert len(g) == 2 and len(ign) == 0

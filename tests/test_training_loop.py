@@ -109,3 +109,10 @@ def test_a_tiny_lens_overfits_a_tiny_corpus_to_high_recall(tmp_path):
                 assert r >= 0.85, f"{ds}: recall {r:.2f} after training"
             else:
                 assert r < 0.5, f"{ds}: an untrained model already finds {r:.2f}: the test proves nothing"
+
+
+def test_warmup_raises_the_lr_linearly_then_hands_over_to_the_epoch_schedule(prep, tmp_path):
+    train(small_cfg(epochs=2, lr_steps=[1], warmup_steps=3), prep, tmp_path, device="cpu", progress=False)
+    lr = pd.read_parquet(tmp_path / "losses.parquet").groupby("step")["lr"].first().to_numpy()
+    assert np.allclose(lr[:4], [1e-4, 4e-4, 7e-4, 1e-3])
+    assert np.allclose(lr[lr.size // 2:], 1e-4)  # epoch 2: lr / 10 (lr_steps), not the warmup's value

@@ -41,6 +41,7 @@ def add_parser(sub) -> None:
     p = sub.add_parser("mine-cross-slice", help="cross-slice box propagation from key-slice annotations (Sec. V-A)")
     p.add_argument("--tracklets", type=Path, required=True)
     p.add_argument("--lesions", type=Path, required=True, help="the dataset's lesions.parquet")
+    p.add_argument("--volumes", type=Path, help="volumes.parquet: keep the training split only")
     p.add_argument("--theta", type=float, default=0.5)
     p.add_argument("--out", type=Path, required=True)
     p.set_defaults(func=_cross_slice)
@@ -52,7 +53,8 @@ def add_parser(sub) -> None:
     p.add_argument("--proposals", nargs="+", type=Path, required=True)
     p.add_argument("--volumes", type=Path, help="volumes.parquet: keep the training split only")
     p.add_argument("--labels", nargs="+", type=Path, required=True, help="annotations and mined tables")
-    p.add_argument("--experts", default="luna,lits,nihln", help="single-type experts (score_<name> columns)")
+    p.add_argument("--experts", default="luna,lits,nihln",
+                   help="single-type experts (score_<name> columns); 'none' when the model has none")
     p.add_argument("--sigma", type=float, default=0.5)
     p.add_argument("--out", type=Path, required=True)
     p.set_defaults(func=_cross_dataset)
@@ -266,7 +268,8 @@ def _cross_slice(args) -> int:
     from .cross_slice import mine_cross_slice
     from .schema import write_mining_table
 
-    mined = mine_cross_slice(pd.read_parquet(args.tracklets), pd.read_parquet(args.lesions), args.theta)
+    tracklets = _train_only(pd.read_parquet(args.tracklets), args.volumes)
+    mined = mine_cross_slice(tracklets, pd.read_parquet(args.lesions), args.theta)
     write_mining_table(mined, args.out, {"theta": args.theta, "rule": "mine_cross_slice"})
     log.info("cross-slice propagation mined %d boxes", len(mined))
     return 0
@@ -278,7 +281,12 @@ def _cross_dataset(args) -> int:
 
     props = _train_only(_read(args.proposals), args.volumes)
     labels = _read(args.labels)
-    experts = tuple(f"score_{e}" for e in args.experts.split(",") if e)
+    experts = tuple(f"score_{e}" for e in args.experts.split(",") if e and e != "none")
+    if not experts:  # a single-dataset model has no single-type expert to mine with
+        write_mining_table(props.iloc[:0].assign(label_kind="uncertain"), args.out,
+                           {"sigma": args.sigma, "experts": [], "rule": "mine_cross_dataset"})
+        log.info("cross-dataset mining: no single-type expert in this model, nothing mined")
+        return 0
     missing = [c for c in experts if c not in props.columns]
     if missing:
         raise ValueError(f"{args.proposals[0]}: no column(s) {missing}; the model's experts are "

@@ -77,10 +77,11 @@ class AnchorFreeProposalNetwork(nn.Module):
         pre_nms_top_n: int = 1000,
         nms_thresh: float = 0.7,
         post_nms_top_n: int = 300,
-    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    ) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         """Inference (Sec. IV-B): a box per pixel scored by its centerness, then NMS.
 
-        Returns per image ``(boxes [N, 4] (x1, y1, x2, y2) px, scores [N])``.
+        Returns per image ``(boxes [N, 4] (x1, y1, x2, y2) px, scores [N], cells [N])``; ``cells``
+        are the flat indices (``y * W + x`` on the feature grid) of the pixels that proposed the boxes.
         """
         b, h, w = logits.shape
         s = self.stride
@@ -100,7 +101,7 @@ class AnchorFreeProposalNetwork(nn.Module):
             boxes[:, 0::2] = boxes[:, 0::2].clamp(0, image_hw[1])
             boxes[:, 1::2] = boxes[:, 1::2].clamp(0, image_hw[0])
             ok = (boxes[:, 2] - boxes[:, 0] >= 1) & (boxes[:, 3] - boxes[:, 1] >= 1)
-            boxes, score = boxes[ok], score[ok]
+            boxes, score, idx = boxes[ok], score[ok], idx[ok]
             keep = batched_nms(boxes, score, torch.zeros_like(score, dtype=torch.int64), nms_thresh)[:post_nms_top_n]
-            out.append((boxes[keep], score[keep]))
+            out.append((boxes[keep], score[keep], idx[keep]))
         return out

@@ -39,6 +39,25 @@ class MultiTaskHead(nn.Module):
         return self.cls[dataset](x)[:, 0], self.box[dataset](x)
 
     @staticmethod
+    def jitter_boxes(gt: torch.Tensor, n: int, scale: float = 0.15, generator: torch.Generator | None = None) -> torch.Tensor:
+        """``n`` randomly shifted / rescaled copies of every box in ``gt [G, 4]`` -> ``[G * n, 4]``.
+
+        Extra head RoIs around each lesion: early in training an AFP proposes few boxes with IoU >= 0.5,
+        so without them the head sees one positive (the gt itself) per lesion against dozens of negatives.
+        Centre shifts and log-size changes are ``scale`` times the box size (std); most copies keep
+        IoU >= 0.5 (positives with varied regression targets), the rest are near-miss negatives.
+        """
+        if n <= 0 or not gt.numel():
+            return gt.new_zeros(0, 4)
+        g = gt.repeat_interleave(n, dim=0).float()
+        wh = (g[:, 2:] - g[:, :2]).clamp(min=1.0)
+        c = (g[:, 2:] + g[:, :2]) / 2
+        noise = torch.randn(len(g), 4, generator=generator).to(g.device) * scale
+        c = c + noise[:, :2] * wh
+        wh = wh * torch.exp(noise[:, 2:])
+        return torch.cat([c - wh / 2, c + wh / 2], dim=1).to(gt.dtype)
+
+    @staticmethod
     def sample_rois(
         proposals: torch.Tensor,
         gt: torch.Tensor,

@@ -15,6 +15,8 @@ from lens_core.model.head import MultiTaskHead
 
 __all__ = ["AfpTargets", "ImageTargets", "LENS", "total_loss"]
 
+SCORES = ("head", "two_stage")
+
 
 @dataclass
 class ImageTargets:
@@ -39,6 +41,12 @@ class LENS(nn.Module):
         fc_dim: width of the two shared FC layers; rois_per_image: head RoIs sampled in training.
         afp_pre_nms / proposals_per_afp: an AFP's best pixels entering its NMS, and its boxes kept.
         pool_nms / pool_top_n: NMS IoU and count after pooling the AFPs' proposals.
+        gt_jitter: jittered copies of each lesion box added to the head's training RoIs
+            (:meth:`MultiTaskHead.jitter_boxes`).
+        score: an expert's lesion probability at inference: ``"head"`` (its classifier alone) or
+            ``"two_stage"`` (geometric mean of its classifier and its own AFP's centerness at the
+            pixel that proposed the box, as two-stage detectors with a probabilistic first stage do,
+            e.g. CenterNet2: the AFP is trained on every pixel of every image, the head on a few RoIs).
     """
 
     def __init__(
@@ -53,6 +61,8 @@ class LENS(nn.Module):
         proposals_per_afp: int = 100,
         pool_nms: float = 0.7,
         pool_top_n: int = 200,
+        gt_jitter: int = 8,
+        score: str = "two_stage",
     ):
         super().__init__()
         if not datasets or len(set(datasets)) != len(datasets):
@@ -60,7 +70,10 @@ class LENS(nn.Module):
         self.datasets = list(datasets)
         self.backbone = build_backbone(preset, n_slices, weights_path)
         c, s = self.backbone.out_channels, self.backbone.stride
-        self.afps = nn.ModuleDict({d: AnchorFreeProposalNetwork(c, s) for d in datasets})
+        # cpu preset: half-width AFP branches. All D AFPs run on every step's stride-2 map to pool
+        # proposals, and at full width they took ~45% of a training step.
+        afp_hidden = c if preset == "paper" else c // 2
+        self.afps = nn.ModuleDict({d: AnchorFreeProposalNetwork(c, s, afp_hidden) for d in datasets})
         fc_dim = fc_dim or (1024 if preset == "paper" else 256)
         self.head = MultiTaskHead(c, s, datasets, fc_dim=fc_dim)
         self.rois_per_image = rois_per_image
@@ -68,26 +81,44 @@ class LENS(nn.Module):
         self.proposals_per_afp = proposals_per_afp
         self.pool_nms = pool_nms
         self.pool_top_n = pool_top_n
+        self.gt_jitter = gt_jitter
+        if score not in SCORES:
+            raise ValueError(f"score must be one of {SCORES}, got {score!r}")
+        self.score = score
 
     @property
     def stride(self) -> int:
         return self.backbone.stride
 
-    def _pooled_proposals(self, feat: torch.Tensor, image_hw) -> list[torch.Tensor]:
-        """Proposals of all AFPs pooled, then NMS (Sec. IV-C). Never carries gradients."""
-        per_afp = []
+    def _pooled_proposals(self, feat: torch.Tensor, image_hw, known: dict | None = None
+                          ) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor]:
+        """Proposals of all AFPs pooled, then NMS (Sec. IV-C). Never carries gradients.
+
+        ``known`` maps a dataset to its AFP's outputs ``(logits, dist)`` when they were already
+        computed (training), so that AFP is not run twice.
+        Returns per image the pooled boxes ``[N, 4]`` and the flat feature-grid cells that proposed
+        them ``[N]``, and every AFP's centerness probability map ``[B, D, h * w]``.
+        """
+        per_afp, probs = [], []
+        known = known or {}
         with torch.no_grad():
             for d in self.datasets:
-                logits, dist = self.afps[d](feat)
+                if d in known:
+                    logits, dist = (t.detach() for t in known[d])
+                else:
+                    logits, dist = self.afps[d](feat)
+                probs.append(torch.sigmoid(logits.float()).flatten(1))
                 per_afp.append(self.afps[d].proposals(logits, dist, image_hw, pre_nms_top_n=self.afp_pre_nms,
                                                       post_nms_top_n=self.proposals_per_afp))
-        pooled = []
+        pooled, cells = [], []
         for i in range(feat.shape[0]):
             b = torch.cat([p[i][0] for p in per_afp])
             s = torch.cat([p[i][1] for p in per_afp])
+            c = torch.cat([p[i][2] for p in per_afp])
             keep = batched_nms(b, s, torch.zeros_like(s, dtype=torch.int64), self.pool_nms)[: self.pool_top_n]
             pooled.append(b[keep].detach())
-        return pooled
+            cells.append(c[keep])
+        return pooled, cells, torch.stack(probs, 1)
 
     def losses(
         self,
@@ -107,9 +138,10 @@ class LENS(nn.Module):
         feat = self.backbone(images)
         logits, dist = self.afps[dataset](feat)
         l_center, l_size = AnchorFreeProposalNetwork.compute_loss(logits, dist, afp_targets)
-        proposals = self._pooled_proposals(feat, images.shape[-2:])
+        proposals, _, _ = self._pooled_proposals(feat, images.shape[-2:], known={dataset: (logits, dist)})
         rois, labels, matched = [], [], []
         for p, t in zip(proposals, targets):
+            p = torch.cat([p, MultiTaskHead.jitter_boxes(t.boxes, self.gt_jitter, generator=generator).to(p)])
             r, l, m = MultiTaskHead.sample_rois(p, t.boxes, t.ignore, self.rois_per_image, generator=generator)
             rois.append(r)
             labels.append(l)
@@ -124,24 +156,27 @@ class LENS(nn.Module):
         """Every expert's view of the pooled proposals, per image:
 
         ``rois [N, 4]``; ``boxes [D, N, 4]`` (each expert's regressed boxes); ``scores [N, D]``
-        (each expert's lesion probability), D = ``len(self.datasets)`` in that order.
+        (each expert's lesion probability, see ``score``), D = ``len(self.datasets)`` in that order.
         """
         feat = self.backbone(images)
-        proposals = self._pooled_proposals(feat, images.shape[-2:])
+        proposals, cells, afp_probs = self._pooled_proposals(feat, images.shape[-2:])
         x = self.head.shared_features(feat, proposals)
         out, start = [], 0
         h, w = images.shape[-2:]
-        for p in proposals:
+        for i, p in enumerate(proposals):
             xi = x[start:start + len(p)]
             start += len(p)
             boxes, scores = [], []
-            for d in self.datasets:
+            for k, d in enumerate(self.datasets):
                 logit, delta = self.head.expert(xi, d)
                 b = box_coding.decode(p.float(), delta.float())
                 b[:, 0::2] = b[:, 0::2].clamp(0, w)
                 b[:, 1::2] = b[:, 1::2].clamp(0, h)
                 boxes.append(b)
-                scores.append(torch.sigmoid(logit.float()))
+                prob = torch.sigmoid(logit.float())
+                if self.score == "two_stage":
+                    prob = torch.sqrt(prob * afp_probs[i, k, cells[i]])
+                scores.append(prob)
             out.append({
                 "rois": p.float(),
                 "boxes": torch.stack(boxes) if boxes else p.new_zeros(0, 0, 4),

@@ -19,6 +19,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--out", type=Path, required=True, help="output folder (lens.pt, checkpoint.pt, losses.*)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--seed", type=int, default=None, help="overrides the config's seed")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=YAML",
+                   help="override config keys, e.g. --set datasets=[deeplesion] epochs=4 (ablation rows)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt if present")
     p.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads (default 1: on a shared 2-core machine 2 threads ran up to 7x slower)")
@@ -32,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
     from lens_core.training.config import load_config_file
     from lens_core.training.loop import train
 
-    cfg = load_config_file(args.config, args.config_section)
+    cfg = load_config_file(args.config, args.config_section, overrides=_overrides(args.set))
     if args.seed is not None:
         cfg.seed = args.seed
     if args.threads:
@@ -41,3 +43,15 @@ def run(args: argparse.Namespace) -> int:
                  resume=args.resume, progress=not args.no_progress)
     log.info("wrote %s", path)
     return 0
+
+
+def _overrides(items: list[str]) -> dict:
+    import yaml
+
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set wants KEY=VALUE, got {item!r}")
+        out[key] = yaml.safe_load(value)
+    return out

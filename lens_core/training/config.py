@@ -41,6 +41,11 @@ class TrainConfig:
     # For 3D labels the x/y box is shrunk toward the lesion's ends like an ellipsoid's cross-section,
     # but never below this fraction of its size (1.0 = the full box on every slice).
     min_end_scale: float = 0.5
+    # Train on random crop_size x crop_size windows that keep one of the slice's lesions whole
+    # (None = whole slices): cheaper steps, so more of them in the same time.
+    crop_size: int | None = None
+    # Linear lr warmup over the first steps (from lr / 10), for training from scratch.
+    warmup_steps: int = 0
     fc_dim: int | None = None
     rois_per_image: int = 64
     fuse_experts: list[str] | None = None  # experts fused in `lens propose` (None = all datasets)
@@ -65,6 +70,10 @@ class TrainConfig:
             raise ValueError(f"label kinds both gt and ignore: {sorted(set(self.gt_kinds) & set(self.ignore_kinds))}")
         if self.slices % 3:
             raise ValueError(f"slices must be a multiple of 3, got {self.slices}")
+        if self.crop_size is not None and (self.crop_size < 16 or self.crop_size % 16):
+            raise ValueError(f"crop_size must be a multiple of 16 (the coarsest stride), got {self.crop_size}")
+        if self.warmup_steps < 0:
+            raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
         if self.batch_size < 1 or self.epochs < 1:
             raise ValueError("batch_size and epochs must be >= 1")
         if self.fuse_experts is not None and not set(self.fuse_experts) <= set(self.datasets):
@@ -74,8 +83,8 @@ class TrainConfig:
         return asdict(self)
 
 
-def load_config_file(path: str | Path, section: str | None = None) -> TrainConfig:
-    """A YAML or JSON file (optionally one top-level ``section`` of it) -> TrainConfig."""
+def load_config_file(path: str | Path, section: str | None = None, overrides: dict | None = None) -> TrainConfig:
+    """A YAML or JSON file (optionally one top-level ``section`` of it, with ``overrides`` on top) -> TrainConfig."""
     import yaml
 
     path = Path(path)
@@ -90,6 +99,7 @@ def load_config_file(path: str | Path, section: str | None = None) -> TrainConfi
         data = data[section]
     if not isinstance(data, dict):
         raise ValueError(f"{path}: training config must be a mapping")
+    data = {**data, **(overrides or {})}
     try:
         return TrainConfig.from_config(data)
     except (TypeError, ValueError) as e:

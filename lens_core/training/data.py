@@ -190,6 +190,44 @@ def augment(image: torch.Tensor, gt: np.ndarray, ign: np.ndarray, rng: np.random
     return canvas, move(gt), move(ign)
 
 
+def crop(image: torch.Tensor, gt: np.ndarray, ign: np.ndarray, size: int, rng: np.random.Generator,
+         keep_fraction: float = 0.5):
+    """A random ``size x size`` window of ``image [S, H, W]`` (padded with air where smaller) that
+    holds one randomly chosen lesion box whole when the slice has any. Boxes are clipped to the
+    window; a lesion keeping less than ``keep_fraction`` of its area becomes an ignored region
+    (a sliver of a lesion is neither a positive nor a negative)."""
+    _, h, w = image.shape
+
+    def start(extent: int, lo: float, hi: float) -> int:
+        top = max(0, extent - size)
+        a, b = 0, top
+        if hi > lo:  # keep [lo, hi) inside [x0, x0 + size)
+            a, b = max(a, int(np.ceil(hi)) - size), min(b, int(np.floor(lo)))
+        return int(rng.integers(a, b + 1)) if b >= a else int(np.clip(round((lo + hi - size) / 2), 0, top))
+
+    if len(gt):
+        x1, y1, x2, y2 = gt[int(rng.integers(len(gt)))]
+    else:
+        x1 = y1 = x2 = y2 = 0.0
+    x0, y0 = start(w, x1, x2), start(h, y1, y2)
+    win = image[:, y0:y0 + size, x0:x0 + size]
+    out = torch.full((image.shape[0], size, size), -1.0)  # air
+    out[:, :win.shape[1], :win.shape[2]] = win
+    off = np.array([x0, y0, x0, y0], np.float64)
+
+    def move(b):
+        b = b.reshape(-1, 4) - off
+        area = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+        b = b.clip(0, size)
+        kept = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+        ok = (b[:, 2] - b[:, 0] >= 1) & (b[:, 3] - b[:, 1] >= 1)
+        return b, ok, kept >= keep_fraction * np.maximum(area, 1e-6)
+
+    g, g_ok, g_whole = move(gt)
+    i, i_ok, _ = move(ign)
+    return out, g[g_ok & g_whole], np.concatenate([i[i_ok], g[g_ok & ~g_whole]])
+
+
 @dataclass
 class Batch:
     images: torch.Tensor  # [B, S, H, W]
@@ -211,6 +249,8 @@ def load_batch(
         ign = np.asarray(lab.ignore, np.float64).reshape(-1, 4)
         if rng is not None and cfg.augment:
             img, gt, ign = augment(img, gt, ign, rng, cfg)
+        if rng is not None and cfg.crop_size:
+            img, gt, ign = crop(img, gt, ign, cfg.crop_size, rng)
         images.append(img)
         gts.append(torch.as_tensor(gt, dtype=torch.float32))
         igns.append(torch.as_tensor(ign, dtype=torch.float32))

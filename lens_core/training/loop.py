@@ -48,6 +48,13 @@ def build_model(cfg: TrainConfig) -> tuple[LENS, dict]:
     return LENS(cfg.datasets, cfg.preset, cfg.slices, cfg.weights_path, cfg.fc_dim, cfg.rois_per_image), meta
 
 
+def warmup_factor(step: int, warmup_steps: int) -> float:
+    """Linear warmup from 1/10 of the lr to the full lr over ``warmup_steps`` optimizer steps."""
+    if step >= warmup_steps:
+        return 1.0
+    return 0.1 + 0.9 * step / warmup_steps
+
+
 def _atomic_save(obj, path: Path) -> None:
     tmp = path.with_name(path.name + ".tmp")
     torch.save(obj, tmp)
@@ -121,6 +128,10 @@ def train(
                 if not torch.isfinite(loss):
                     raise FloatingPointError(f"non-finite loss at epoch {epoch} batch {b} ({name}): "
                                              f"{ {k: float(v) for k, v in losses.items()} }")
+                if cfg.warmup_steps and step <= cfg.warmup_steps:  # warmup on top of the epoch schedule (lr / 10 steps)
+                    scheduled = cfg.lr * 0.1 ** sum(epoch >= m for m in cfg.lr_steps)
+                    for g in opt.param_groups:
+                        g["lr"] = scheduled * warmup_factor(step, cfg.warmup_steps)
                 opt.zero_grad(set_to_none=True)  # other datasets' AFP/expert layers keep grad None
                 loss.backward()
                 opt.step()

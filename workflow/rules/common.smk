@@ -8,13 +8,29 @@ validate(config, "../schemas/config.schema.yaml")
 DATASETS = list(config["datasets"])
 SHARDS = int(config["preprocess"]["shards"])
 CORPUS = config["corpus"]["root"]
+ABLATION = config["ablation"]
+# The main pipeline is the experiment "lens": every component, the train seed of config.yaml. The
+# ablation's experiments are named <experiment>_s<seed>; its "full" experiment at the main seed is "lens".
+MAIN = "lens"
+# evaluated stages of an experiment: which model (round), which experts fused, FPR or not
+STAGES = ["r1_dl", "r1_fused", "r2_dl", "r2_fused", "r2u_fused", "r2_fpr", "fpr_only"]
+ROUND_OF = {"r1": "round1", "r2": "round2", "r2u": "round2u"}
+MAIN_STAGES = ["r1_fused", "r2_fused", "r2_fpr", "fpr_only"]
 
 
 wildcard_constraints:
     dataset="|".join(DATASETS),
     shard=r"\d+",
+    round=r"round1|round2|round2u",
+    split="train|val|test",
+    dim=r"|\.3d",
+    exp=r"[a-z0-9]+(_s\d+)?",
+    experts="fused|dl",
+    stage="|".join(STAGES),
+    mode="fused|fpr",
 
 
+# ----------------------------------------------------------------------------------------- data
 def dataset_root(wildcards):
     """The dataset's released folder; with the built-in corpus, the corpus marker makes it a dependency."""
     if config["corpus"]["builtin"]:
@@ -42,45 +58,9 @@ def shard_dirs_arg(wildcards, input):
     return " ".join(str(Path(p).parent) for p in input)
 
 
-wildcard_constraints:
-    round=r"round\d",
-    split="train|val|test",
-    dim=r"|\.3d",
-
-
 def prep_tables(datasets):
-    return expand("results/prep/{dataset}/{name}", dataset=datasets, name=["volumes.h5", "volumes.parquet", "lesions.parquet"])
-
-
-def proposal_shards(wildcards):
-    n = int(config["propose"]["shards"])
-    return [f"results/{wildcards.round}/proposals/{wildcards.dataset}/{wildcards.split}/{i}{wildcards.dim}.parquet"
-            for i in range(n)]
-
-
-# evaluated detector variants (results/<variant>/proposals/deeplesion/test.3d.parquet)
-VARIANTS = ["round1", "round2"]
-
-
-wildcard_constraints:
-    variant=r"round\d",
-
-
-def eval_truth(wildcards):
-    """The built-in corpus's full 3D truth carries lesion type and size (stratified FROC); real data
-    uses the manual 3D test set."""
-    if config["corpus"]["builtin"]:
-        return "results/prep/deeplesion/truth.parquet"
-    return "results/prep/deeplesion/test3d.parquet"
-
-
-def delta_input(wildcards):
-    """delta.json when mining.delta is 'auto' (calibrated on the validation split of the built-in corpus)."""
-    return "results/mining/delta.json" if config["mining"]["delta"] == "auto" else []
-
-
-def delta_arg(wildcards, input):
-    return input.delta if config["mining"]["delta"] == "auto" else config["mining"]["delta"]
+    return expand("results/prep/{dataset}/{name}", dataset=datasets,
+                  name=["volumes.h5", "volumes.parquet", "lesions.parquet"])
 
 
 def parent_of(name):
@@ -93,8 +73,112 @@ def parent_of(name):
     return folder
 
 
+def prep_root(wildcards, input):
+    """results/prep: the folder holding every dataset's preprocessed folder."""
+    return str(Path(input.prep[0]).parent.parent)
+
+
+# ----------------------------------------------------------------------------------- experiments
+def exp_name(experiment, seed):
+    return MAIN if experiment == "full" and int(seed) == int(config["train"]["seed"]) else f"{experiment}_s{seed}"
+
+
+def exp_spec(exp):
+    """(experiment settings, seed) of an experiment name."""
+    if exp == MAIN:
+        name, seed = "full", int(config["train"]["seed"])
+    else:
+        name, _, seed = exp.rpartition("_s")
+        seed = int(seed)
+    if name not in ABLATION["experiments"]:
+        raise ValueError(f"unknown experiment {name!r} (config ablation.experiments: {list(ABLATION['experiments'])})")
+    return ABLATION["experiments"][name] or {}, seed
+
+
+def exp_datasets(exp):
+    return exp_spec(exp)[0].get("datasets", config["train"]["datasets"])
+
+
+def train_overrides(wildcards):
+    """`lens train --seed --set ...` of an experiment's round. round2u is round 2 trained from the same
+    mined labels with the uncertain boxes as lesions instead of ignored (Table V's "uncertain as GT")."""
+    _, seed = exp_spec(wildcards.exp)
+    args = [f"--seed {seed}", f"--set 'datasets=[{','.join(exp_datasets(wildcards.exp))}]'"]
+    if getattr(wildcards, "round", "round1") == "round2u":
+        args.append("'gt_kinds=[gt,mined_cross_slice,mined_intra_patient,uncertain]' 'ignore_kinds=[excluded]'")
+    return " ".join(args)
+
+
+def experts_arg(wildcards):
+    return "--experts deeplesion" if wildcards.experts == "dl" else ""
+
+
+def proposal_shards(wildcards):
+    n = int(config["propose"]["shards"])
+    return [f"results/{wildcards.exp}/{wildcards.round}/proposals/{wildcards.experts}/{wildcards.dataset}/"
+            f"{wildcards.split}/{i}{wildcards.dim}.parquet" for i in range(n)]
+
+
+def single_type_experts(wildcards):
+    """The cross-dataset experts (Sec. V-C) this experiment's model has."""
+    have = exp_datasets(wildcards.exp)
+    return ",".join(e for e in config["mining"]["single_type_experts"] if e in have) or "none"
+
+
+def delta_input(wildcards):
+    """delta.json when mining.delta is 'auto' (calibrated on the validation split of the built-in corpus)."""
+    return f"results/{wildcards.exp}/mining/delta.json" if config["mining"]["delta"] == "auto" else []
+
+
+def delta_arg(wildcards, input):
+    return input.delta if config["mining"]["delta"] == "auto" else config["mining"]["delta"]
+
+
+# ------------------------------------------------------------------------------------ evaluation
+def stage_pred(wildcards):
+    """The 3D detections of an evaluated stage on the DeepLesion-like test split."""
+    e, s = wildcards.exp, wildcards.stage
+    if s == "r2_fpr":
+        return f"results/{e}/fpr/test.fused.3d.parquet"
+    if s == "fpr_only":
+        return f"results/{e}/fpr/test.fpr.3d.parquet"
+    rnd, experts = s.split("_")
+    return f"results/{e}/{ROUND_OF[rnd]}/proposals/{experts}/deeplesion/test.3d.parquet"
+
+
+def eval_truth(wildcards):
+    """The built-in corpus's full 3D truth carries lesion type and size (stratified FROC); real data
+    uses the manual 3D test set."""
+    if config["corpus"]["builtin"]:
+        return "results/prep/deeplesion/truth.parquet"
+    return "results/prep/deeplesion/test3d.parquet"
+
+
+def main_curves(wildcards):
+    return [f"results/eval/{MAIN}/{s}/froc.parquet" for s in MAIN_STAGES]
+
+
 def mining_report_files(wildcards):
-    files = ["results/mining/audit.md", "results/mining/montage.png"]
+    files = [f"results/{MAIN}/mining/audit.md", f"results/{MAIN}/mining/montage.png"]
     if config["mining"]["delta"] == "auto":
-        files.append("results/mining/delta.png")
+        files.append(f"results/{MAIN}/mining/delta.png")
     return files
+
+
+def ablation_summaries(wildcards):
+    return sorted({f"results/eval/{exp_name(r['experiment'], s)}/{r['stage']}/summary.parquet"
+                   for r in ABLATION["rows"].values() for s in ABLATION["seeds"]})
+
+
+def exp_seed(wildcards):
+    return exp_spec(wildcards.exp)[1]
+
+
+def ablation_spec_arg(wildcards):
+    """The ablation rows as JSON for `lens ablation-table`: row -> list of (experiment name, stage) per seed."""
+    import json
+
+    rows = {label: {"stage": r["stage"], "paper": r.get("paper"),
+                    "exps": [exp_name(r["experiment"], s) for s in ABLATION["seeds"]]}
+            for label, r in ABLATION["rows"].items()}
+    return json.dumps(rows)

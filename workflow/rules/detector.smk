@@ -5,40 +5,48 @@ rule train_lens:
     input:
         prep=prep_tables(DATASETS),
     output:
-        model="results/round1/lens.pt",
-        losses="results/round1/losses.parquet",
-        curve=report("results/round1/losses.png", caption="../report/losses.rst", category="Training"),
+        model="results/{exp}/{round}/lens.pt",
+        losses="results/{exp}/{round}/losses.parquet",
+        curve=report("results/{exp}/{round}/losses.png", caption="../report/losses.rst", category="Training"),
+    wildcard_constraints:
+        round="round1",
     log:
-        "results/logs/train_lens.log",
+        "results/logs/{exp}/train_lens_{round}.log",
     benchmark:
-        "results/benchmarks/train_lens.tsv"
+        "results/benchmarks/train_lens_{round}/{exp}.tsv"
     conda:
         "../../envs/lens.yaml"
     threads: workflow.cores
+    params:
+        prep=prep_root,
+        out=parent_of("model"),
+        overrides=train_overrides,
     shell:
-        "lens train --prep-dir results/prep --config config.yaml --config-section train "
-        "--out results/round1 --resume --threads {threads} --no-progress 2> {log}"
+        "lens train --prep-dir {params.prep} --config config.yaml --config-section train {params.overrides} "
+        "--out {params.out} --resume --threads {threads} --no-progress 2> {log}"
 
 
 rule propose:
     input:
-        model="results/{round}/lens.pt",
+        model="results/{exp}/{round}/lens.pt",
         prep=prep_tables(DATASETS),
     output:
-        p2d="results/{round}/proposals/{dataset}/{split}/{shard}.parquet",
-        p3d="results/{round}/proposals/{dataset}/{split}/{shard}.3d.parquet",
+        p2d="results/{exp}/{round}/proposals/{experts}/{dataset}/{split}/{shard}.parquet",
+        p3d="results/{exp}/{round}/proposals/{experts}/{dataset}/{split}/{shard}.3d.parquet",
     log:
-        "results/logs/propose/{round}.{dataset}.{split}.{shard}.log",
+        "results/logs/{exp}/propose/{round}.{experts}.{dataset}.{split}.{shard}.log",
     benchmark:
-        "results/benchmarks/propose/{round}.{dataset}.{split}.{shard}.tsv"
+        "results/benchmarks/propose/{exp}.{round}.{experts}.{dataset}.{split}.{shard}.tsv"
     conda:
         "../../envs/lens.yaml"
     threads: workflow.cores
     params:
         p=config["propose"],
+        prep=prep_root,
+        experts=experts_arg,
     shell:
-        "lens propose --model {input.model} --prep-dir results/prep --dataset {wildcards.dataset} "
-        "--split {wildcards.split} --shard {wildcards.shard}/{params.p[shards]} --out {output.p2d} "
+        "lens propose --model {input.model} --prep-dir {params.prep} --dataset {wildcards.dataset} "
+        "--split {wildcards.split} --shard {wildcards.shard}/{params.p[shards]} {params.experts} --out {output.p2d} "
         "--out3d {output.p3d} --min-score {params.p[min_score]} --stack-iou {params.p[stack_iou]} "
         "--threads {threads} --no-progress 2> {log}"
 
@@ -47,11 +55,11 @@ rule gather_proposals:
     input:
         proposal_shards,
     output:
-        "results/{round}/proposals/{dataset}/{split}{dim}.parquet",
+        "results/{exp}/{round}/proposals/{experts}/{dataset}/{split}{dim}.parquet",
     log:
-        "results/logs/gather_proposals/{round}.{dataset}.{split}{dim}.log",
+        "results/logs/{exp}/gather_proposals/{round}.{experts}.{dataset}.{split}{dim}.log",
     benchmark:
-        "results/benchmarks/gather_proposals/{round}.{dataset}.{split}{dim}.tsv"
+        "results/benchmarks/gather_proposals/{exp}.{round}.{experts}.{dataset}.{split}{dim}.tsv"
     conda:
         "../../envs/lens.yaml"
     shell:

@@ -1,32 +1,35 @@
-# Issue 4: FROC evaluation of each variant on the DeepLesion-like test split (LENS 3D protocol, Sec. VI-C).
+# Issue 4: FROC evaluation on the DeepLesion-like test split (LENS 3D protocol, Sec. VI-C), per experiment
+# and stage (r1/r2 = round 1/2 model, dl = DeepLesion expert only, fused = all experts, fpr = + Eq. 4).
 
 
 rule evaluate:
     input:
-        pred="results/{variant}/proposals/deeplesion/test.3d.parquet",
+        pred=stage_pred,
         truth=eval_truth,
         volumes="results/prep/deeplesion/volumes.parquet",
     output:
-        froc="results/eval/{variant}/froc.parquet",
-        summary="results/eval/{variant}/summary.md",
-        plot=report("results/eval/{variant}/froc.png", caption="../report/froc.rst", category="Evaluation"),
+        froc="results/eval/{exp}/{stage}/froc.parquet",
+        summary="results/eval/{exp}/{stage}/summary.parquet",
+        md="results/eval/{exp}/{stage}/summary.md",
+        plot=report("results/eval/{exp}/{stage}/froc.png", caption="../report/froc.rst", category="Evaluation"),
     log:
-        "results/logs/evaluate/{variant}.log",
+        "results/logs/{exp}/evaluate.{stage}.log",
     benchmark:
-        "results/benchmarks/evaluate/{variant}.tsv"
+        "results/benchmarks/evaluate/{exp}.{stage}.tsv"
     conda:
         "../../envs/lens.yaml"
     params:
         e=config["evaluation"],
+        out=parent_of("froc"),
     shell:
-        "lens evaluate --pred {input.pred} --truth {input.truth} --protocol lens3d --name {wildcards.variant} "
+        "lens evaluate --pred {input.pred} --truth {input.truth} --protocol lens3d --name {wildcards.stage} "
         "--units {input.volumes} --unit-column volume_id --split test --threshold {params.e[iobb]} "
-        "--fp-rates {params.e[fp_rates]} --out results/eval/{wildcards.variant} 2> {log}"
+        "--fp-rates {params.e[fp_rates]} --out {params.out} 2> {log}"
 
 
 rule froc_plot:
     input:
-        expand("results/eval/{variant}/froc.parquet", variant=VARIANTS),
+        main_curves,
     output:
         plot=report("results/eval/froc.png", caption="../report/froc_all.rst", category="Evaluation"),
         table=report("results/eval/table.md", caption="../report/table.rst", category="Evaluation"),

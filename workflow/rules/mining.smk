@@ -1,20 +1,20 @@
 # Issue 5: missing-annotation mining on the DeepLesion-like training split (paper Sec. V), each strategy
-# a rule with its own artifact, then round-2 training from the merged labels.
+# a rule with its own artifact, then round-2 training from the merged labels. Per experiment {exp}.
 
-MINED = "results/mining"
 DL_PREP = "results/prep/deeplesion"
+ROUND1 = "results/{exp}/round1/proposals/fused/deeplesion"
 
 
 rule build_tracklets:
     input:
-        train="results/round1/proposals/deeplesion/train.parquet",
-        val="results/round1/proposals/deeplesion/val.parquet",
+        train=f"{ROUND1}/train.parquet",
+        val=f"{ROUND1}/val.parquet",
     output:
-        f"{MINED}/tracklets.parquet",
+        "results/{exp}/mining/tracklets.parquet",
     log:
-        "results/logs/build_tracklets.log",
+        "results/logs/{exp}/build_tracklets.log",
     benchmark:
-        "results/benchmarks/build_tracklets.tsv"
+        "results/benchmarks/build_tracklets/{exp}.tsv"
     conda:
         "../../envs/lens.yaml"
     params:
@@ -26,34 +26,35 @@ rule build_tracklets:
 
 rule mine_cross_slice:
     input:
-        tracklets=f"{MINED}/tracklets.parquet",
+        tracklets="results/{exp}/mining/tracklets.parquet",
         lesions=f"{DL_PREP}/lesions.parquet",
+        volumes=f"{DL_PREP}/volumes.parquet",
     output:
-        f"{MINED}/cross_slice.parquet",
+        "results/{exp}/mining/cross_slice.parquet",
     log:
-        "results/logs/mine_cross_slice.log",
+        "results/logs/{exp}/mine_cross_slice.log",
     benchmark:
-        "results/benchmarks/mine_cross_slice.tsv"
+        "results/benchmarks/mine_cross_slice/{exp}.tsv"
     conda:
         "../../envs/lens.yaml"
     params:
         m=config["mining"],
     shell:
-        "lens mine-cross-slice --tracklets {input.tracklets} --lesions {input.lesions} --theta {params.m[theta]} "
-        "--out {output} 2> {log}"
+        "lens mine-cross-slice --tracklets {input.tracklets} --lesions {input.lesions} --volumes {input.volumes} "
+        "--theta {params.m[theta]} --out {output} 2> {log}"
 
 
 rule embed_lesions:
     input:
-        tracklets=f"{MINED}/tracklets.parquet",
+        tracklets="results/{exp}/mining/tracklets.parquet",
         prep=prep_tables(["deeplesion"]),
     output:
-        emb=f"{MINED}/embeddings.h5",
-        encoder=f"{MINED}/encoder.pt",
+        emb="results/{exp}/mining/embeddings.h5",
+        encoder="results/{exp}/mining/encoder.pt",
     log:
-        "results/logs/embed_lesions.log",
+        "results/logs/{exp}/embed_lesions.log",
     benchmark:
-        "results/benchmarks/embed_lesions.tsv"
+        "results/benchmarks/embed_lesions/{exp}.tsv"
     conda:
         "../../envs/lens.yaml"
     threads: workflow.cores
@@ -68,18 +69,18 @@ rule embed_lesions:
 
 rule calibrate_delta:
     input:
-        tracklets=f"{MINED}/tracklets.parquet",
-        emb=f"{MINED}/embeddings.h5",
+        tracklets="results/{exp}/mining/tracklets.parquet",
+        emb="results/{exp}/mining/embeddings.h5",
         truth=f"{DL_PREP}/truth.parquet",
         prep=prep_tables(["deeplesion"]),
     output:
-        delta=f"{MINED}/delta.json",
-        curve=f"{MINED}/delta.parquet",
-        plot=report(f"{MINED}/delta.png", caption="../report/delta.rst", category="Mining"),
+        delta="results/{exp}/mining/delta.json",
+        curve="results/{exp}/mining/delta.parquet",
+        plot=report("results/{exp}/mining/delta.png", caption="../report/delta.rst", category="Mining"),
     log:
-        "results/logs/calibrate_delta.log",
+        "results/logs/{exp}/calibrate_delta.log",
     benchmark:
-        "results/benchmarks/calibrate_delta.tsv"
+        "results/benchmarks/calibrate_delta/{exp}.tsv"
     conda:
         "../../envs/lens.yaml"
     params:
@@ -93,16 +94,16 @@ rule calibrate_delta:
 
 rule mine_intra_patient:
     input:
-        tracklets=f"{MINED}/tracklets.parquet",
-        emb=f"{MINED}/embeddings.h5",
+        tracklets="results/{exp}/mining/tracklets.parquet",
+        emb="results/{exp}/mining/embeddings.h5",
         delta=delta_input,
         prep=prep_tables(["deeplesion"]),
     output:
-        f"{MINED}/intra_patient.parquet",
+        "results/{exp}/mining/intra_patient.parquet",
     log:
-        "results/logs/mine_intra_patient.log",
+        "results/logs/{exp}/mine_intra_patient.log",
     benchmark:
-        "results/benchmarks/mine_intra_patient.tsv"
+        "results/benchmarks/mine_intra_patient/{exp}.tsv"
     conda:
         "../../envs/lens.yaml"
     params:
@@ -116,21 +117,21 @@ rule mine_intra_patient:
 
 rule mine_cross_dataset:
     input:
-        proposals="results/round1/proposals/deeplesion/train.parquet",
+        proposals=f"{ROUND1}/train.parquet",
         volumes=f"{DL_PREP}/volumes.parquet",
         lesions=f"{DL_PREP}/lesions.parquet",
-        mined=[f"{MINED}/cross_slice.parquet", f"{MINED}/intra_patient.parquet"],
+        mined=["results/{exp}/mining/cross_slice.parquet", "results/{exp}/mining/intra_patient.parquet"],
     output:
-        f"{MINED}/uncertain.parquet",
+        "results/{exp}/mining/uncertain.parquet",
     log:
-        "results/logs/mine_cross_dataset.log",
+        "results/logs/{exp}/mine_cross_dataset.log",
     benchmark:
-        "results/benchmarks/mine_cross_dataset.tsv"
+        "results/benchmarks/mine_cross_dataset/{exp}.tsv"
     conda:
         "../../envs/lens.yaml"
     params:
         m=config["mining"],
-        experts=",".join(config["mining"]["single_type_experts"]),
+        experts=single_type_experts,
     shell:
         "lens mine-cross-dataset --proposals {input.proposals} --volumes {input.volumes} "
         "--labels {input.lesions} {input.mined} --experts {params.experts} --sigma {params.m[sigma]} "
@@ -140,15 +141,15 @@ rule mine_cross_dataset:
 rule merge_labels:
     input:
         lesions=f"{DL_PREP}/lesions.parquet",
-        cross_slice=f"{MINED}/cross_slice.parquet",
-        intra_patient=f"{MINED}/intra_patient.parquet",
-        uncertain=f"{MINED}/uncertain.parquet",
+        cross_slice="results/{exp}/mining/cross_slice.parquet",
+        intra_patient="results/{exp}/mining/intra_patient.parquet",
+        uncertain="results/{exp}/mining/uncertain.parquet",
     output:
-        f"{MINED}/labels_round2.parquet",
+        "results/{exp}/mining/labels_round2.parquet",
     log:
-        "results/logs/merge_labels.log",
+        "results/logs/{exp}/merge_labels.log",
     benchmark:
-        "results/benchmarks/merge_labels.tsv"
+        "results/benchmarks/merge_labels/{exp}.tsv"
     conda:
         "../../envs/lens.yaml"
     params:
@@ -160,19 +161,19 @@ rule merge_labels:
 
 rule audit_mining:
     input:
-        cross_slice=f"{MINED}/cross_slice.parquet",
-        intra_patient=f"{MINED}/intra_patient.parquet",
-        uncertain=f"{MINED}/uncertain.parquet",
+        cross_slice="results/{exp}/mining/cross_slice.parquet",
+        intra_patient="results/{exp}/mining/intra_patient.parquet",
+        uncertain="results/{exp}/mining/uncertain.parquet",
         truth=f"{DL_PREP}/truth.parquet",
         prep=prep_tables(["deeplesion"]),
     output:
-        md=report(f"{MINED}/audit.md", caption="../report/audit.rst", category="Mining"),
-        table=f"{MINED}/audit.parquet",
-        montage=report(f"{MINED}/montage.png", caption="../report/montage.rst", category="Mining"),
+        md=report("results/{exp}/mining/audit.md", caption="../report/audit.rst", category="Mining"),
+        table="results/{exp}/mining/audit.parquet",
+        montage=report("results/{exp}/mining/montage.png", caption="../report/montage.rst", category="Mining"),
     log:
-        "results/logs/audit_mining.log",
+        "results/logs/{exp}/audit_mining.log",
     benchmark:
-        "results/benchmarks/audit_mining.tsv"
+        "results/benchmarks/audit_mining/{exp}.tsv"
     conda:
         "../../envs/lens.yaml"
     params:
@@ -186,18 +187,24 @@ rule audit_mining:
 rule train_lens_round2:
     input:
         prep=prep_tables(DATASETS),
-        labels=f"{MINED}/labels_round2.parquet",
+        labels="results/{exp}/mining/labels_round2.parquet",
     output:
-        model="results/round2/lens.pt",
-        losses="results/round2/losses.parquet",
-        curve=report("results/round2/losses.png", caption="../report/losses.rst", category="Training"),
+        model="results/{exp}/{round}/lens.pt",
+        losses="results/{exp}/{round}/losses.parquet",
+        curve=report("results/{exp}/{round}/losses.png", caption="../report/losses.rst", category="Training"),
+    wildcard_constraints:
+        round="round2|round2u",
     log:
-        "results/logs/train_lens_round2.log",
+        "results/logs/{exp}/train_lens_{round}.log",
     benchmark:
-        "results/benchmarks/train_lens_round2.tsv"
+        "results/benchmarks/train_lens_{round}/{exp}.tsv"
     conda:
         "../../envs/lens.yaml"
     threads: workflow.cores
+    params:
+        prep=prep_root,
+        out=parent_of("model"),
+        overrides=train_overrides,
     shell:
-        "lens train --prep-dir results/prep --labels {input.labels} --config config.yaml --config-section train "
-        "--out results/round2 --resume --threads {threads} --no-progress 2> {log}"
+        "lens train --prep-dir {params.prep} --labels {input.labels} --config config.yaml --config-section train "
+        "{params.overrides} --out {params.out} --resume --threads {threads} --no-progress 2> {log}"

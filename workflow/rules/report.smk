@@ -5,7 +5,7 @@ rule html_report:
     input:
         eval=["results/eval/froc.png", "results/eval/table.md"],
         mining=mining_report_files,
-        training=expand("results/{round}/losses.png", round=["round1", "round2"]),
+        training=expand("results/{exp}/{round}/losses.png", exp=MAIN, round=["round1", "round2"]),
     output:
         "results/report.html",
     log:

@@ -1,0 +1,191 @@
+"""`lens detect`: a trained LENS (+ optional FPR) on one new CT scan (NIfTI, MetaImage or a DICOM
+folder), 3D lesion boxes in the scan's own voxel coordinates and in world millimetres.
+
+The scan goes through the pipeline's preprocessing (lens_core.preprocess.prepare: LPS orientation,
+resampling, the -1024..3071 HU window, border clipping); LENS proposes on every slice, the experts'
+proposals are fused (Sec. IV-C), stacked to 3D, optionally re-scored by the FPR network (Eq. 4), and
+the boxes travel back through physical space to the original voxel grid (like ``map_boxes``), so
+direction flips and resampling are undone in one place.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import SimpleITK as sitk
+
+from lens_core.preprocess import PrepParams, Prepared, map_boxes, prepare
+
+log = logging.getLogger(__name__)
+
+BOX = ["x1", "y1", "z1", "x2", "y2", "z2"]
+WORLD = ["world_x1", "world_y1", "world_z1", "world_x2", "world_y2", "world_z2"]
+CENTRE = ["center_x_mm", "center_y_mm", "center_z_mm"]
+DISPLAY_HU = (-360.0, 440.0)  # overlay window (soft tissue, level 40 width 800)
+
+
+def _first_line(e: Exception) -> str:
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    return lines[-1] if lines else type(e).__name__
+
+
+def read_scan(path: str | Path) -> sitk.Image:
+    """A CT volume in HU: a NIfTI / MetaImage (/ any SimpleITK-readable) file, or a folder with one
+    DICOM series in it or in one of its subfolders (read with GDCM, rescale slope/intercept applied).
+    Raises FileNotFoundError or ValueError naming the file."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"scan not found: {path}")
+    try:
+        if path.is_dir():
+            from lens_core.datasets.nihln import find_series_dir
+
+            series_dir = find_series_dir(path)  # the one folder below `path` holding a series
+            ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(series_dir))
+            if len(ids) > 1:
+                raise ValueError(f"{series_dir}: {len(ids)} DICOM series in this folder ({', '.join(ids)}); "
+                                 "give a folder holding one")
+            reader = sitk.ImageSeriesReader()
+            reader.SetFileNames(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(series_dir), ids[0]))
+        else:
+            reader = sitk.ImageFileReader()
+            reader.SetFileName(str(path))
+        img = reader.Execute()
+    except RuntimeError as e:
+        raise ValueError(f"{path}: cannot read the scan ({_first_line(e)})") from None
+    if img.GetDimension() != 3 or img.GetNumberOfComponentsPerPixel() != 1:
+        raise ValueError(f"{path}: expected a 3D single-channel CT volume, got a {img.GetDimension()}D image "
+                         f"with {img.GetNumberOfComponentsPerPixel()} component(s) per voxel")
+    if min(img.GetSize()) < 1:
+        raise ValueError(f"{path}: empty image {img.GetSize()}")
+    return sitk.Cast(img, sitk.sitkFloat32)
+
+
+def prep_params(pixel_mm: float | None, slice_mm: float | None, *metas: dict) -> PrepParams:
+    """Flags first, else the preprocessing recorded in a model's meta (``meta["prep"]``), else the
+    pipeline's defaults (PrepParams)."""
+    rec = next((m["prep"] for m in metas if m and isinstance(m.get("prep"), dict) and "pixel_mm" in m["prep"]), {})
+    default = PrepParams()
+    if (pixel_mm is None or slice_mm is None) and not rec:
+        log.warning("no preprocessing recorded in the model files; using pixel %.2f mm, slice %.2f mm "
+                    "(set --pixel-mm / --slice-mm to those the model was trained with)",
+                    pixel_mm or default.pixel_mm, slice_mm or default.slice_mm)
+    return PrepParams(float(pixel_mm if pixel_mm is not None else rec.get("pixel_mm", default.pixel_mm)),
+                      float(slice_mm if slice_mm is not None else rec.get("slice_mm", default.slice_mm)))
+
+
+def _index_to_index(points: np.ndarray, src: sitk.Image, dst: sitk.Image) -> np.ndarray:
+    """Project-convention continuous indices (pixel i on [i, i+1)) of ``src`` -> those of ``dst``."""
+    out = [np.array(dst.TransformPhysicalPointToContinuousIndex(
+        src.TransformContinuousIndexToPhysicalPoint((np.asarray(p, float) - 0.5).tolist()))) + 0.5 for p in points]
+    return np.array(out).reshape(-1, 3)
+
+
+def to_scan_coordinates(det: pd.DataFrame, pre: Prepared, img: sitk.Image) -> pd.DataFrame:
+    """3D boxes on the preprocessed (clipped) grid -> voxel boxes of the original scan ``img``
+    (x1, y1, z1, x2, y2, z2, exclusive upper bounds), its key slice, and the world-mm extents and
+    centre (ITK physical coordinates, LPS)."""
+    out = det.copy()
+    if not len(det):
+        for c in [*BOX, "key_slice", *WORLD, *CENTRE]:
+            out[c] = pd.Series(dtype="float64")
+        return out
+    y0, x0 = pre.crop
+    b = det[BOX].to_numpy(np.float64) + np.array([x0, y0, 0, x0, y0, 0], np.float64)  # undo border clipping
+    orig = map_boxes(b, pre.ref, img)
+    out[BOX] = orig
+    key = np.stack([(b[:, 0] + b[:, 3]) / 2, (b[:, 1] + b[:, 4]) / 2, det["z"].to_numpy(np.float64) + 0.5], 1)
+    out["key_slice"] = np.clip(np.floor(_index_to_index(key, pre.ref, img)[:, 2]), 0,
+                               img.GetSize()[2] - 1).astype(np.int64)
+    world_lo, world_hi, centre = [], [], []
+    for r in orig:
+        corners = np.array([[x, y, z] for x in (r[0], r[3]) for y in (r[1], r[4]) for z in (r[2], r[5])]) - 0.5
+        w = np.array([img.TransformContinuousIndexToPhysicalPoint(c.tolist()) for c in corners])
+        world_lo.append(w.min(0))
+        world_hi.append(w.max(0))
+        centre.append(img.TransformContinuousIndexToPhysicalPoint(((r[:3] + r[3:]) / 2 - 0.5).tolist()))
+    out[WORLD] = np.hstack([np.array(world_lo), np.array(world_hi)])
+    out[CENTRE] = np.array(centre)
+    return out
+
+
+def detect_scan(lens, lens_meta: dict, img: sitk.Image, params: PrepParams, device, *, fpr=None,
+                experts: list[str] | None = None, min_score: float = 0.05, proposal_min_score: float = 0.01,
+                max_per_slice: int = 20, stack_iou: float = 0.5, max_detections: int = 100,
+                batch_slices: int = 16, volume_id: str = "scan") -> pd.DataFrame:
+    """Detections of one scan (see the module doc); ``fpr`` is ``(FprNet, meta)`` or None.
+
+    Columns: ``detection_id``, the box in the scan's voxels (x1, y1, z1, x2, y2, z2), ``key_slice``,
+    world extents (world_*), centre (center_*_mm), ``score`` (Eq. 4 with FPR, else LENS's fused
+    score), ``score_lens`` (+ ``score_fpr``, ``score_fused``), each expert's ``score_<dataset>``,
+    ``n_slices`` (on the preprocessed grid). Sorted by score; ``score >= min_score``.
+    """
+    from lens_core.inference.proposals import propose_volume, stack_proposals_3d
+
+    fuse = experts or lens_meta.get("fuse_experts") or lens.datasets
+    unknown = [d for d in fuse if d not in lens.datasets]
+    if unknown:
+        raise ValueError(f"experts {unknown} are not among the model's datasets {lens.datasets}")
+    pre = prepare(img, params)
+    props = propose_volume(lens, pre.image, fuse, device, batch_slices, min_score=proposal_min_score,
+                           max_per_slice=max_per_slice)
+    props.insert(0, "volume_id", volume_id)
+    det = stack_proposals_3d(props, stack_iou)
+    if len(det):
+        det["score_lens"] = det["score"].astype(np.float64)
+        if fpr is not None:
+            from lens_core.fpr.score import fpr_scores, with_fpr_scores
+
+            s = fpr_scores(fpr[0], det, lambda _vid: pre.image, device)
+            det = with_fpr_scores(det, s, "fused")
+        det = det[det["score"] >= min_score]
+        det = det.sort_values("score", ascending=False, kind="stable").head(max_detections).reset_index(drop=True)
+    det = to_scan_coordinates(det, pre, img)
+    det.insert(0, "detection_id", np.arange(len(det), dtype=np.int64))
+    experts_cols = [f"score_{d}" for d in lens.datasets if f"score_{d}" in det]
+    fpr_cols = [c for c in ("score_fpr", "score_fused") if c in det]
+    cols = ["detection_id", *BOX, "key_slice", *WORLD, *CENTRE, "score", "score_lens", *fpr_cols, *experts_cols,
+            "n_slices"]
+    return det.reindex(columns=cols)
+
+
+def write_overlays(img: sitk.Image, det: pd.DataFrame, out_dir: Path, top: int = 10) -> list[Path]:
+    """PNG of each of the ``top`` detections: its key slice of the original scan (soft-tissue window)
+    with the box drawn and its rank and score written."""
+    from PIL import Image, ImageDraw
+
+    from lens_core.io import atomic_path
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    arr = sitk.GetArrayViewFromImage(img)  # [z, y, x]
+    lo, hi = DISPLAY_HU
+    paths = []
+    for r in det.head(top).itertuples(index=False):
+        sl = np.clip((np.asarray(arr[int(r.key_slice)], np.float64) - lo) / (hi - lo), 0, 1)
+        h, w = sl.shape
+        up = max(1, 512 // max(h, w))  # small scans are enlarged so that the box stays visible
+        im = Image.fromarray(np.uint8(sl * 255)).resize((w * up, h * up), Image.NEAREST).convert("RGB")
+        draw = ImageDraw.Draw(im)
+        draw.rectangle([r.x1 * up, r.y1 * up, r.x2 * up - 1, r.y2 * up - 1], outline=(255, 40, 40), width=2)
+        label = f"#{r.detection_id} {r.score:.2f}"
+        draw.text((min(r.x1 * up, w * up - 7 * len(label)), max(0, r.y1 * up - 12)), label, fill=(255, 255, 0))
+        path = out_dir / f"detection_{int(r.detection_id):03d}_slice{int(r.key_slice)}.png"
+        with atomic_path(path) as tmp:
+            im.save(tmp, format="PNG")
+        paths.append(path)
+    return paths
+
+
+def write_table(df: pd.DataFrame, path: Path) -> None:
+    """CSV (or Parquet for a .parquet name), atomically."""
+    from lens_core.io import atomic_path, write_parquet
+
+    path = Path(path)
+    if path.suffix == ".parquet":
+        write_parquet(df, path)
+        return
+    with atomic_path(path) as tmp:
+        df.to_csv(tmp, index=False, float_format="%.6g")

@@ -1,0 +1,72 @@
+"""3D patches centred on 3D proposals, the FPR network's input (paper Sec. IV-D: "a 3D image patch
+whose center is the center of a 3D box").
+
+A patch is ``D x H x W`` voxels of the preprocessed grid around the box centre: ``D`` whole slices,
+and in-plane a window of ``max(H, context * box height)`` x ``max(W, context * box width)`` pixels
+resampled to ``H x W`` (ROIAlign, which averages when it shrinks), so a lesion larger than the patch
+still fits with some context. Intensities: the preprocessed uint8 window as ``v / 64 - 1`` (air -1,
+water 0; the scale of LENS's ``normalize``); outside the volume is air.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torchvision.ops import roi_align
+
+BOX3D = ["x1", "y1", "z1", "x2", "y2", "z2"]
+
+
+def crop_patches(volume: np.ndarray, boxes: np.ndarray, patch: tuple[int, int, int], context: float = 2.0
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Patches around ``boxes [N, 6]`` (x1, y1, z1, x2, y2, z2; preprocessed voxels) of one uint8
+    ``volume [z, y, x]``.
+
+    Returns ``patches [N, 1, D, H, W]`` (float32) and the boxes in patch voxels ``[N, 6]``, clipped
+    to the patch.
+    """
+    boxes = np.asarray(boxes, np.float64).reshape(-1, 6)
+    d, h, w = patch
+    n = len(boxes)
+    if n == 0:
+        return torch.zeros(0, 1, d, h, w), torch.zeros(0, 6)
+    if volume.ndim != 3:
+        raise ValueError(f"volume must be [z, y, x], got shape {volume.shape}")
+    depth = volume.shape[0]
+    bw, bh = boxes[:, 3] - boxes[:, 0], boxes[:, 4] - boxes[:, 1]
+    scale = np.maximum(1.0, np.maximum(context * bw / w, context * bh / h))  # source px per patch px
+    cx, cy = (boxes[:, 0] + boxes[:, 3]) / 2, (boxes[:, 1] + boxes[:, 4]) / 2
+    x0, y0 = cx - scale * w / 2, cy - scale * h / 2
+    z0 = np.floor((boxes[:, 2] + boxes[:, 5]) / 2 - d / 2 + 0.5).astype(np.int64)  # first slice
+    zz = z0[:, None] + np.arange(d)[None]  # [N, D] volume slice of each patch slice
+    valid = (zz >= 0) & (zz < depth)
+    used = np.unique(zz[valid])
+    # only the slices some patch needs, as float with air = 0 so that ROIAlign's zero padding is air
+    src = torch.from_numpy(np.ascontiguousarray(volume[used], dtype=np.float32) / 64.0)[:, None]
+    slot = np.searchsorted(used, np.clip(zz, 0, depth - 1))
+    ni, di = np.nonzero(valid)
+    rois = np.stack([slot[ni, di], x0[ni], y0[ni], x0[ni] + scale[ni] * w, y0[ni] + scale[ni] * h], 1)
+    out = torch.zeros(n * d, 1, h, w)
+    if len(rois):
+        # aligned=True: pixel i spans [i, i + 1), the project's convention (docs/artifacts.md)
+        crops = roi_align(src, torch.from_numpy(rois).float(), (h, w), spatial_scale=1.0, sampling_ratio=-1,
+                          aligned=True)
+        out[torch.from_numpy(ni * d + di)] = crops
+    patches = (out - 1.0).reshape(n, d, 1, h, w).transpose(1, 2).contiguous()
+    local = np.stack([(boxes[:, 0] - x0) / scale, (boxes[:, 1] - y0) / scale, boxes[:, 2] - z0,
+                      (boxes[:, 3] - x0) / scale, (boxes[:, 4] - y0) / scale, boxes[:, 5] - z0], 1)
+    local = np.clip(local, 0, np.array([w, h, d, w, h, d], np.float64))
+    return patches, torch.from_numpy(local).float()
+
+
+def flip(patches: torch.Tensor, boxes: torch.Tensor, axes: tuple[bool, bool, bool]
+         ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mirror patches ``[N, 1, D, H, W]`` and their boxes along (x, y, z) where ``axes`` says so
+    (training augmentation: a lesion mirrored is still a lesion)."""
+    d, h, w = patches.shape[2:]
+    boxes = boxes.clone()
+    dims = []
+    for flag, dim, lo, hi, size in ((axes[0], 4, 0, 3, w), (axes[1], 3, 1, 4, h), (axes[2], 2, 2, 5, d)):
+        if flag:
+            dims.append(dim)
+            boxes[:, [lo, hi]] = size - boxes[:, [hi, lo]]
+    return (patches.flip(dims) if dims else patches), boxes

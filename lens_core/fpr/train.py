@@ -1,0 +1,236 @@
+"""Training the FPR network (paper Sec. VI-B): TPs and FPs of round-2 LENS on the training set, 1:2
+per epoch, focal loss, RAdam (paper: lr 2e-4, 6 epochs, / 10 after epochs 2 and 4, batch 32)."""
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pandas as pd
+import torch
+
+from lens_core.fpr.model import FprNet, focal_loss, get_preset, save_fpr
+from lens_core.fpr.patches import BOX3D, crop_patches, flip
+from lens_core.fpr.samples import FP, THETA, THETA_FP, TP, epoch_samples, label_proposals
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class FprTrainConfig:
+    preset: str = "cpu"
+    weights_path: str | None = None  # local torchvision resnet18 state_dict (paper preset only)
+    epochs: int = 6
+    lr: float = 2e-4
+    lr_steps: list[int] = field(default_factory=lambda: [2, 4])  # lr / 10 after these epochs
+    batch_size: int = 32
+    fp_per_tp: float = 2.0
+    # TP draws per epoch (None: every TP once, the paper); the cpu preset fixes it so that an epoch
+    # has the same length whether the corpus yields 30 or 3000 TPs (few TPs repeat, flipped)
+    tp_per_epoch: int | None = None
+    theta: float = THETA
+    theta_fp: float = THETA_FP
+    focal_alpha: float = -1.0
+    focal_gamma: float = 2.0
+    augment: bool = True  # random x / y / z mirroring
+    val_fraction: float = 0.0  # patients held out to measure AUC (0: train on all, the paper)
+    seed: int = 0
+
+    @classmethod
+    def for_preset(cls, preset: str = "cpu", **overrides) -> "FprTrainConfig":
+        """The paper's schedule for ``paper``; for ``cpu`` (from scratch, no ImageNet weights, a few
+        hundred steps in total) a 10x larger lr and 400 TP draws an epoch, same structure."""
+        base = {"preset": preset}
+        if preset == "cpu":
+            base.update(lr=2e-3, tp_per_epoch=400)
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise ValueError(f"unknown FPR training options {unknown}; known: {sorted(known)}")
+        return cls(**{**base, **{k: v for k, v in overrides.items() if v is not None}})
+
+
+def read_parquet(path: Path, columns: list[str], what: str) -> pd.DataFrame:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} not found: {path}")
+    try:
+        df = pd.read_parquet(path)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path}: cannot read {what}: {e}") from e
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise ValueError(f"{path}: {what} lacks columns {missing}")
+    return df
+
+
+def prep_meta(prep_dir: Path) -> dict:
+    """Preprocessing parameters recorded in ``volumes.h5`` (pixel_mm, slice_mm, hu_window)."""
+    import json
+
+    try:
+        with h5py.File(Path(prep_dir) / "volumes.h5", "r") as f:
+            raw = f.attrs.get("lens")
+    except OSError as e:
+        raise ValueError(f"{Path(prep_dir) / 'volumes.h5'}: cannot open: {e}") from e
+    meta = json.loads(raw) if raw is not None else {}
+    return {k: meta[k] for k in ("dataset", "pixel_mm", "slice_mm", "hu_window") if k in meta}
+
+
+def volume_patches(h5_path: Path, boxes: pd.DataFrame, patch, context: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Patches of every row of ``boxes`` (volume_id + 3D box), read volume by volume, in row order."""
+    d, h, w = patch
+    out_p = torch.zeros(len(boxes), 1, d, h, w)
+    out_b = torch.zeros(len(boxes), 6)
+    if not len(boxes):
+        return out_p, out_b
+    try:
+        f = h5py.File(h5_path, "r")
+    except OSError as e:
+        raise ValueError(f"{h5_path}: cannot open volumes file: {e}") from e
+    with f:
+        for vol, rows in pd.Series(np.arange(len(boxes))).groupby(boxes["volume_id"].to_numpy()).indices.items():
+            try:
+                image = f[vol]["image"][...]
+            except KeyError:
+                raise ValueError(f"{h5_path}: no volume {vol!r} (named by the proposal table)") from None
+            p, b = crop_patches(image, boxes[BOX3D].to_numpy(np.float64)[rows], patch, context)
+            out_p[rows], out_b[rows] = p, b
+    return out_p, out_b
+
+
+def holdout_patients(patients: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """True for rows whose patient falls in the held-out ``fraction`` (a seeded hash: stable)."""
+    if fraction <= 0:
+        return np.zeros(len(patients), bool)
+    u = {p: int(hashlib.sha1(f"{seed}:{p}".encode()).hexdigest()[:8], 16) / 16**8 for p in set(patients)}
+    return np.array([u[p] < fraction for p in patients])
+
+
+def roc_auc(y: np.ndarray, s: np.ndarray) -> float:
+    """Area under the ROC curve (Mann-Whitney U with average ranks); nan without both classes."""
+    from scipy.stats import rankdata
+
+    y = np.asarray(y).astype(bool)
+    n1, n0 = int(y.sum()), int((~y).sum())
+    if n1 == 0 or n0 == 0:
+        return float("nan")
+    r = rankdata(s)
+    return float((r[y].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
+
+
+@torch.no_grad()
+def predict(model: FprNet, patches: torch.Tensor, boxes: torch.Tensor, device, batch: int = 128) -> np.ndarray:
+    """FPR probabilities of prepared patches."""
+    model.eval()
+    out = []
+    for i in range(0, len(patches), batch):
+        out.append(torch.sigmoid(model(patches[i:i + batch].to(device), boxes[i:i + batch].to(device))).float().cpu())
+    return torch.cat(out).numpy() if out else np.zeros(0, np.float32)
+
+
+def train_fpr(
+    cfg: FprTrainConfig,
+    prep_dir: str | Path,
+    proposals3d: str | Path | pd.DataFrame,
+    labels: str | Path | pd.DataFrame,
+    out: str | Path,
+    device: str = "auto",
+    split: str | None = "train",
+    progress: bool = False,
+) -> dict:
+    """Train the FPR network on the TPs / FPs of ``proposals3d`` and write it to ``out``.
+
+    ``prep_dir`` is one dataset's preprocessed folder (the proposals' volumes); only its ``split``
+    volumes are used (None: all). Returns statistics (sample counts, seconds, held-out AUC when
+    ``cfg.val_fraction > 0``), also stored in the model file's meta.
+    """
+    from tqdm import tqdm
+
+    from lens_core.training.loop import resolve_device
+
+    t_start = time.perf_counter()
+    prep_dir = Path(prep_dir)
+    dev = resolve_device(device)
+    props = proposals3d if isinstance(proposals3d, pd.DataFrame) else \
+        read_parquet(proposals3d, ["volume_id", *BOX3D], "3D proposal table")
+    labs = labels if isinstance(labels, pd.DataFrame) else \
+        read_parquet(labels, ["volume_id", "z", "x1", "y1", "x2", "y2", "label_kind"], "label table")
+    vols = read_parquet(prep_dir / "volumes.parquet", ["volume_id", "split"], "volume table")
+    if split is not None:
+        vols = vols[vols["split"] == split]
+    props = props[props["volume_id"].isin(vols["volume_id"])].reset_index(drop=True)
+    labs = labs[labs["volume_id"].isin(vols["volume_id"])]
+    y = label_proposals(props, labs, cfg.theta, cfg.theta_fp)
+    n_tp, n_fp = int((y == TP).sum()), int((y == FP).sum())
+    log.info("FPR samples: %d TP, %d FP, %d unused of %d proposals", n_tp, n_fp, int((y < 0).sum()), len(y))
+    patients = props["patient_id"].astype(str).to_numpy() if "patient_id" in props else props["volume_id"].to_numpy()
+    held = holdout_patients(patients, cfg.val_fraction, cfg.seed)
+    y_train = np.where(held, -1, y)
+    if (y_train == TP).sum() == 0 or (y_train == FP).sum() == 0:
+        raise ValueError(f"{proposals3d if not isinstance(proposals3d, pd.DataFrame) else 'proposals'}: "
+                         f"too few training samples ({int((y_train == TP).sum())} TP, "
+                         f"{int((y_train == FP).sum())} FP) for the FPR network")
+
+    # every epoch's samples first, so that only the patches some epoch uses are cropped
+    plans = [epoch_samples(y_train, e, cfg.seed, cfg.fp_per_tp, cfg.tp_per_epoch) for e in range(cfg.epochs)]
+    val_idx = np.flatnonzero(held & (y >= 0))
+    need = np.unique(np.concatenate(plans + [val_idx]))
+    preset = get_preset(cfg.preset)
+    t = time.perf_counter()
+    patches, boxes = volume_patches(prep_dir / "volumes.h5", props.iloc[need], preset.patch, preset.context)
+    patches = patches.half()  # held for the whole run: half the memory, ample precision for 8-bit images
+    slot = {int(i): k for k, i in enumerate(need)}
+    crop_s = time.perf_counter() - t
+
+    torch.manual_seed(cfg.seed)
+    model = FprNet(preset, cfg.weights_path).to(dev).train()
+    opt = torch.optim.RAdam(model.parameters(), lr=cfg.lr)
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=list(cfg.lr_steps), gamma=0.1)
+    history = []
+    for epoch, plan in enumerate(plans):
+        model.train()
+        rng = np.random.default_rng([cfg.seed, epoch, 1])
+        losses = []
+        for i in tqdm(range(0, len(plan), cfg.batch_size), desc=f"FPR epoch {epoch + 1}/{cfg.epochs}",
+                      disable=not progress, leave=False):
+            idx = torch.as_tensor([slot[int(j)] for j in plan[i:i + cfg.batch_size]])
+            if len(idx) < 2:  # BatchNorm needs two samples
+                continue
+            p, b = patches[idx].float(), boxes[idx]
+            if cfg.augment:
+                p, b = flip(p, b, tuple(bool(v) for v in rng.integers(0, 2, 3)))
+            target = torch.as_tensor(y[plan[i:i + cfg.batch_size]] == TP, dtype=torch.float32)
+            loss = focal_loss(model(p.to(dev), b.to(dev)), target.to(dev), cfg.focal_alpha, cfg.focal_gamma)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"non-finite FPR loss at epoch {epoch} batch {i // cfg.batch_size}")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            losses.append(float(loss.detach()))
+        history.append({"epoch": epoch, "loss": float(np.mean(losses)) if losses else float("nan"),
+                        "lr": opt.param_groups[0]["lr"], "samples": int(len(plan))})
+        log.info("FPR epoch %d: loss %.4f (lr %.1e, %d samples)", epoch, history[-1]["loss"], history[-1]["lr"],
+                 len(plan))
+        sched.step()
+    stats = {"proposals": int(len(y)), "tp": n_tp, "fp": n_fp, "unused": int((y < 0).sum()),
+             "train_tp": int((y_train == TP).sum()), "train_fp": int((y_train == FP).sum()),
+             "crop_seconds": crop_s}
+    if len(val_idx):
+        vi = torch.as_tensor([slot[int(j)] for j in val_idx])
+        s = predict(model, patches[vi].float(), boxes[vi], dev)
+        yv = y[val_idx] == TP
+        stats.update(val_tp=int(yv.sum()), val_fp=int((~yv).sum()), val_auc=roc_auc(yv, s),
+                     val_accuracy=float(((s >= 0.5) == yv).mean()))
+        if "score" in props:
+            stats["val_auc_lens"] = roc_auc(yv, props["score"].to_numpy(np.float64)[val_idx])
+            stats["val_auc_fused"] = roc_auc(yv, (props["score"].to_numpy(np.float64)[val_idx] + s) / 2)
+    stats["seconds"] = time.perf_counter() - t_start
+    meta = {"config": asdict(cfg), "prep": prep_meta(prep_dir), "history": history, "stats": stats}
+    save_fpr(out, model, meta)
+    log.info("FPR trained in %.1f s: %s", stats["seconds"], stats)
+    return stats

@@ -1,0 +1,46 @@
+# Issue 6: 3D false-positive reduction (paper Sec. IV-D) on round-2 proposals, and score fusion (Eq. 4).
+
+
+rule train_fpr:
+    input:
+        proposals="results/{exp}/round2/proposals/fused/deeplesion/train.3d.parquet",
+        labels="results/{exp}/mining/labels_round2.parquet",
+        prep=prep_tables(["deeplesion"]),
+    output:
+        "results/{exp}/fpr/fpr.pt",
+    log:
+        "results/logs/{exp}/train_fpr.log",
+    benchmark:
+        "results/benchmarks/train_fpr/{exp}.tsv"
+    conda:
+        "../../envs/lens.yaml"
+    threads: workflow.cores
+    params:
+        prep=parent_of("prep"),
+        seed=exp_seed,
+        f=config["fpr"],
+    shell:
+        "lens train-fpr --prep-dir {params.prep} --proposals3d {input.proposals} --labels {input.labels} "
+        "--preset {params.f[preset]} --epochs {params.f[epochs]} --seed {params.seed} --threads {threads} "
+        "--out {output} --no-progress 2> {log}"
+
+
+rule score_fpr:
+    input:
+        model="results/{exp}/fpr/fpr.pt",
+        proposals="results/{exp}/round2/proposals/fused/deeplesion/test.3d.parquet",
+        prep=prep_tables(["deeplesion"]),
+    output:
+        "results/{exp}/fpr/test.{mode}.3d.parquet",
+    log:
+        "results/logs/{exp}/score_fpr.{mode}.log",
+    benchmark:
+        "results/benchmarks/score_fpr/{exp}.{mode}.tsv"
+    conda:
+        "../../envs/lens.yaml"
+    threads: workflow.cores
+    params:
+        prep=parent_of("prep"),
+    shell:
+        "lens score-fpr --model {input.model} --prep-dir {params.prep} --proposals3d {input.proposals} "
+        "--score {wildcards.mode} --threads {threads} --out {output} 2> {log}"
