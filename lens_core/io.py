@@ -48,3 +48,8 @@ def read_meta(path) -> dict:
 
     raw = (pq.read_schema(path).metadata or {}).get(b"lens")
     return json.loads(raw) if raw else {}
+
+
+def write_text(path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)

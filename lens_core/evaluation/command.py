@@ -141,11 +141,9 @@ def run_froc_plot(args: argparse.Namespace) -> int:
 
 def pq_fp_rates(path) -> list[float]:
     """The FP rates a froc.parquet was summarised at (its metadata)."""
-    import json
+    from lens_core.io import read_meta
 
-    import pyarrow.parquet as pq
-
-    meta = pq.read_schema(path).metadata or {}
-    if b"fp_rates" not in meta:
+    meta = read_meta(path)
+    if "fp_rates" not in meta:
         raise ValueError(f"{path}: no fp_rates metadata; was it written by `lens evaluate`?")
-    return [float(r) for r in json.loads(meta[b"fp_rates"])]
+    return [float(r) for r in meta["fp_rates"]]

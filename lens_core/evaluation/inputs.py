@@ -7,14 +7,14 @@ anything is written.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
+
+from lens_core import io
+from lens_core.io import atomic_path  # noqa: F401  (re-exported: plots write through it)
 
 BOX2D = ["x1", "y1", "x2", "y2"]
 BOX3D = ["x1", "y1", "z1", "x2", "y2", "z2"]
@@ -92,32 +92,9 @@ def boxes(df: pd.DataFrame, columns, what: str) -> np.ndarray:
     return arr
 
 
-@contextmanager
-def atomic_path(path):
-    """Yield a temporary path next to ``path``; it replaces ``path`` only if the block succeeds."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def write_parquet(df: pd.DataFrame, path, metadata: dict | None = None) -> None:
-    import pyarrow as pa
-
-    table = pa.Table.from_pandas(df, preserve_index=False)
-    if metadata:
-        extra = {k.encode(): json.dumps(v).encode() for k, v in metadata.items()}
-        table = table.replace_schema_metadata({**(table.schema.metadata or {}), **extra})
-    with atomic_path(path) as tmp:
-        pq.write_table(table, tmp)
+    io.write_parquet(df, path, metadata)
 
 
 def write_text(text: str, path) -> None:
-    with atomic_path(path) as tmp:
-        Path(tmp).write_text(text)
+    io.write_text(path, text)

@@ -19,13 +19,14 @@ there is loose; the threshold is a parameter.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from pathlib import Path
 
 import h5py
 import numpy as np
 import pandas as pd
+
+from lens_core.io import write_parquet, write_text
 
 from lens_core.mining.merge import merge_round2, training_slices
 from lens_core.mining.overlap import same_slice_iou
@@ -230,12 +231,6 @@ def audit_mining(annotations: pd.DataFrame, mined: Mapping[str, pd.DataFrame], t
     return out
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def write_audit(table: pd.DataFrame, md_path: str | Path, parquet_path: str | Path | None = None) -> None:
     """audit.md (a Markdown table with a one-line legend) and, if given, audit.parquet, atomically."""
     md_path = Path(md_path)
@@ -255,12 +250,8 @@ def write_audit(table: pd.DataFrame, md_path: str | Path, parquet_path: str | Pa
             "Table IV columns (n_3d_gt .. n_training_slices) are cumulative down the rows; "
             "cross_dataset = uncertain boxes on slices with ground truth, unlabeled = on the other slices.\n\n"
             + "\n".join(lines) + "\n")
-    _atomic_write_text(md_path, text)
+    write_text(md_path, text)
     if parquet_path is not None:
-        parquet_path = Path(parquet_path)
-        parquet_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = parquet_path.with_name(parquet_path.name + ".tmp")
         plain = pd.DataFrame(table)
         plain.attrs = {}
-        plain.to_parquet(tmp, index=False)
-        os.replace(tmp, parquet_path)
+        write_parquet(plain, parquet_path, {k: v for k, v in table.attrs.items()})

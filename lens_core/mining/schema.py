@@ -12,15 +12,13 @@ where the box came from, so that the round-2 merge is a concatenation and an aud
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 
+from lens_core.io import write_parquet
 from lens_core.preprocess import LESION_SCHEMA
 
 MINING_EXTRA = [("source_rule", pa.string()), ("tracklet_id", pa.int64()), ("score", pa.float64()),
@@ -62,11 +60,4 @@ def conform(df: pd.DataFrame) -> pd.DataFrame:
 
 def write_mining_table(df: pd.DataFrame, path: str | Path, meta: dict | None = None) -> None:
     """Write a mining table atomically (temp file, then os.replace): no partial artifact on failure."""
-    path = Path(path)
-    table = pa.Table.from_pandas(conform(df), schema=MINING_SCHEMA, preserve_index=False)
-    if meta:
-        table = table.replace_schema_metadata({**(table.schema.metadata or {}), b"lens": json.dumps(meta).encode()})
-    tmp = path.with_name(path.name + ".tmp")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
+    write_parquet(conform(df), path, meta, MINING_SCHEMA)
