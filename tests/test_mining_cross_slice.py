@@ -83,3 +83,11 @@ def test_no_proposals_or_no_annotations_give_an_empty_table_with_the_schema():
     assert len(empty) == 0 and list(empty.columns) == MINING_SCHEMA.names
     none = mine_cross_slice(proposals([("v", 5, *LESION, 0.9)]), pd.DataFrame([annotation("v", 5, LESION)]).iloc[:0])
     assert len(none) == 0
+
+
+def test_lesion_extent_prior_stops_propagation_far_from_the_key_slice():
+    """A tracklet running on past the lesion (a vessel, the next organ) is cut at max_dz slices from the key."""
+    rows = [("v", z, *LESION, 0.9) for z in range(0, 11)]
+    ann = pd.DataFrame([annotation("v", 5, (101, 99, 131, 129), max_dz=2.0)])
+    mined = mine_cross_slice(proposals(rows), ann)
+    assert sorted(mined["z"].tolist()) == [3, 4, 6, 7]

@@ -43,6 +43,9 @@ def add_parser(sub) -> None:
     p.add_argument("--lesions", type=Path, required=True, help="the dataset's lesions.parquet")
     p.add_argument("--volumes", type=Path, help="volumes.parquet: keep the training split only")
     p.add_argument("--theta", type=float, default=0.5)
+    p.add_argument("--extent-ratio", type=float, default=None,
+                   help="a lesion spans at most this x its long axis in z: slices farther from the key slice "
+                        "are not mined (needs --volumes for the spacing; default: no limit)")
     p.add_argument("--out", type=Path, required=True)
     p.set_defaults(func=_cross_slice)
 
@@ -95,7 +98,11 @@ def add_embedding_parsers(sub) -> None:
     p.add_argument("--embeddings", type=Path, required=True)
     p.add_argument("--split", default="val")
     p.add_argument("--min-precision", type=float, default=0.9)
-    p.add_argument("--fallback", type=float, default=0.15, help="delta when the split has no pairs to calibrate on")
+    p.add_argument("--fallback", type=float, default=0.15,
+                   help="delta when the split has fewer than --min-pairs pairs to calibrate on")
+    p.add_argument("--min-pairs", type=int, default=20,
+                   help="findable pairs (a lesion annotated in one volume, detected in another) needed to trust "
+                        "the curve: a precision measured on a handful of pairs says little")
     p.add_argument("--theta", type=float, default=0.5)
     p.add_argument("--out", type=Path, required=True, help="delta.json (+ .parquet curve and .png plot beside it)")
     p.set_defaults(func=_calibrate)
@@ -194,16 +201,18 @@ def _calibrate(args) -> int:
                                    iou_threshold=args.theta)
     n_pairs = int(curve.attrs.get("n_findable", 0))
     met = bool(curve.attrs.get("met_target", False))
-    if n_pairs == 0:
-        log.warning("the %s split has no lesion annotated in one volume and detected in another: delta falls "
-                    "back to %.3f", args.split, args.fallback)
+    fallback = n_pairs < args.min_pairs
+    if fallback:
+        log.warning("the %s split has %d findable pairs (< %d): delta falls back to %.3f (calibrated %.3f)",
+                    args.split, n_pairs, args.min_pairs, args.fallback, delta)
         delta = args.fallback
     base = args.out.with_suffix("")
     write_parquet(curve, base.with_suffix(".parquet"), {"split": args.split})
     plot_calibration(curve, delta, base.with_suffix(".png"),
                      title=f"intra-patient matching on the {args.split} split (delta = {delta:.3f})")
     result = {"delta": float(delta), "met_target": met, "n_findable": n_pairs, "min_precision": args.min_precision,
-              "split": args.split, "rule": curve.attrs.get("rule", ""), "fallback_used": n_pairs == 0}
+              "split": args.split, "rule": curve.attrs.get("rule", ""), "fallback_used": fallback,
+              "min_pairs": args.min_pairs}
     with atomic_path(args.out) as tmp:
         tmp.write_text(json.dumps(result, indent=1))
     log.info("delta = %.4f (%s)", delta, json.dumps(result))
@@ -263,13 +272,22 @@ def _build_tracklets(args) -> int:
 
 
 def _cross_slice(args) -> int:
+    import numpy as np
     import pandas as pd
 
     from .cross_slice import mine_cross_slice
     from .schema import write_mining_table
 
     tracklets = _train_only(pd.read_parquet(args.tracklets), args.volumes)
-    mined = mine_cross_slice(tracklets, pd.read_parquet(args.lesions), args.theta)
+    lesions = pd.read_parquet(args.lesions)
+    if args.extent_ratio is not None:
+        if args.volumes is None:
+            raise ValueError("--extent-ratio needs --volumes (pixel and slice spacing)")
+        sp = pd.read_parquet(args.volumes).set_index("volume_id")[["spacing_x", "spacing_z"]]
+        sp = sp.loc[lesions["volume_id"]].to_numpy()
+        long_mm = np.maximum(lesions["x2"] - lesions["x1"], lesions["y2"] - lesions["y1"]).to_numpy() * sp[:, 0]
+        lesions = lesions.assign(max_dz=np.ceil(args.extent_ratio * long_mm / sp[:, 1]))
+    mined = mine_cross_slice(tracklets, lesions, args.theta)
     write_mining_table(mined, args.out, {"theta": args.theta, "rule": "mine_cross_slice"})
     log.info("cross-slice propagation mined %d boxes", len(mined))
     return 0

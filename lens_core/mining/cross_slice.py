@@ -51,9 +51,13 @@ def mine_cross_slice(tracklets: pd.DataFrame, annotations: pd.DataFrame, iou_thr
     match = pd.DataFrame({"tracklet_id": best["tracklet_id"].to_numpy(), "ann_row": best["b_row"].to_numpy(),
                           "key_z": gt["z"].to_numpy(dtype=np.int64)[best["b_row"].to_numpy()],
                           "key_iou": best["iou"].to_numpy()})
+    # optional prior on the lesion's extent: no mined slice farther from the key slice than max_dz
+    max_dz = gt["max_dz"].to_numpy(dtype=float) if "max_dz" in gt.columns else np.full(len(gt), np.inf)
+    match["max_dz"] = max_dz[best["b_row"].to_numpy()]
 
     cand = trk.assign(_row=np.arange(len(trk))).merge(match, on="tracklet_id", how="inner")
-    cand = cand[cand["z"].to_numpy(dtype=np.int64) != cand["key_z"].to_numpy()].reset_index(drop=True)
+    dz = np.abs(cand["z"].to_numpy(dtype=np.int64) - cand["key_z"].to_numpy())
+    cand = cand[(dz > 0) & (dz <= cand["max_dz"].to_numpy())].reset_index(drop=True)
     cand = cand[~overlaps_any(cand, ann, iou_threshold)]
     score = cand["score"] if "score" in cand.columns else pd.Series(np.nan, index=cand.index)
     cand = (cand.assign(_score=score.fillna(-np.inf))

@@ -182,3 +182,8 @@ def ablation_spec_arg(wildcards):
                     "exps": [exp_name(r["experiment"], s) for s in ABLATION["seeds"]]}
             for label, r in ABLATION["rows"].items()}
     return json.dumps(rows)
+
+
+def extent_arg(wildcards):
+    r = config["mining"].get("extent_ratio")
+    return f"--extent-ratio {r}" if r else ""

@@ -39,9 +39,10 @@ rule mine_cross_slice:
         "../../envs/lens.yaml"
     params:
         m=config["mining"],
+        extent=extent_arg,
     shell:
         "lens mine-cross-slice --tracklets {input.tracklets} --lesions {input.lesions} --volumes {input.volumes} "
-        "--theta {params.m[theta]} --out {output} 2> {log}"
+        "--theta {params.m[theta]} {params.extent} --out {output} 2> {log}"
 
 
 rule embed_lesions:
@@ -89,6 +90,7 @@ rule calibrate_delta:
     shell:
         "lens calibrate-delta --prep-dir {params.prep} --tracklets {input.tracklets} --embeddings {input.emb} "
         "--split val --min-precision {params.m[min_precision]} --fallback {params.m[delta_fallback]} "
+        "--min-pairs {params.m[min_pairs]} "
         "--theta {params.m[theta]} --out {output.delta} 2> {log}"
 
 
