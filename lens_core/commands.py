@@ -54,6 +54,7 @@ def add_parser(sub) -> None:
 
     p = sub.add_parser("concat", help="concatenate Parquet tables (e.g. the shards of `lens propose`)")
     p.add_argument("tables", nargs="+", type=Path)
+    p.add_argument("--sort", help="stable sort by this column (shards of volumes i::n back in volume order)")
     p.add_argument("--out", required=True, type=Path)
     p.set_defaults(func=_concat)
 
@@ -102,6 +103,8 @@ def _concat(args) -> int:
     frames = [pd.read_parquet(p) for p in args.tables]
     nonempty = [f for f in frames if len(f)]
     df = pd.concat(nonempty, ignore_index=True) if nonempty else frames[0]
+    if args.sort:
+        df = df.sort_values(args.sort, kind="stable").reset_index(drop=True)
     write_parquet(df, args.out, {"parts": [str(p) for p in args.tables], **read_meta(args.tables[0])})
     return 0
 

@@ -103,9 +103,10 @@ def test_train_then_propose_from_the_command_line(trained):
         np.arange(len(full)), (full.expert == "luna").to_numpy().astype(int)])
     assert {"volume_id", "x1", "y1", "z1", "x2", "y2", "z2", "score"} <= set(full3d.columns)
     assert (full3d.z2 > full3d.z1).all()
-    shards = [propose(f"{i}/2", f"s{i}")[0] for i in range(2)]
-    merged = pd.concat(shards).sort_values(["volume_id", "z", "score"]).reset_index(drop=True)
-    pd.testing.assert_frame_equal(merged, full.sort_values(["volume_id", "z", "score"]).reset_index(drop=True))
+    # scatter over 3 shards, gather as the workflow does (`lens concat --sort volume_id`): the same table
+    parts = [root / f"s{i}.parquet" for i in range(3) if propose(f"{i}/3", f"s{i}") is not None]
+    assert main(["concat", *map(str, parts), "--sort", "volume_id", "--out", str(root / "gathered.parquet")]) == 0
+    pd.testing.assert_frame_equal(pd.read_parquet(root / "gathered.parquet"), full)
 
 
 def test_bad_inputs_fail_with_the_file_named(trained, tmp_path):

@@ -63,4 +63,4 @@ rule gather_proposals:
     conda:
         "../../envs/lens.yaml"
     shell:
-        "lens concat {input} --out {output} 2> {log}"
+        "lens concat {input} --sort volume_id --out {output} 2> {log}"
