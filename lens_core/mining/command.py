@@ -252,7 +252,8 @@ def _audit(args) -> int:
     review = sample_for_review(pd.concat([m for m in mined.values() if len(m)] or [mined["cross_slice"]],
                                          ignore_index=True), n=args.n_review)
     slices = truth_slices(truth, pad)
-    verdict = classify_boxes(review, slices, _labeled_slice_mask(lesions, slices, 0.3)) if len(review) else None
+    verdict = (classify_boxes(review, slices, _labeled_slice_mask(lesions, slices, 0.3))["verdict"].to_numpy()
+               if len(review) else None)
     write_montage(review, args.prep_dir, args.montage, verdict=verdict,
                   title="mined lesions for review (green: a real missed lesion, orange: already labeled, red: FP)")
     log.info("mining audit:\n%s", table.to_string(index=False))

@@ -15,6 +15,10 @@ MAIN = "lens"
 # evaluated stages of an experiment: which model (round), which experts fused, FPR or not
 STAGES = ["r1_dl", "r1_fused", "r2_dl", "r2_fused", "r2u_fused", "r2_fpr", "fpr_only"]
 ROUND_OF = {"r1": "round1", "r2": "round2", "r2u": "round2u"}
+STAGE_LABEL = {"r1_dl": "round 1, DeepLesion expert", "r1_fused": "round 1 (LENS)",
+               "r2_dl": "round 2, DeepLesion expert", "r2_fused": "round 2 (LENS + mining)",
+               "r2u_fused": "round 2, uncertain as GT", "r2_fpr": "round 2 + FPR (Eq. 4)",
+               "fpr_only": "FPR score alone"}
 MAIN_STAGES = ["r1_fused", "r2_fused", "r2_fpr", "fpr_only"]
 
 
@@ -187,3 +191,7 @@ def ablation_spec_arg(wildcards):
 def extent_arg(wildcards):
     r = config["mining"].get("extent_ratio")
     return f"--extent-ratio {r}" if r else ""
+
+
+def stage_label(wildcards):
+    return STAGE_LABEL[wildcards.stage]

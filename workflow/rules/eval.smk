@@ -21,8 +21,9 @@ rule evaluate:
     params:
         e=config["evaluation"],
         out=parent_of("froc"),
+        label=stage_label,
     shell:
-        "lens evaluate --pred {input.pred} --truth {input.truth} --protocol lens3d --name {wildcards.stage} "
+        "lens evaluate --pred {input.pred} --truth {input.truth} --protocol lens3d --name '{params.label}' "
         "--units {input.volumes} --unit-column volume_id --split test --threshold {params.e[iobb]} "
         "--fp-rates {params.e[fp_rates]} --out {params.out} 2> {log}"
 
