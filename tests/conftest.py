@@ -35,3 +35,15 @@ def tiny_corpus(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_prep(tiny_corpus, tmp_path_factory) -> Path:
     return preprocess_all(tiny_corpus, tmp_path_factory.mktemp("prep"))
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for tests that train: on a shared 2-core machine two threads per process slow
+    training ~7x whenever another process is busy (measured: 125 s vs 17 s for the overfit test)."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -19,7 +19,6 @@ from lens_core.training.loop import train
 from lens_core.training.synthetic import make_prep, make_volume
 
 DATASETS = ["deeplesion", "luna"]
-COMMANDS = ["lens_core.fpr.command", "lens_core.detect_command"]
 # the scan is 2x finer than the model's grid (1 mm pixels, 2 mm slices vs 2 / 4): each preprocessed
 # voxel averages 2 x 2 x 2 equal scan voxels, so the detector sees the training domain exactly
 SCALE, PAD = 2, 10  # PAD: scan voxels of air left of and above the body (removed by border clipping)
@@ -28,18 +27,11 @@ ORIGIN = (-80.0, 30.0, 200.0)
 DIRECTION = (1, 0, 0, 0, -1, 0, 0, 0, 1)  # y flipped: preprocessing reorients to LPS, detect undoes it
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture
-def lens_main(monkeypatch):
-    mods = cli.COMMAND_MODULES + [m for m in COMMANDS if m not in cli.COMMAND_MODULES]
-    monkeypatch.setattr(cli, "COMMAND_MODULES", mods)
+def lens_main():
     return cli.main
 
 

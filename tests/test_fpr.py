@@ -14,22 +14,13 @@ from lens_core.fpr.score import eq4, fpr_scores, h5_volumes, with_fpr_scores
 from lens_core.fpr.train import FprTrainConfig, roc_auc, train_fpr
 from lens_core.training.synthetic import make_prep
 
-FPR_COMMANDS = ["lens_core.fpr.command"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture
-def lens_main(monkeypatch):
-    """`lens ...` with the FPR commands registered (whether or not cli.COMMAND_MODULES lists them yet)."""
-    mods = cli.COMMAND_MODULES + [m for m in FPR_COMMANDS if m not in cli.COMMAND_MODULES]
-    monkeypatch.setattr(cli, "COMMAND_MODULES", mods)
+def lens_main():
     return cli.main
 
 

@@ -14,14 +14,7 @@ from lens_core.training.synthetic import make_prep
 DATASETS = ["deeplesion", "luna"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One torch thread: on the shared 2-core machine two threads per process slow training ~7x
-    whenever another process is busy (measured: 125 s vs 17 s for the overfit test)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_fusion_is_the_union_of_the_experts_boxes_then_nms():
