@@ -145,3 +145,20 @@ def test_deeplesion2d_from_csv_tables(tmp_path):
     s = pd.read_parquet(tmp_path / "out" / "summary.parquet").iloc[0]
     assert s["FP@0.5"] == pytest.approx(1 / 3) and s["FP@16"] == pytest.approx(2 / 3)  # as by hand
     assert s["n_units"] == 2
+
+
+def test_score_column_ranks_by_another_score(toy):
+    """FPR alone is evaluated from the Eq. 4 table by ranking on score_fpr: reversed scores, other curve."""
+    pred = pd.read_parquet(toy / "pred.parquet")
+    pred.assign(score_fpr=1.0 - pred["score"]).to_parquet(toy / "pred2.parquet")
+    curves = {}
+    for col in ("score", "score_fpr"):
+        out = toy / "eval" / col
+        assert run("evaluate", "--pred", toy / "pred2.parquet", "--truth", toy / "test3d.parquet",
+                   "--protocol", "lens3d", "--score-column", col, "--out", out) == 0
+        curves[col] = pd.read_parquet(out / "summary.parquet").query("stratum == 'all'")["average"].item()
+    base = run("evaluate", "--pred", toy / "pred.parquet", "--truth", toy / "test3d.parquet",
+               "--protocol", "lens3d", "--out", toy / "eval" / "base")
+    assert base == 0
+    assert curves["score"] == pd.read_parquet(toy / "eval/base/summary.parquet").query("stratum == 'all'")["average"].item()
+    assert curves["score_fpr"] != curves["score"]

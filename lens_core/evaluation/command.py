@@ -19,6 +19,8 @@ def add_parser(sub) -> None:
     p.add_argument("--pred", required=True, type=Path, help="detections (Parquet or CSV)")
     p.add_argument("--truth", required=True, type=Path, help="ground truth (test3d.parquet, truth.parquet, ...)")
     p.add_argument("--protocol", required=True, choices=["lens3d", "deeplesion2d", "luna"])
+    p.add_argument("--score-column", default="score",
+                   help="rank detections by this column (e.g. score_fpr: the FPR score alone)")
     p.add_argument("--name", default="model", help="variant name in tables and plots")
     p.add_argument("--out", required=True, type=Path, help="output folder")
     p.add_argument("--units", type=Path,
@@ -61,6 +63,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from lens_core.evaluation.luna import points_from_boxes
 
     pred = inputs.read_table(args.pred)
+    if args.score_column != "score":
+        inputs.require_columns(pred, [args.score_column], "predictions")
+        pred = pred.assign(score=pred[args.score_column])
     truth = inputs.read_table(args.truth)
     by_split = truth.attrs.pop("units_by_split", None)
     if args.split and by_split is not None:

@@ -31,7 +31,6 @@ wildcard_constraints:
     exp=r"[a-z0-9]+(_s\d+)?",
     experts="fused|dl",
     stage="|".join(STAGES),
-    mode="fused|fpr",
 
 
 # ----------------------------------------------------------------------------------------- data
@@ -142,10 +141,8 @@ def delta_arg(wildcards, input):
 def stage_pred(wildcards):
     """The 3D detections of an evaluated stage on the DeepLesion-like test split."""
     e, s = wildcards.exp, wildcards.stage
-    if s == "r2_fpr":
-        return f"results/{e}/fpr/test.fused.3d.parquet"
-    if s == "fpr_only":
-        return f"results/{e}/fpr/test.fpr.3d.parquet"
+    if s in ("r2_fpr", "fpr_only"):  # one scored table: score = Eq. 4, score_fpr = the FPR alone
+        return f"results/{e}/fpr/test.3d.parquet"
     rnd, experts = s.split("_")
     return f"results/{e}/{ROUND_OF[rnd]}/proposals/{experts}/deeplesion/test.3d.parquet"
 
@@ -195,3 +192,7 @@ def extent_arg(wildcards):
 
 def stage_label(wildcards):
     return STAGE_LABEL[wildcards.stage]
+
+
+def stage_score_column(wildcards):
+    return "score_fpr" if wildcards.stage == "fpr_only" else "score"

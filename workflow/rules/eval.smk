@@ -22,9 +22,11 @@ rule evaluate:
         e=config["evaluation"],
         out=parent_of("froc"),
         label=stage_label,
+        score=stage_score_column,
     shell:
         "lens evaluate --pred {input.pred} --truth {input.truth} --protocol lens3d --name '{params.label}' "
-        "--units {input.volumes} --unit-column volume_id --split test --threshold {params.e[iobb]} "
+        "--score-column {params.score} --units {input.volumes} --unit-column volume_id --split test "
+        "--threshold {params.e[iobb]} "
         "--fp-rates {params.e[fp_rates]} --out {params.out} 2> {log}"
 
 

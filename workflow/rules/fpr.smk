@@ -31,11 +31,11 @@ rule score_fpr:
         proposals="results/{exp}/round2/proposals/fused/deeplesion/test.3d.parquet",
         prep=prep_tables(["deeplesion"]),
     output:
-        "results/{exp}/fpr/test.{mode}.3d.parquet",
+        "results/{exp}/fpr/test.3d.parquet",
     log:
-        "results/logs/{exp}/score_fpr.{mode}.log",
+        "results/logs/{exp}/score_fpr.log",
     benchmark:
-        "results/benchmarks/score_fpr/{exp}.{mode}.tsv"
+        "results/benchmarks/score_fpr/{exp}.tsv"
     conda:
         "../../envs/lens.yaml"
     threads: workflow.cores
@@ -43,4 +43,4 @@ rule score_fpr:
         prep=parent_of("prep"),
     shell:
         "lens score-fpr --model {input.model} --prep-dir {params.prep} --proposals3d {input.proposals} "
-        "--score {wildcards.mode} --threads {threads} --out {output} 2> {log}"
+        "--score fused --threads {threads} --out {output} 2> {log}"
