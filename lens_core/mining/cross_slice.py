@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from lens_core.mining.overlap import overlaps_any, same_slice_iou
+from lens_core.mining.overlap import one_box_per_slice, overlaps_any, same_slice_iou
 from lens_core.mining.schema import conform
 
 __all__ = ["mine_cross_slice"]
@@ -59,10 +59,7 @@ def mine_cross_slice(tracklets: pd.DataFrame, annotations: pd.DataFrame, iou_thr
     dz = np.abs(cand["z"].to_numpy(dtype=np.int64) - cand["key_z"].to_numpy())
     cand = cand[(dz > 0) & (dz <= cand["max_dz"].to_numpy())].reset_index(drop=True)
     cand = cand[~overlaps_any(cand, ann, iou_threshold)]
-    score = cand["score"] if "score" in cand.columns else pd.Series(np.nan, index=cand.index)
-    cand = (cand.assign(_score=score.fillna(-np.inf))
-            .sort_values(["tracklet_id", "z", "_score", "_row"], ascending=[True, True, False, True], kind="stable")
-            .drop_duplicates(["tracklet_id", "z"]).reset_index(drop=True))
+    cand = one_box_per_slice(cand)
 
     a = gt.iloc[cand["ann_row"].to_numpy()].reset_index(drop=True)
     out = pd.DataFrame(index=pd.RangeIndex(len(cand)))

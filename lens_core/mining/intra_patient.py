@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 from numba import njit
 
-from lens_core.mining.overlap import same_slice_iou
+from lens_core.mining.overlap import one_box_per_slice, same_slice_iou
 from lens_core.mining.schema import conform
 
 __all__ = ["match_intra_patient", "mine_intra_patient"]
@@ -179,10 +179,7 @@ def mine_intra_patient(annotations: pd.DataFrame, ann_emb: np.ndarray, tracklets
             .drop_duplicates("tracklet_id"))
 
     cand = boxes.assign(_row=np.arange(len(boxes))).merge(best, on="tracklet_id", how="inner")
-    score = cand["score"] if "score" in cand.columns else pd.Series(np.nan, index=cand.index)
-    cand = (cand.assign(_score=score.fillna(-np.inf))
-            .sort_values(["tracklet_id", "z", "_score", "_row"], ascending=[True, True, False, True], kind="stable")
-            .drop_duplicates(["tracklet_id", "z"]).reset_index(drop=True))
+    cand = one_box_per_slice(cand)
     a = ann.iloc[cand["ann_row"].to_numpy()].reset_index(drop=True)
     out = pd.DataFrame(index=pd.RangeIndex(len(cand)))
     for c in ID_COLS:  # the boxes' own ids, else the tracklet table's

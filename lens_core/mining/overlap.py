@@ -62,3 +62,12 @@ def overlaps_any(a: pd.DataFrame, b: pd.DataFrame, iou_threshold: float, *, b_sp
     hit = np.zeros(len(a), dtype=bool)
     hit[pairs["a_row"].to_numpy()[pairs["iou"].to_numpy() > iou_threshold]] = True
     return hit
+
+
+def one_box_per_slice(cand: pd.DataFrame) -> pd.DataFrame:
+    """A lesion has one box on a slice: of a tracklet's boxes on the same slice keep the highest-scoring
+    (then the first, by ``_row``). Used by cross-slice propagation and intra-patient matching alike."""
+    score = cand["score"] if "score" in cand.columns else pd.Series(np.nan, index=cand.index)
+    return (cand.assign(_score=score.fillna(-np.inf))
+            .sort_values(["tracklet_id", "z", "_score", "_row"], ascending=[True, True, False, True], kind="stable")
+            .drop_duplicates(["tracklet_id", "z"]).reset_index(drop=True))
