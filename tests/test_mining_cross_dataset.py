@@ -81,3 +81,23 @@ def test_merge_rejects_a_mined_table_with_a_non_gt_kind():
     anns = pd.DataFrame([label("v", 5, (10, 10, 20, 20))])
     with pytest.raises(ValueError, match="label_kind"):
         merge_round2(anns, [pd.DataFrame([label("v", 6, (0, 0, 5, 5), "uncertain")])])
+
+
+def test_merged_labels_carry_the_dataset_round_2_training_selects_by(tiny_prep, tmp_path):
+    """Uncertain boxes come from proposals, which name no dataset; merge-labels gives them their volume's,
+    or round-2 training (which takes a dataset's rows by `dataset`) would silently drop them."""
+    from lens_core.cli import main
+    from lens_core.mining.schema import write_mining_table
+
+    prep = tiny_prep / "deeplesion"
+    les = pd.read_parquet(prep / "lesions.parquet")
+    vol = pd.read_parquet(prep / "volumes.parquet").volume_id.iloc[0]
+    unc = pd.DataFrame([{"volume_id": vol, "patient_id": "p", "study_id": 1, "series_id": 1, "z": 0,
+                         "x1": 1.0, "y1": 1.0, "x2": 3.0, "y2": 3.0, "z1": 0.0, "z2": 1.0, "kind": "2d",
+                         "label_kind": "uncertain", "source_rule": "cross_dataset_luna"}])
+    write_mining_table(unc, tmp_path / "unc.parquet")
+    assert main(["merge-labels", "--lesions", str(prep / "lesions.parquet"), "--uncertain", str(tmp_path / "unc.parquet"),
+                 "--out", str(tmp_path / "labels.parquet")]) == 0
+    labels = pd.read_parquet(tmp_path / "labels.parquet")
+    assert (labels.label_kind == "uncertain").sum() == 1 and len(labels) == len(les) + 1
+    assert set(labels.dataset) == {"deeplesion"}

@@ -260,6 +260,17 @@ def _audit(args) -> int:
     return 0
 
 
+def _volume_dataset(path: Path, lesions) -> dict:
+    """volume_id -> dataset name, from the prep folder's volumes.parquet beside lesions.parquet."""
+    import pandas as pd
+
+    vols = Path(path).with_name("volumes.parquet")
+    if vols.exists():
+        v = pd.read_parquet(vols, columns=["volume_id", "dataset"])
+        return dict(zip(v["volume_id"], v["dataset"]))
+    return dict(zip(lesions["volume_id"], lesions["dataset"]))
+
+
 def _build_tracklets(args) -> int:
     from ..io import write_parquet
     from .tracklets import tracklets_from_table
@@ -322,9 +333,17 @@ def _merge(args) -> int:
     from .merge import merge_round2, training_slices
     from .schema import write_mining_table
 
+    lesions = pd.read_parquet(args.lesions)
     mined = [pd.read_parquet(p) for p in args.mined]
     unc = pd.read_parquet(args.uncertain) if args.uncertain else None
-    labels = merge_round2(pd.read_parquet(args.lesions), mined, unc, args.theta)
+    labels = merge_round2(lesions, mined, unc, args.theta)
+    # round-2 training takes a dataset's rows by their `dataset` column: boxes mined from proposals
+    # (uncertain ones above all) carry the dataset of the volume they were found in
+    known = labels["dataset"].where(labels["dataset"].astype(str).str.len() > 0)  # "" = not known
+    labels["dataset"] = known.fillna(labels["volume_id"].map(_volume_dataset(args.lesions, lesions)))
+    if labels["dataset"].isna().any():
+        bad = labels.loc[labels["dataset"].isna(), "volume_id"].iloc[0]
+        raise ValueError(f"{args.lesions}: no dataset known for volume {bad!r} of the mined labels")
     write_mining_table(labels, args.out, {"theta": args.theta, "mined": [str(p) for p in args.mined],
                                           "uncertain": str(args.uncertain) if args.uncertain else None})
     counts = labels["label_kind"].value_counts().to_dict()
