@@ -130,3 +130,21 @@ def test_crops_keep_a_lesion_whole_and_turn_slivers_into_ignored_regions():
     out, g, ign = crop(img, gt, np.zeros((0, 4)), 128, np.random.default_rng(0))
     assert out.shape == (3, 128, 128) and (out[:, 100:] == -1).all()  # padded with air
     assert len(g) == 2 and len(ign) == 0
+
+
+def test_a_slice_with_only_uncertain_boxes_stays_a_negative_with_its_regions_ignored(prep):
+    """Table IV's last row: unlabeled slices join training; their uncertain lesions are ignored, not
+    turned into lesions and not a reason to drop the slice (or its neighbours) from the negatives."""
+    les = pd.read_parquet(prep / "deeplesion" / "lesions.parquet")
+    vid = les.iloc[0].volume_id
+    taken = set(les.loc[les.volume_id == vid, "z"].astype(int))
+    n = int(pd.read_parquet(prep / "deeplesion" / "volumes.parquet").set_index("volume_id").n_slices[vid])
+    before = build_index(cfg(), prep)["deeplesion"]
+    free = [z for z in range(n) if (vid, z) in set(before.negatives)]
+    assert free, "the synthetic volume needs a negative slice for this test"
+    z = free[0]
+    unc = les.iloc[[0]].assign(label_kind="uncertain", kind="2d", z=z, z1=z, z2=z + 1, lesion_id="u")
+    after = build_index(cfg(), prep, pd.concat([les, unc], ignore_index=True))["deeplesion"]
+    assert (vid, z) in after.negatives and after.negatives == before.negatives
+    assert after.labels[(vid, z)].ignore and not after.labels[(vid, z)].gt
+    assert z not in taken

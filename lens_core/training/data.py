@@ -128,11 +128,14 @@ def build_index(
                     raise ValueError(f"{src}: row {i} (volume {row.volume_id}): slice {z} outside 0..{n - 1}")
                 getattr(per_slice.setdefault((row.volume_id, z), SliceLabels()), role).append(b)
                 keys.append((row.volume_id, z))
-            gap = cfg.neg_gap_2d if row.kind == "2d" else cfg.neg_gap_3d
-            zs = [z for z, _ in boxes]
-            blocked[row.volume_id][max(0, min(zs) - gap):max(zs) + 1 + gap] = True
             if role == "gt":
+                # a key-slice label leaves the lesion's other slices unlabeled: keep negatives away
+                gap = cfg.neg_gap_2d if row.kind == "2d" else cfg.neg_gap_3d
+                zs = [z for z, _ in boxes]
+                blocked[row.volume_id][max(0, min(zs) - gap):max(zs) + 1 + gap] = True
                 lesion_slices.append(keys)
+            # an ignore-only slice stays a negative slice, its uncertain regions ignored (paper Table IV,
+            # last row: unlabeled slices join training with their uncertain lesions ignored)
         negatives = [(v, z) for v, b in blocked.items() for z in np.flatnonzero(~b).tolist()]
         index[name] = DatasetIndex(name, ddir / "volumes.h5", per_slice, lesion_slices, sorted(negatives))
     return index
