@@ -148,3 +148,40 @@ def test_a_slice_with_only_uncertain_boxes_stays_a_negative_with_its_regions_ign
     assert (vid, z) in after.negatives and after.negatives == before.negatives
     assert after.labels[(vid, z)].ignore and not after.labels[(vid, z)].gt
     assert z not in taken
+
+
+def test_volume_fraction_keeps_a_nested_seed_independent_subset_of_training_volumes(tmp_path):
+    """Paper Fig. 7: a dataset trained on 25 / 50 / 100 % of its training volumes; the smaller sets lie
+    inside the larger ones and do not change with the training seed, so only the amount of data varies."""
+    root = make_prep(tmp_path, datasets=DATASETS, n_volumes=10, depth=12, size=32, splits=("train", "train", "val"))
+    vols = pd.read_parquet(root / "luna" / "volumes.parquet")
+    train = set(vols.loc[vols.split == "train", "volume_id"])
+
+    def volumes_of(ds):
+        return {v for v, _ in ds.negatives} | {v for keys in ds.lesion_slices for v, _ in keys}
+
+    def kept(fraction, seed=0, split="train"):
+        c = cfg(volume_fraction={"luna": fraction}, seed=seed) if fraction else cfg(seed=seed)
+        return volumes_of(build_index(c, root, split=split)["luna"])
+
+    assert kept(None) == train and len(train) == 7
+    quarter, half, full = kept(0.25), kept(0.5), kept(1.0)
+    assert len(quarter) == 2 and len(half) == 4 and full == train  # ceil(f * 7)
+    assert quarter < half < full
+    assert kept(0.25, seed=5) == quarter and kept(0.01) and len(kept(0.01)) == 1
+    assert kept(0.25, split="val") == kept(None, split="val")  # validation volumes are never dropped
+    # other datasets keep all their volumes
+    dl = build_index(cfg(volume_fraction={"luna": 0.25}), root)["deeplesion"]
+    assert volumes_of(dl) == volumes_of(build_index(cfg(), root)["deeplesion"])
+
+
+@pytest.mark.parametrize("fraction, message", [
+    ({"luna": 0.0}, r"volume_fraction of 'luna' must be in \(0, 1\]"),
+    ({"luna": 1.5}, r"must be in \(0, 1\]"),
+    ({"luna": "half"}, r"must be in \(0, 1\]"),
+    ({"lits": 0.5}, r"volume_fraction names 'lits', not in datasets"),
+    ([0.5], "volume_fraction must map dataset -> fraction"),
+])
+def test_bad_volume_fractions_are_rejected_with_a_clear_error(fraction, message):
+    with pytest.raises(ValueError, match=message):
+        cfg(volume_fraction=fraction)

@@ -111,3 +111,24 @@ def test_warmup_raises_the_lr_linearly_then_hands_over_to_the_epoch_schedule(pre
     lr = pd.read_parquet(tmp_path / "losses.parquet").groupby("step")["lr"].first().to_numpy()
     assert np.allclose(lr[:4], [1e-4, 4e-4, 7e-4, 1e-3])
     assert np.allclose(lr[lr.size // 2:], 1e-4)  # epoch 2: lr / 10 (lr_steps), not the warmup's value
+
+
+def test_gradient_clipping_bounds_every_step_and_logs_the_norm_before_clipping(prep, tmp_path, monkeypatch):
+    """One batch whose focal sum is divided by very few centre pixels must not throw the shared
+    backbone off (it did in round 2 without clipping): every applied gradient is within grad_clip."""
+    applied = []
+    step = torch.optim.RAdam.step
+
+    def spy(self, *a, **k):
+        grads = [p.grad for g in self.param_groups for p in g["params"] if p.grad is not None]
+        applied.append(float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))))
+        return step(self, *a, **k)
+
+    monkeypatch.setattr(torch.optim.RAdam, "step", spy)
+    train(small_cfg(epochs=1, grad_clip=0.05), prep, tmp_path, device="cpu", progress=False)
+    logged = pd.read_parquet(tmp_path / "losses.parquet")["grad_norm"].to_numpy()
+    assert len(applied) == len(logged) > 0
+    assert max(applied) <= 0.05 * (1 + 1e-4)
+    assert (logged > 0.05).all()  # the logged norm is the one before clipping: clipping did act
+    with pytest.raises(ValueError, match="grad_clip"):
+        small_cfg(grad_clip=0)

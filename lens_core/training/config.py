@@ -46,9 +46,15 @@ class TrainConfig:
     crop_size: int | None = None
     # Linear lr warmup over the first steps (from lr / 10), for training from scratch.
     warmup_steps: int = 0
+    # Clip the gradient's global L2 norm (None = no clipping). Without it a single batch whose
+    # focal sum is divided by very few centre pixels can throw the shared backbone off for good.
+    grad_clip: float | None = 10.0
     fc_dim: int | None = None
     rois_per_image: int = 64
     fuse_experts: list[str] | None = None  # experts fused in `lens propose` (None = all datasets)
+    # Train on this fraction of a dataset's training volumes (paper Fig. 7); datasets not named keep
+    # all of them. The subset is fixed per dataset (not by the seed) and nested across fractions.
+    volume_fraction: dict[str, float] = field(default_factory=dict)
     seed: int = 0
 
     @classmethod
@@ -72,12 +78,21 @@ class TrainConfig:
             raise ValueError(f"slices must be a multiple of 3, got {self.slices}")
         if self.crop_size is not None and (self.crop_size < 16 or self.crop_size % 16):
             raise ValueError(f"crop_size must be a multiple of 16 (the coarsest stride), got {self.crop_size}")
+        if self.grad_clip is not None and self.grad_clip <= 0:
+            raise ValueError(f"grad_clip must be > 0 or null, got {self.grad_clip}")
         if self.warmup_steps < 0:
             raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
         if self.batch_size < 1 or self.epochs < 1:
             raise ValueError("batch_size and epochs must be >= 1")
         if self.fuse_experts is not None and not set(self.fuse_experts) <= set(self.datasets):
             raise ValueError(f"fuse_experts {self.fuse_experts} not all in datasets {self.datasets}")
+        if not isinstance(self.volume_fraction, dict):
+            raise ValueError(f"volume_fraction must map dataset -> fraction, got {self.volume_fraction!r}")
+        for name, f in self.volume_fraction.items():
+            if name not in self.datasets:
+                raise ValueError(f"volume_fraction names {name!r}, not in datasets {self.datasets}")
+            if isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 < f <= 1:
+                raise ValueError(f"volume_fraction of {name!r} must be in (0, 1], got {f!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -10,7 +10,7 @@ LOSS_TERMS = ["center", "size", "class", "box", "total"]
 
 
 def write_loss_table(rows: list[dict], path: Path) -> pd.DataFrame:
-    df = pd.DataFrame(rows, columns=["epoch", "step", "dataset", *LOSS_TERMS, "lr"])
+    df = pd.DataFrame(rows, columns=["epoch", "step", "dataset", *LOSS_TERMS, "lr", "grad_norm"])
     tmp = path.with_name(path.name + ".tmp")
     df.to_parquet(tmp, index=False)
     os.replace(tmp, path)

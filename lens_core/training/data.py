@@ -2,6 +2,8 @@
 boxes from 2D/3D labels, augmentation (Sec. VI-A) and batch collation with AFP targets."""
 from __future__ import annotations
 
+import math
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -85,6 +87,18 @@ def slice_boxes(row, min_end_scale: float) -> list[tuple[int, list[float]]]:
     return out
 
 
+def volume_subset(volume_ids, fraction: float, name: str) -> list:
+    """The first ``ceil(fraction * n)`` (at least one) of the ``n`` volumes in an order fixed by the
+    dataset's name alone: the same subset for every training seed, and a smaller fraction's subset
+    lies inside a larger one's (paper Fig. 7 compares models on growing training sets)."""
+    ids = sorted(set(volume_ids))
+    if not ids:
+        return []
+    order = np.random.default_rng(zlib.crc32(name.encode())).permutation(len(ids))
+    k = max(1, math.ceil(round(fraction * len(ids), 9)))  # round: 0.07 * 100 is 7.000000000000001
+    return [ids[i] for i in order[:k]]
+
+
 def build_index(
     cfg: TrainConfig, prep_dir: Path, labels: pd.DataFrame | None = None, split: str = "train"
 ) -> dict[str, DatasetIndex]:
@@ -99,6 +113,8 @@ def build_index(
         ddir = prep_dir / name
         vols = read_table(ddir / "volumes.parquet", ["volume_id", "split", "n_slices"])
         vols = vols[vols["split"] == split]
+        if split == "train" and name in cfg.volume_fraction:
+            vols = vols[vols["volume_id"].isin(volume_subset(vols["volume_id"], cfg.volume_fraction[name], name))]
         if labels is not None and (labels["dataset"] == name).any():
             lab, src = labels[labels["dataset"] == name], "labels table"
         else:

@@ -134,10 +134,12 @@ def train(
                         g["lr"] = scheduled * warmup_factor(step, cfg.warmup_steps)
                 opt.zero_grad(set_to_none=True)  # other datasets' AFP/expert layers keep grad None
                 loss.backward()
+                clip = cfg.grad_clip if cfg.grad_clip is not None else float("inf")
+                grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), clip))
                 opt.step()
                 row = {"epoch": epoch, "step": step, "dataset": name,
                        **{k: float(v.detach()) for k, v in losses.items()}, "total": float(loss.detach()),
-                       "lr": opt.param_groups[0]["lr"]}
+                       "lr": opt.param_groups[0]["lr"], "grad_norm": grad_norm}
                 rows.append(row)
                 step += 1
                 bar.set_postfix(loss=f"{row['total']:.3f}", ds=name)
