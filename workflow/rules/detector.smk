@@ -39,7 +39,9 @@ rule propose:
         "results/benchmarks/propose/{exp}.{round}.{experts}.{dataset}.{split}.{shard}.tsv"
     conda:
         "../../envs/lens.yaml"
-    threads: workflow.cores
+    # One thread each: inference of the small model barely gains from a second thread, while two jobs
+    # side by side also overlap their ~6 s torch start-up (profiles may raise it: set-threads).
+    threads: 1
     params:
         p=config["propose"],
         prep=prep_root,
