@@ -15,6 +15,8 @@ include: "workflow/rules/mining.smk"
 include: "workflow/rules/fpr.smk"
 include: "workflow/rules/eval.smk"
 include: "workflow/rules/ablation.smk"
+include: "workflow/rules/fig7_common.smk"
+include: "workflow/rules/fig7.smk"
 include: "workflow/rules/report.smk"
 
 

@@ -16,6 +16,7 @@ COMMAND_MODULES = [
     "lens_core.commands",
     "lens_core.evaluation.command",
     "lens_core.evaluation.ablation",
+    "lens_core.evaluation.fig7",
     "lens_core.training.command",
     "lens_core.inference.command",
     "lens_core.mining.command",

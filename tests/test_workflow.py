@@ -124,3 +124,26 @@ def test_real_data_switch_reads_released_folders_instead_of_the_corpus(tiny_corp
     les = pd.read_parquet(tmp_path / "results/prep/luna/lesions.parquet")
     assert len(les) and set(les.dataset) == {"luna"}
     assert not (tmp_path / "results" / "corpus").exists()
+
+
+@pytest.mark.parametrize("joint, joint_trainings", [("all", 2), ("own", 6)])
+def test_fig7_plans_alone_and_joint_trainings_and_reuses_the_main_model(tmp_path, joint, joint_trainings):
+    """Paper Fig. 7: 3 datasets x 3 fractions trained alone, and joint models for the fractions below 100 %
+    (one per fraction, or one per dataset and fraction); the joint 100 % model is the main round-1 model."""
+    cfg = yaml.safe_load((ROOT / "tests" / "data" / "tiny_config.yaml").read_text())
+    cfg["fig7"] = {"datasets": ["luna", "lits", "nihln"], "fractions": [0.25, 0.5, 1.0], "seeds": [0], "joint": joint}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
+    outputs = []
+    jobs = _planned(tmp_path, "fig7", outputs=outputs)
+    assert jobs["fig7_train"] == 9 + joint_trainings
+    assert jobs["train_lens"] == 1 and "results/lens/round1/lens.pt" in outputs
+    assert jobs["fig7_propose"] == jobs["fig7_evaluate"] == 3 * 3 * 2
+    assert jobs["fig7_table"] == 1 and not {"mine_cross_slice", "train_lens_round2", "evaluate"} & set(jobs)
+    assert not [f for f in outputs if re.search(r"results/fig7/[a-z_]*joint_f100_s0/lens\.pt", f)]
+
+
+def test_fig7_without_its_config_section_says_so(tmp_path):
+    cfg = yaml.safe_load((ROOT / "tests" / "data" / "tiny_config.yaml").read_text())
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
+    res = _run(["-n", "fig7"], tmp_path)
+    assert res.returncode != 0 and "no 'fig7' section" in res.stdout + res.stderr

@@ -1,0 +1,147 @@
+"""`lens fig7-table`: the paper's Fig. 7 on our data. Each single-type dataset's own validation metric
+(LUNA16 CPM: mean sensitivity at 1/8 ... 8 FPs per scan, its own expert) of a model trained on that
+dataset alone vs jointly with every dataset, at several fractions of its training volumes; mean ± sd
+over seeds.
+
+Each run is one summary.parquet written by `lens evaluate --protocol luna`; the table reads its `all`
+stratum.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from lens_core.io import atomic_path, write_parquet, write_text
+
+MODES = ("alone", "joint")
+TITLES = {"deeplesion": "DeepLesion", "luna": "LUNA", "lits": "LiTS", "nihln": "NIH-LN"}
+RUN_KEYS = ("dataset", "mode", "fraction", "seed", "summary")
+
+
+def collect(spec: list[dict]) -> pd.DataFrame:
+    """One row per run: dataset, mode, fraction, seed, the sensitivities at each FP rate and their average."""
+    rows = []
+    for i, run in enumerate(spec):
+        missing = [k for k in RUN_KEYS if k not in run]
+        if missing:
+            raise ValueError(f"--spec run {i}: missing keys {missing}")
+        if run["mode"] not in MODES:
+            raise ValueError(f"--spec run {i}: mode must be one of {list(MODES)}, got {run['mode']!r}")
+        path = Path(run["summary"])
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: evaluation of {run['dataset']} {run['mode']} "
+                                    f"{run['fraction']:g} seed {run['seed']} missing")
+        s = pd.read_parquet(path)
+        overall = s[s["stratum_by"] == "all"]
+        if overall.empty or "average" not in s.columns:
+            raise ValueError(f"{path}: no 'all' row with an average; was it written by `lens evaluate`?")
+        if "protocol" in s.columns and (s["protocol"] != "luna").any():
+            raise ValueError(f"{path}: protocol {s['protocol'].iloc[0]!r}, Fig. 7 reports the luna protocol (CPM)")
+        r = overall.iloc[0]
+        rates = [c for c in s.columns if c.startswith("FP@")]
+        rows.append({"dataset": run["dataset"], "mode": run["mode"], "fraction": float(run["fraction"]),
+                     "seed": int(run["seed"]), **{c: float(r[c]) for c in rates},
+                     "average": float(r["average"]), "n_gt": int(r["n_gt"]), "n_units": int(r["n_units"])})
+    if not rows:
+        raise ValueError("--spec lists no runs")
+    return pd.DataFrame(rows)
+
+
+def aggregate(runs: pd.DataFrame) -> pd.DataFrame:
+    """Mean and sd (in %) over seeds of every (dataset, fraction, mode)."""
+    cols = [c for c in runs.columns if c.startswith("FP@")] + ["average"]
+    keys = ["dataset", "fraction", "mode"]
+    g = runs.groupby(keys, sort=False)
+    mean, sd = g[cols].mean() * 100, g[cols].std(ddof=1).fillna(0) * 100
+    out = mean.add_suffix("_mean").join(sd.add_suffix("_sd"))
+    out["seeds"] = g.size()
+    out["n_gt"] = g["n_gt"].first()
+    out["n_units"] = g["n_units"].first()
+    out = out.reset_index()
+    order = {d: i for i, d in enumerate(pd.unique(runs["dataset"]))}  # datasets as the spec lists them
+    out["_order"] = out["dataset"].map(order)
+    return out.sort_values(["_order", "fraction", "mode"]).drop(columns="_order").reset_index(drop=True)
+
+
+def _cell(table: pd.DataFrame, dataset: str, fraction: float, mode: str):
+    hit = table[(table["dataset"] == dataset) & (table["fraction"] == fraction) & (table["mode"] == mode)]
+    return None if hit.empty else hit.iloc[0]
+
+
+def to_markdown(table: pd.DataFrame) -> str:
+    lines = ["## Fig. 7: single dataset vs joint training (validation split, LUNA16 CPM %, mean ± sd over seeds)",
+             "", "| dataset | training volumes | alone | joint | joint − alone | seeds | lesions / scans |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for ds in pd.unique(table["dataset"]):
+        for f in sorted(table.loc[table["dataset"] == ds, "fraction"].unique()):
+            cells = {m: _cell(table, ds, f, m) for m in MODES}
+            text = {m: "–" if c is None else f"{c['average_mean']:.1f} ± {c['average_sd']:.1f}" for m, c in cells.items()}
+            a, j = cells["alone"], cells["joint"]
+            delta = "–" if a is None or j is None else f"{j['average_mean'] - a['average_mean']:+.1f}"
+            any_cell = a if a is not None else j
+            seeds = "/".join(str(int(c["seeds"])) for c in cells.values() if c is not None)
+            lines.append(f"| {TITLES.get(ds, ds)} | {100 * f:g}% | {text['alone']} | {text['joint']} | {delta} "
+                         f"| {seeds} | {int(any_cell['n_gt'])} / {int(any_cell['n_units'])} |")
+    lines += ["", "alone: LENS trained on that dataset only; joint: LENS trained on every dataset (the paper's Fig. 7). "
+              "Both are scored with the dataset's own expert on its validation scans.", ""]
+    return "\n".join(lines)
+
+
+def plot(table: pd.DataFrame, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    datasets = list(pd.unique(table["dataset"]))
+    fig, axes = plt.subplots(1, len(datasets), figsize=(3.6 * len(datasets), 3.4), dpi=120, squeeze=False)
+    for ax, ds in zip(axes[0], datasets):
+        for mode, style in zip(MODES, ("s--", "o-")):
+            t = table[(table["dataset"] == ds) & (table["mode"] == mode)].sort_values("fraction")
+            if t.empty:
+                continue
+            ax.errorbar(100 * t["fraction"].to_numpy(), t["average_mean"], yerr=t["average_sd"], fmt=style,
+                        ms=4, capsize=2, lw=1.2, label="single dataset" if mode == "alone" else "joint (LENS)")
+        x = 100 * np.sort(table.loc[table["dataset"] == ds, "fraction"].unique())
+        ax.set_xscale("log", base=2)  # 25 / 50 / 100 % evenly spaced
+        ax.set_xticks(x, [f"{v:g}%" for v in x])
+        ax.minorticks_off()
+        ax.set_xlim(x.min() / 1.3, x.max() * 1.3)
+        ax.set_xlabel("training volumes")
+        ax.set_ylim(-2, 102)  # a model at 0 % stays visible
+        ax.grid(True, alpha=0.3)
+        ax.set_title(TITLES.get(ds, ds))
+    axes[0][0].set_ylabel("CPM (%) on validation")
+    axes[0][0].legend(fontsize=7, loc="lower right")
+    fig.suptitle("Single dataset vs joint training (mean ± sd over seeds)", fontsize=9)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("fig7-table", help="Fig. 7: each single-type dataset alone vs joint, by training fraction",
+                       description=__doc__.splitlines()[0])
+    p.add_argument("--spec", required=True,
+                   help="JSON list of runs: {dataset, mode (alone|joint), fraction, seed, summary (summary.parquet)}")
+    p.add_argument("--out", type=Path, required=True, help="folder for table.md, table.parquet, fig7.png")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    try:
+        spec = json.loads(args.spec)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"--spec is not JSON: {e}") from e
+    if not isinstance(spec, list):
+        raise ValueError("--spec must be a JSON list of runs")
+    runs = collect(spec)
+    table = aggregate(runs)
+    write_parquet(table, args.out / "table.parquet", {"spec": spec})
+    write_text(args.out / "table.md", to_markdown(table))
+    plot(table, args.out / "fig7.png")
+    return 0

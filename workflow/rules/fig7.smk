@@ -1,0 +1,111 @@
+# Issue 6: the paper's Fig. 7 (Sec. VI-D): each single-type dataset's validation CPM (LUNA16 protocol, its own
+# expert) of round-1 LENS trained on that dataset alone vs jointly with every dataset, on growing nested
+# fractions of its training volumes: `snakemake --cores all fig7` (not part of the default target).
+# Models live in results/fig7/<model>/ with <model> = <dataset>_alone_f<pct>_s<seed> or joint_f<pct>_s<seed>
+# (fig7.joint: own -> <dataset>_joint_f<pct>_s<seed>); the joint model on all volumes is the main pipeline's
+# round-1 model of that seed, which is reused instead of trained again.
+
+
+rule fig7_train:
+    input:
+        prep=prep_tables(DATASETS),
+    output:
+        model="results/fig7/{model}/lens.pt",
+        losses="results/fig7/{model}/losses.parquet",
+        curve="results/fig7/{model}/losses.png",
+    wildcard_constraints:
+        model=r"([a-z0-9]+_)?(alone|joint)_f[0-9.]+_s\d+",
+    log:
+        "results/logs/fig7/{model}/train.log",
+    benchmark:
+        "results/benchmarks/fig7/train/{model}.tsv"
+    conda:
+        "../../envs/lens.yaml"
+    threads: workflow.cores
+    params:
+        prep=prep_root,
+        out=parent_of("model"),
+        overrides=fig7_train_overrides,
+    shell:
+        "lens train --prep-dir {params.prep} --config config.yaml --config-section train {params.overrides} "
+        "--out {params.out} --resume --threads {threads} --no-progress 2> {log}"
+
+
+rule fig7_propose:
+    input:
+        model=fig7_model_file,
+        prep=prep_tables(DATASETS),
+    output:
+        p2d="results/fig7/{model}/proposals/{dataset}/val.parquet",
+        p3d="results/fig7/{model}/proposals/{dataset}/val.3d.parquet",
+    wildcard_constraints:
+        model=r"([a-z0-9]+_)?(alone|joint)_f[0-9.]+_s\d+",
+    log:
+        "results/logs/fig7/{model}/propose.{dataset}.log",
+    benchmark:
+        "results/benchmarks/fig7/propose/{model}.{dataset}.tsv"
+    conda:
+        "../../envs/lens.yaml"
+    threads: 1  # as rule propose: small jobs overlap better than they use a second thread
+    params:
+        p=config["propose"],
+        prep=prep_root,
+    shell:
+        "lens propose --model {input.model} --prep-dir {params.prep} --dataset {wildcards.dataset} --split val "
+        "--experts {wildcards.dataset} --out {output.p2d} --out3d {output.p3d} --min-score {params.p[min_score]} "
+        "--stack-iou {params.p[stack_iou]} --threads {threads} --no-progress 2> {log}"
+
+
+rule fig7_evaluate:
+    input:
+        pred="results/fig7/{model}/proposals/{dataset}/val.3d.parquet",
+        truth="results/prep/{dataset}/lesions.parquet",
+        volumes="results/prep/{dataset}/volumes.parquet",
+    output:
+        froc="results/eval/fig7/{model}/{dataset}/froc.parquet",
+        summary="results/eval/fig7/{model}/{dataset}/summary.parquet",
+        md="results/eval/fig7/{model}/{dataset}/summary.md",
+        plot="results/eval/fig7/{model}/{dataset}/froc.png",
+    wildcard_constraints:
+        model=r"([a-z0-9]+_)?(alone|joint)_f[0-9.]+_s\d+",
+    log:
+        "results/logs/fig7/{model}/evaluate.{dataset}.log",
+    benchmark:
+        "results/benchmarks/fig7/evaluate/{model}.{dataset}.tsv"
+    conda:
+        "../../envs/lens.yaml"
+    threads: 1
+    params:
+        e=config["evaluation"],
+        out=parent_of("froc"),
+        label=fig7_run_label,
+    shell:
+        "lens evaluate --pred {input.pred} --truth {input.truth} --protocol luna --name '{params.label}' "
+        "--units {input.volumes} --volumes {input.volumes} --split val --fp-rates {params.e[fp_rates]} "
+        "--out {params.out} 2> {log}"
+
+
+rule fig7_table:
+    input:
+        fig7_summaries,
+    output:
+        table=report("results/eval/fig7/table.md", caption="../report/fig7.rst", category="Fig. 7"),
+        parquet="results/eval/fig7/table.parquet",
+        plot=report("results/eval/fig7/fig7.png", caption="../report/fig7.rst", category="Fig. 7"),
+    log:
+        "results/logs/fig7_table.log",
+    benchmark:
+        "results/benchmarks/fig7_table.tsv"
+    conda:
+        "../../envs/lens.yaml"
+    threads: 1
+    params:
+        spec=fig7_spec_arg,
+        out=parent_of("table"),
+    shell:
+        "lens fig7-table --spec '{params.spec}' --out {params.out} 2> {log}"
+
+
+rule fig7:
+    input:
+        rules.fig7_table.output,

@@ -1,0 +1,84 @@
+# Input functions of workflow/rules/fig7.smk (the paper's Fig. 7): which models to train, evaluate and table.
+import json
+import re
+
+
+def fig7_config():
+    """The fig7 section, checked against the trained datasets (only when the fig7 target is asked for)."""
+    if "fig7" not in config:
+        raise ValueError("config has no 'fig7' section (see config.yaml)")
+    f7 = config["fig7"]
+    unknown = [d for d in f7["datasets"] if d not in config["train"]["datasets"]]
+    if unknown:
+        raise ValueError(f"fig7.datasets {unknown} are not in train.datasets {config['train']['datasets']}")
+    return f7
+
+
+def fig7_pct(fraction):
+    return format(100 * float(fraction), "g")  # 0.25 -> "25", 0.125 -> "12.5"
+
+
+def fig7_model(dataset, mode, fraction, seed):
+    pct = fig7_pct(fraction)
+    if mode == "joint" and fig7_config().get("joint", "all") == "all":
+        return f"joint_f{pct}_s{seed}"
+    return f"{dataset}_{mode}_f{pct}_s{seed}"
+
+
+def fig7_runs():
+    """Every evaluated (dataset, mode, fraction, seed) and the model it scores."""
+    f7 = fig7_config()
+    return [{"dataset": d, "mode": m, "fraction": float(f), "seed": int(s), "model": fig7_model(d, m, f, s)}
+            for d in f7["datasets"] for f in f7["fractions"] for m in ("alone", "joint") for s in f7["seeds"]]
+
+
+def fig7_training(model):
+    """(datasets, volume_fraction, seed) that train `model`."""
+    m = re.fullmatch(r"(?:(?P<ds>[a-z0-9]+)_)?(?P<mode>alone|joint)_f(?P<pct>[0-9.]+)_s(?P<seed>\d+)", model)
+    if m is None:
+        raise ValueError(f"not a fig7 model name: {model!r}")
+    f7 = fig7_config()
+    fractions = {fig7_pct(f): float(f) for f in f7["fractions"]}
+    if m["pct"] not in fractions:
+        raise ValueError(f"{model}: fraction {m['pct']}% is not in fig7.fractions {f7['fractions']}")
+    f = fractions[m["pct"]]
+    if m["mode"] == "alone":
+        return [m["ds"]], {m["ds"]: f}, int(m["seed"])
+    reduced = [m["ds"]] if m["ds"] else list(f7["datasets"])
+    return list(config["train"]["datasets"]), {d: f for d in reduced}, int(m["seed"])
+
+
+def fig7_reuses_main(model):
+    """The joint model on every volume is the ablation's "full" experiment (the main model at the train seed)."""
+    datasets, fractions, _ = fig7_training(model)
+    experiments = ABLATION["experiments"]
+    return ("full" in experiments and not experiments["full"] and datasets == list(config["train"]["datasets"])
+            and all(f == 1.0 for f in fractions.values()))
+
+
+def fig7_model_file(wildcards):
+    if fig7_reuses_main(wildcards.model):
+        return f"results/{exp_name('full', fig7_training(wildcards.model)[2])}/round1/lens.pt"
+    return f"results/fig7/{wildcards.model}/lens.pt"
+
+
+def fig7_train_overrides(wildcards):
+    datasets, fractions, seed = fig7_training(wildcards.model)
+    frac = ", ".join(f"{d}: {f}" for d, f in fractions.items())
+    return f"--seed {seed} --set 'datasets=[{','.join(datasets)}]' 'volume_fraction={{{frac}}}'"
+
+
+def fig7_summaries(wildcards):
+    return sorted({f"results/eval/fig7/{r['model']}/{r['dataset']}/summary.parquet" for r in fig7_runs()})
+
+
+def fig7_spec_arg(wildcards):
+    """The runs as JSON for `lens fig7-table`."""
+    return json.dumps([{k: r[k] for k in ("dataset", "mode", "fraction", "seed")}
+                       | {"summary": f"results/eval/fig7/{r['model']}/{r['dataset']}/summary.parquet"}
+                       for r in fig7_runs()])
+
+
+def fig7_run_label(wildcards):
+    m = re.fullmatch(r".*?(alone|joint)_f([0-9.]+)_s(\d+)", wildcards.model)
+    return f"{wildcards.dataset} {m[1]} {m[2]}% seed {m[3]}"
