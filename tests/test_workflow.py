@@ -147,3 +147,39 @@ def test_fig7_without_its_config_section_says_so(tmp_path):
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
     res = _run(["-n", "fig7"], tmp_path)
     assert res.returncode != 0 and "no 'fig7' section" in res.stdout + res.stderr
+
+
+@pytest.mark.parametrize("with_fig7", [True, False])
+def test_ablation_plans_data_pooling_and_separate_models_training_each_alone_model_once(tmp_path, with_fig7):
+    """Paper Table V: "data pooling" trains one pooled round-1 model per seed; "separate models" fuses one
+    model per dataset trained alone: DeepLesion's is the "single" experiment's, the others Fig. 7's 100 %
+    models (trained by its rule, also for seeds Fig. 7 does not run), or train_alone's without Fig. 7."""
+    cfg = yaml.safe_load((ROOT / "tests" / "data" / "tiny_config.yaml").read_text())
+    cfg["ablation"]["seeds"] = [0, 1]
+    cfg["ablation"]["experiments"]["pooled"] = {"datasets": ["deeplesion"], "pool": ["luna", "lits", "nihln"]}
+    cfg["ablation"]["rows"] |= {"Data pooling": {"experiment": "pooled", "stage": "r1_dl"},
+                                "Separate models": {"experiment": "full", "stage": "sep_fused"}}
+    if with_fig7:
+        cfg["fig7"] = {"datasets": ["luna", "lits", "nihln"], "fractions": [0.5, 1.0], "seeds": [0]}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
+    outputs = []
+    jobs = _planned(tmp_path, "ablation", *(["fig7"] if with_fig7 else []), outputs=outputs)
+    models = sorted(f for f in outputs if f.endswith("lens.pt"))
+    assert len(models) == len(set(models))
+    assert {"results/pooled_s0/round1/lens.pt", "results/pooled_s1/round1/lens.pt"} <= set(models)
+    assert jobs["propose_separate"] == 2 and jobs["evaluate"] == 2 * 4
+    alone = [f for f in models if re.search(r"(alone_f100_s\d|results/alone/)", f)]
+    assert not [f for f in alone if "deeplesion" in f]  # the "single" experiment's model instead
+    if with_fig7:  # 3 datasets x 2 fractions x seed 0, + seed 1's 100 % models; 1 joint model (50 %)
+        assert jobs["fig7_train"] == 6 + 3 + 1 and "train_alone" not in jobs
+        assert sorted(alone) == sorted(f"results/fig7/{d}_alone_f100_s{s}/lens.pt"
+                                       for d in ("luna", "lits", "nihln") for s in (0, 1))
+    else:
+        assert jobs["train_alone"] == 6 and "fig7_train" not in jobs
+    res = _run(["-n", "-p", "results/eval/full_s1/sep_fused/summary.parquet",
+                "results/eval/pooled_s1/r1_dl/summary.parquet"], tmp_path)
+    assert res.returncode == 0, res.stderr
+    fig7 = "results/fig7/{}_alone_f100_s1" if with_fig7 else "results/alone/{}_s1"
+    assert ("lens propose --model results/single_s1/round1/lens.pt "
+            + " ".join(fig7.format(d) + "/lens.pt" for d in ("luna", "lits", "nihln"))) in res.stdout
+    assert "--seed 1 --set 'datasets=[deeplesion]' 'pool=[luna,lits,nihln]' --out results/pooled_s1/round1" in res.stdout

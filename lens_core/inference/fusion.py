@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import torch
-from torchvision.ops import nms
+from torchvision.ops import box_iou, nms
 
 
 def fuse_experts(
@@ -38,3 +38,55 @@ def fuse_experts(
     if max_boxes is not None:
         keep = keep[:max_boxes]
     return cand_boxes[keep], cand_fused[keep], scores[src[keep]], expert[keep]
+
+
+def fuse_models(
+    outputs: list[tuple[torch.Tensor, torch.Tensor]],
+    fuse: list[list[int]],
+    nms_thresh: float = 0.5,
+    min_score: float = 0.0,
+    max_boxes: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`fuse_experts` across separately trained models of one image (Table V "separate models").
+
+    Args:
+        outputs: per model its ``(boxes [D_m, N_m, 4], scores [N_m, D_m])`` (its own pooled proposals).
+        fuse: per model the indices of its experts whose boxes are united.
+    Returns:
+        As :func:`fuse_experts` with the models' experts side by side (``scores [K, sum D_m]``,
+        ``expert`` indexing them). The model of a kept box gives its experts' scores of that RoI; another
+        model never saw it, so it gives its highest score of its boxes that overlap it above ``nms_thresh``
+        (the boxes the fusion merged into it), 0 when it has none.
+    """
+    offsets = [0]
+    for _, s in outputs:
+        offsets.append(offsets[-1] + s.shape[1])
+    cand = []  # per candidate: box, fused score, model, RoI, global expert index
+    for m, ((boxes, scores), f) in enumerate(zip(outputs, fuse)):
+        n = scores.shape[0]
+        if n == 0 or not f:
+            continue
+        cand.append((torch.cat([boxes[k] for k in f]), torch.cat([scores[:, k] for k in f]),
+                     torch.full((n * len(f),), m), torch.arange(n).repeat(len(f)),
+                     torch.tensor(f).repeat_interleave(n) + offsets[m]))
+    if not cand:
+        return torch.zeros(0, 4), torch.zeros(0), torch.zeros(0, offsets[-1]), torch.zeros(0, dtype=torch.int64)
+    cand_boxes, cand_fused, model, src, expert = (torch.cat(c) for c in zip(*cand))
+    ok = cand_fused >= min_score
+    ok &= (cand_boxes[:, 2] > cand_boxes[:, 0]) & (cand_boxes[:, 3] > cand_boxes[:, 1])
+    cand_boxes, cand_fused, model, src, expert = (t[ok] for t in (cand_boxes, cand_fused, model, src, expert))
+    keep = nms(cand_boxes, cand_fused, nms_thresh)
+    if max_boxes is not None:
+        keep = keep[:max_boxes]
+    kept = cand_boxes[keep]
+    out = kept.new_zeros(len(keep), offsets[-1])
+    for m, (boxes, scores) in enumerate(outputs):
+        d, n = scores.shape[1], scores.shape[0]
+        if n == 0:
+            continue
+        iou = box_iou(kept, boxes.reshape(-1, 4)).reshape(len(keep), d, n)
+        overlap = torch.where(iou > nms_thresh, scores.T.to(iou)[None], iou.new_zeros(())).amax(-1)
+        own = model[keep] == m
+        overlap[own] = scores[src[keep][own]].to(overlap)
+        out[:, offsets[m]:offsets[m + 1]] = overlap
+    return kept, cand_fused[keep], out, expert[keep]

@@ -10,7 +10,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from lens_core.inference.fusion import fuse_experts
+from lens_core.inference.fusion import fuse_experts, fuse_models
 from lens_core.model.lens import LENS
 from lens_core.training.data import PAD_MULTIPLE, normalize, read_table, stack_slices
 from lens_core.training.loop import autocast
@@ -26,15 +26,25 @@ def select_volumes(volumes: pd.DataFrame, split: str | None, shard: tuple[int, i
     return v.iloc[i::n].reset_index(drop=True)
 
 
-def _slice_batches(image: np.ndarray, n_slices: int, batch: int):
+def _slice_batches(image: np.ndarray, n_slices: set[int], batch: int):
+    """Batches of slice indices and, per input depth in ``n_slices``, their 2.5D stacks."""
     depth = image.shape[0]
     for z0 in range(0, depth, batch):
         zs = list(range(z0, min(depth, z0 + batch)))
-        yield zs, torch.stack([normalize(stack_slices(image, z, n_slices)) for z in zs])
+        yield zs, {n: torch.stack([normalize(stack_slices(image, z, n)) for z in zs]) for n in n_slices}
+
+
+def expert_names(models: list[LENS]) -> list[str]:
+    """The experts of one model, or of separately trained models side by side (one score column each)."""
+    names = [d for m in models for d in m.datasets]
+    shared = sorted({d for d in names if names.count(d) > 1})
+    if shared:
+        raise ValueError(f"the models share experts {shared}: their score columns would clash")
+    return names
 
 
 def propose_volume(
-    model: LENS,
+    model: LENS | list[LENS],
     image: np.ndarray,
     fuse: list[str],
     device: torch.device,
@@ -44,40 +54,52 @@ def propose_volume(
     max_per_slice: int = 20,
 ) -> pd.DataFrame:
     """2D proposals of every slice of one ``[z, y, x]`` uint8 volume: ``z, x1, y1, x2, y2,
-    score_<dataset>...`` (each expert's score), ``score`` (fused), ``expert``."""
+    score_<dataset>...`` (each expert's score), ``score`` (fused), ``expert``.
+
+    Several ``model`` s (separately trained, Table V) each run on every slice and their experts'
+    proposals are fused like one model's (:func:`fuse_models`)."""
+    models = list(model) if isinstance(model, (list, tuple)) else [model]
+    names = expert_names(models)
     h, w = image.shape[1:]
     ph, pw = -(-h // PAD_MULTIPLE) * PAD_MULTIPLE, -(-w // PAD_MULTIPLE) * PAD_MULTIPLE
-    fuse_idx = [model.datasets.index(d) for d in fuse]
-    n_slices = model.backbone.n_slices
+    fuse_idx = [[m.datasets.index(d) for d in fuse if d in m.datasets] for m in models]
     parts = []
-    for zs, x in _slice_batches(image, n_slices, batch_slices):
-        x = F.pad(x, (0, pw - w, 0, ph - h), value=-1.0).to(device)
-        with autocast(device):
-            dets = model.detect(x)
-        for z, det in zip(zs, dets):
-            b = det["boxes"].float().cpu()
-            b[..., 0::2] = b[..., 0::2].clamp(0, w)  # the padding is not image
-            b[..., 1::2] = b[..., 1::2].clamp(0, h)
-            boxes, fused, scores, expert = fuse_experts(b, det["scores"].float().cpu(), fuse_idx,
-                                                        nms_thresh, min_score, max_per_slice)
+    for zs, stacks in _slice_batches(image, {m.backbone.n_slices for m in models}, batch_slices):
+        dets = []
+        for m in models:
+            x = F.pad(stacks[m.backbone.n_slices], (0, pw - w, 0, ph - h), value=-1.0).to(device)
+            with autocast(device):
+                dets.append(m.detect(x))
+        for i, z in enumerate(zs):
+            outs = []
+            for det in (d[i] for d in dets):
+                b = det["boxes"].float().cpu()
+                b[..., 0::2] = b[..., 0::2].clamp(0, w)  # the padding is not image
+                b[..., 1::2] = b[..., 1::2].clamp(0, h)
+                outs.append((b, det["scores"].float().cpu()))
+            if len(models) == 1:
+                boxes, fused, scores, expert = fuse_experts(*outs[0], fuse_idx[0], nms_thresh, min_score,
+                                                            max_per_slice)
+            else:
+                boxes, fused, scores, expert = fuse_models(outs, fuse_idx, nms_thresh, min_score, max_per_slice)
             if not len(fused):
                 continue
             part = {"z": np.full(len(fused), z, np.int64)}
             for j, c in enumerate(["x1", "y1", "x2", "y2"]):
                 part[c] = boxes[:, j].numpy().astype(np.float32)
-            for j, d in enumerate(model.datasets):
+            for j, d in enumerate(names):
                 part[f"score_{d}"] = scores[:, j].numpy().astype(np.float32)
             part["score"] = fused.numpy().astype(np.float32)
-            part["expert"] = [model.datasets[int(k)] for k in expert]
+            part["expert"] = [names[int(k)] for k in expert]
             parts.append(pd.DataFrame(part))
-    cols = ["z", "x1", "y1", "x2", "y2", *[f"score_{d}" for d in model.datasets], "score", "expert"]
+    cols = ["z", "x1", "y1", "x2", "y2", *[f"score_{d}" for d in names], "score", "expert"]
     if not parts:
         return pd.DataFrame({c: pd.Series(dtype="float32") for c in cols}).astype({"z": "int64", "expert": "object"})
     return pd.concat(parts, ignore_index=True)[cols]
 
 
 def propose(
-    model: LENS,
+    model: LENS | list[LENS],
     prep_dir: Path,
     dataset: str,
     split: str | None,
@@ -107,8 +129,9 @@ def propose(
                 df.insert(0, c, getattr(row, c))
             parts.append(df)
     if not parts:
+        names = expert_names(list(model) if isinstance(model, (list, tuple)) else [model])
         return pd.DataFrame(columns=ID_COLUMNS + ["z", "x1", "y1", "x2", "y2",
-                                                  *[f"score_{d}" for d in model.datasets], "score", "expert"])
+                                                  *[f"score_{d}" for d in names], "score", "expert"])
     return pd.concat(parts, ignore_index=True)
 
 

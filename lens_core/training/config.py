@@ -55,6 +55,9 @@ class TrainConfig:
     # Train on this fraction of a dataset's training volumes (paper Fig. 7); datasets not named keep
     # all of them. The subset is fixed per dataset (not by the seed) and nested across fractions.
     volume_fraction: dict[str, float] = field(default_factory=dict)
+    # Data pooling (paper Table V): these datasets' training slices join the FIRST dataset's task, as
+    # if they were its own (its one AFP and expert; their negatives count as its negatives too).
+    pool: list[str] = field(default_factory=list)
     seed: int = 0
 
     @classmethod
@@ -86,10 +89,12 @@ class TrainConfig:
             raise ValueError("batch_size and epochs must be >= 1")
         if self.fuse_experts is not None and not set(self.fuse_experts) <= set(self.datasets):
             raise ValueError(f"fuse_experts {self.fuse_experts} not all in datasets {self.datasets}")
+        if len(set(self.pool)) != len(self.pool) or set(self.pool) & set(self.datasets):
+            raise ValueError(f"pool {self.pool} must name distinct datasets not in datasets {self.datasets}")
         if not isinstance(self.volume_fraction, dict):
             raise ValueError(f"volume_fraction must map dataset -> fraction, got {self.volume_fraction!r}")
         for name, f in self.volume_fraction.items():
-            if name not in self.datasets:
+            if name not in self.datasets and name not in self.pool:
                 raise ValueError(f"volume_fraction names {name!r}, not in datasets {self.datasets}")
             if isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 < f <= 1:
                 raise ValueError(f"volume_fraction of {name!r} must be in (0, 1], got {f!r}")

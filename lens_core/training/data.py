@@ -65,6 +65,34 @@ class DatasetIndex:
     labels: dict  # (volume_id, z) -> SliceLabels
     lesion_slices: list  # per lesion (gt row): list of (volume_id, z) keys
     negatives: list  # (volume_id, z) keys with no lesion and far enough from any label
+    # volume_id -> its volumes.h5 where that is not ``h5_path`` (volumes pooled from other datasets)
+    h5_paths: dict = field(default_factory=dict)
+
+    def h5_of(self, volume_id: str) -> Path:
+        return self.h5_paths.get(volume_id, self.h5_path)
+
+
+def _volumes(ds: DatasetIndex) -> set:
+    return {v for v, _ in [*ds.labels, *ds.negatives]} | {v for keys in ds.lesion_slices for v, _ in keys}
+
+
+def pool_index(task: DatasetIndex, others: list[DatasetIndex]) -> DatasetIndex:
+    """Data pooling (paper Table V): ``others``' slices, positives and negatives alike, become ``task``'s,
+    each volume still read from its own dataset's file."""
+    labels, lesion_slices, negatives = dict(task.labels), list(task.lesion_slices), list(task.negatives)
+    h5_paths, owner = dict(task.h5_paths), dict.fromkeys(_volumes(task), task.name)
+    for ds in others:
+        vols = _volumes(ds)
+        clash = sorted(vols & owner.keys())
+        if clash:  # slices are keyed by (volume_id, z): a shared id would merge two volumes' labels
+            raise ValueError(f"cannot pool {ds.name} into {task.name}: volume id {clash[0]!r} is also in "
+                             f"{owner[clash[0]]}")
+        owner |= dict.fromkeys(vols, ds.name)
+        h5_paths |= {v: ds.h5_of(v) for v in vols}
+        labels |= ds.labels
+        lesion_slices += ds.lesion_slices
+        negatives += ds.negatives
+    return DatasetIndex(task.name, task.h5_path, labels, lesion_slices, sorted(negatives), h5_paths)
 
 
 def slice_boxes(row, min_end_scale: float) -> list[tuple[int, list[float]]]:
@@ -105,11 +133,12 @@ def build_index(
     """Index every configured dataset's ``split`` slices.
 
     Labels come from ``prep_dir/{dataset}/lesions.parquet``, unless ``labels`` (a round-2 table)
-    has rows for that dataset, in which case those rows replace the dataset's own table.
+    has rows for that dataset, in which case those rows replace the dataset's own table. The
+    ``cfg.pool`` datasets are indexed the same way, then pooled into the first dataset's entry.
     """
     prep_dir = Path(prep_dir)
     index = {}
-    for name in cfg.datasets:
+    for name in [*cfg.datasets, *cfg.pool]:
         ddir = prep_dir / name
         vols = read_table(ddir / "volumes.parquet", ["volume_id", "split", "n_slices"])
         vols = vols[vols["split"] == split]
@@ -154,6 +183,9 @@ def build_index(
             # last row: unlabeled slices join training with their uncertain lesions ignored)
         negatives = [(v, z) for v, b in blocked.items() for z in np.flatnonzero(~b).tolist()]
         index[name] = DatasetIndex(name, ddir / "volumes.h5", per_slice, lesion_slices, sorted(negatives))
+    if cfg.pool:
+        first = cfg.datasets[0]
+        index[first] = pool_index(index[first], [index.pop(name) for name in cfg.pool])
     return index
 
 
@@ -262,7 +294,7 @@ def load_batch(
     """Read, augment (when ``rng`` is given), pad to a common size and build the targets."""
     images, gts, igns = [], [], []
     for vol, z in keys:
-        img = normalize(reader.read(ds.h5_path, vol, z))
+        img = normalize(reader.read(ds.h5_of(vol), vol, z))
         lab = ds.labels.get((vol, z), SliceLabels())
         gt = np.asarray(lab.gt, np.float64).reshape(-1, 4)
         ign = np.asarray(lab.ignore, np.float64).reshape(-1, 4)

@@ -12,20 +12,21 @@ ABLATION = config["ablation"]
 # The main pipeline is the experiment "lens": every component, the train seed of config.yaml. The
 # ablation's experiments are named <experiment>_s<seed>; its "full" experiment at the main seed is "lens".
 MAIN = "lens"
-# evaluated stages of an experiment: which model (round), which experts fused, FPR or not
-STAGES = ["r1_dl", "r1_fused", "r2_dl", "r2_fused", "r2u_fused", "r2_fpr", "fpr_only"]
-ROUND_OF = {"r1": "round1", "r2": "round2", "r2u": "round2u"}
+# evaluated stages of an experiment: which model (round), which experts fused, FPR or not; sep = one
+# round-1 model per dataset of the experiment, each trained alone, their proposals fused (Table V)
+STAGES = ["r1_dl", "r1_fused", "r2_dl", "r2_fused", "r2u_fused", "r2_fpr", "fpr_only", "sep_fused"]
+ROUND_OF = {"r1": "round1", "r2": "round2", "r2u": "round2u", "sep": "separate"}
 STAGE_LABEL = {"r1_dl": "round 1, DeepLesion expert", "r1_fused": "round 1 (LENS)",
                "r2_dl": "round 2, DeepLesion expert", "r2_fused": "round 2 (LENS + mining)",
                "r2u_fused": "round 2, uncertain as GT", "r2_fpr": "round 2 + FPR (Eq. 4)",
-               "fpr_only": "FPR score alone"}
+               "fpr_only": "FPR score alone", "sep_fused": "separate models, proposals fused"}
 MAIN_STAGES = ["r1_fused", "r2_fused", "r2_fpr", "fpr_only"]
 
 
 wildcard_constraints:
     dataset="|".join(DATASETS),
     shard=r"\d+",
-    round=r"round1|round2|round2u",
+    round=r"round1|round2|round2u|separate",
     split="train|val|test",
     dim=r"|\.3d",
     exp=r"[a-z0-9]+(_s\d+)?",
@@ -104,12 +105,36 @@ def exp_datasets(exp):
 
 def train_overrides(wildcards):
     """`lens train --seed --set ...` of an experiment's round. round2u is round 2 trained from the same
-    mined labels with the uncertain boxes as lesions instead of ignored (Table V's "uncertain as GT")."""
-    _, seed = exp_spec(wildcards.exp)
+    mined labels with the uncertain boxes as lesions instead of ignored (Table V's "uncertain as GT");
+    an experiment's `pool` datasets are pooled into its first dataset's task (Table V's "data pooling")."""
+    spec, seed = exp_spec(wildcards.exp)
     args = [f"--seed {seed}", f"--set 'datasets=[{','.join(exp_datasets(wildcards.exp))}]'"]
+    if spec.get("pool"):
+        args.append(f"'pool=[{','.join(spec['pool'])}]'")
     if getattr(wildcards, "round", "round1") == "round2u":
         args.append("'gt_kinds=[gt,mined_cross_slice,mined_intra_patient,uncertain]' 'ignore_kinds=[excluded]'")
     return " ".join(args)
+
+
+def alone_model(dataset, seed):
+    """Round-1 LENS trained on `dataset` alone: an ablation experiment of exactly that dataset (DeepLesion
+    alone: "single") or Fig. 7's model on all its volumes when either exists, so neither is trained twice."""
+    for name, spec in ABLATION["experiments"].items():
+        if (spec or {}) == {"datasets": [dataset]}:
+            return f"results/{exp_name(name, seed)}/round1/lens.pt"
+    if 1.0 in [float(f) for f in config.get("fig7", {}).get("fractions", [])]:
+        return f"results/fig7/{dataset}_alone_f100_s{seed}/lens.pt"
+    return f"results/alone/{dataset}_s{seed}/lens.pt"
+
+
+def separate_models(wildcards):
+    """The "separate models" of an experiment (Table V): each of its datasets' detector trained alone."""
+    _, seed = exp_spec(wildcards.exp)
+    return [alone_model(d, seed) for d in exp_datasets(wildcards.exp)]
+
+
+def alone_overrides(wildcards):
+    return f"--seed {wildcards.seed} --set 'datasets=[{wildcards.dataset}]'"
 
 
 def experts_arg(wildcards):
