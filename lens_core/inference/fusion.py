@@ -24,21 +24,27 @@ def fuse_experts(
         [K, D]`` (every expert's score of that proposal, so single-type experts stay readable for
         mining) and ``expert [K]`` (which expert's box it is), sorted by fused score.
     """
-    n = scores.shape[0]
-    if n == 0 or not fuse:
+    if scores.shape[0] == 0 or not fuse:
         return boxes.new_zeros(0, 4), scores.new_zeros(0), scores.new_zeros(0, scores.shape[1]), torch.zeros(0, dtype=torch.int64)
-    cand_boxes = torch.cat([boxes[k] for k in fuse])  # [F*N, 4]
-    cand_fused = torch.cat([scores[:, k] for k in fuse])
-    src = torch.arange(n).repeat(len(fuse))
-    expert = torch.tensor(fuse).repeat_interleave(n)
-    ok = cand_fused >= min_score
-    ok &= (cand_boxes[:, 2] > cand_boxes[:, 0]) & (cand_boxes[:, 3] > cand_boxes[:, 1])
-    cand_boxes, cand_fused, src, expert = cand_boxes[ok], cand_fused[ok], src[ok], expert[ok]
-    keep = nms(cand_boxes, cand_fused, nms_thresh)  # sorted by decreasing score
-    if max_boxes is not None:
-        keep = keep[:max_boxes]
+    cand_boxes, cand_fused, src, expert = _candidates(boxes, scores, fuse)
+    keep = _union_nms(cand_boxes, cand_fused, nms_thresh, min_score, max_boxes)
     return cand_boxes[keep], cand_fused[keep], scores[src[keep]], expert[keep]
 
+
+def _candidates(boxes: torch.Tensor, scores: torch.Tensor, fuse: list[int]):
+    """The ``fuse`` experts' boxes of every proposal, their own scores, the proposal (RoI) and the expert."""
+    n = scores.shape[0]
+    return (torch.cat([boxes[k] for k in fuse]), torch.cat([scores[:, k] for k in fuse]),
+            torch.arange(n).repeat(len(fuse)), torch.tensor(fuse).repeat_interleave(n))
+
+
+def _union_nms(cand_boxes, cand_fused, nms_thresh, min_score, max_boxes) -> torch.Tensor:
+    """Indices of the candidates kept: score >= ``min_score``, non-empty box, NMS, the top ``max_boxes``
+    (sorted by decreasing score)."""
+    ok = (cand_fused >= min_score) & (cand_boxes[:, 2] > cand_boxes[:, 0]) & (cand_boxes[:, 3] > cand_boxes[:, 1])
+    idx = torch.nonzero(ok).flatten()
+    keep = idx[nms(cand_boxes[idx], cand_fused[idx], nms_thresh)]
+    return keep if max_boxes is None else keep[:max_boxes]
 
 def fuse_models(
     outputs: list[tuple[torch.Tensor, torch.Tensor]],
@@ -61,23 +67,16 @@ def fuse_models(
     offsets = [0]
     for _, s in outputs:
         offsets.append(offsets[-1] + s.shape[1])
-    cand = []  # per candidate: box, fused score, model, RoI, global expert index
+    cand = []  # per candidate: box, fused score, RoI, global expert index, model
     for m, ((boxes, scores), f) in enumerate(zip(outputs, fuse)):
-        n = scores.shape[0]
-        if n == 0 or not f:
+        if scores.shape[0] == 0 or not f:
             continue
-        cand.append((torch.cat([boxes[k] for k in f]), torch.cat([scores[:, k] for k in f]),
-                     torch.full((n * len(f),), m), torch.arange(n).repeat(len(f)),
-                     torch.tensor(f).repeat_interleave(n) + offsets[m]))
+        b, fused, src, expert = _candidates(boxes, scores, f)
+        cand.append((b, fused, src, expert + offsets[m], torch.full((len(src),), m)))
     if not cand:
         return torch.zeros(0, 4), torch.zeros(0), torch.zeros(0, offsets[-1]), torch.zeros(0, dtype=torch.int64)
-    cand_boxes, cand_fused, model, src, expert = (torch.cat(c) for c in zip(*cand))
-    ok = cand_fused >= min_score
-    ok &= (cand_boxes[:, 2] > cand_boxes[:, 0]) & (cand_boxes[:, 3] > cand_boxes[:, 1])
-    cand_boxes, cand_fused, model, src, expert = (t[ok] for t in (cand_boxes, cand_fused, model, src, expert))
-    keep = nms(cand_boxes, cand_fused, nms_thresh)
-    if max_boxes is not None:
-        keep = keep[:max_boxes]
+    cand_boxes, cand_fused, src, expert, model = (torch.cat(c) for c in zip(*cand))
+    keep = _union_nms(cand_boxes, cand_fused, nms_thresh, min_score, max_boxes)
     kept = cand_boxes[keep]
     out = kept.new_zeros(len(keep), offsets[-1])
     for m, (boxes, scores) in enumerate(outputs):
