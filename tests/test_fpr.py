@@ -8,10 +8,10 @@ from torch import nn
 
 from lens_core import cli
 from lens_core.fpr.model import PRESETS, FprNet, load_fpr, roi_pool_3d, save_fpr
-from lens_core.fpr.patches import crop_patches, flip
+from lens_core.fpr.patches import augment, centre_window, crop_patches, flip, transpose_xy
 from lens_core.fpr.samples import FP, TP, UNUSED, epoch_samples, label_proposals
 from lens_core.fpr.score import eq4, fpr_scores, h5_volumes, with_fpr_scores
-from lens_core.fpr.train import FprTrainConfig, roc_auc, train_fpr
+from lens_core.fpr.train import FprTrainConfig, SampleSource, roc_auc, train_fpr
 from lens_core.training.synthetic import make_prep
 
 
@@ -142,6 +142,40 @@ def test_flipping_moves_the_box_with_the_lesion():
     assert torch.all(fp[0, 0, z1:z2, y1:y2, x1:x2] == 1.0)
 
 
+def test_a_patch_cropped_with_a_margin_holds_the_scoring_patch_in_its_middle():
+    rng = np.random.default_rng(0)
+    vol = rng.integers(0, 256, (12, 60, 70), dtype=np.uint8)
+    boxes = np.array([[20.0, 30, 4, 30, 40, 7], [2, 3, 0, 50, 55, 3], [60, 50, 9, 69, 59, 12]])  # small, big, at edges
+    p0, b0 = crop_patches(vol, boxes, (8, 32, 32))
+    p4, b4 = crop_patches(vol, boxes, (8, 32, 32), margin=4)
+    assert p4.shape == (3, 1, 8, 40, 40)
+    pc, bc = centre_window(p4, b4, (8, 32, 32))
+    torch.testing.assert_close(pc, p0, atol=1e-4, rtol=0)
+    torch.testing.assert_close(bc, b0, atol=1e-4, rtol=0)
+
+
+def test_augmentation_moves_the_box_with_the_lesion_and_covers_shifts_mirrors_and_transposes():
+    vol = np.zeros((10, 60, 60), np.uint8)
+    vol[3:6, 20:26, 24:34] = 128  # a bright block, wider than high: x 24..34, y 20..26, z 3..6
+    patches, local = crop_patches(vol, np.array([[24.0, 20, 3, 34, 26, 6]] * 64), (8, 32, 32), margin=4)
+    rng = np.random.default_rng(0)
+    out, b = augment(patches, local, (8, 32, 32), rng)
+    assert out.shape == (64, 1, 8, 32, 32)
+    for i in range(64):
+        x1, y1, z1, x2, y2, z2 = (int(round(v)) for v in b[i].tolist())
+        assert torch.all(out[i, 0, z1:z2, y1:y2, x1:x2] == 1.0)  # the box is still exactly on the block
+        assert (out[i] == 1.0).sum() == 3 * 6 * 10  # the whole block, nothing cut off
+    # shifted by up to 4 px (the margin) off the centre, and both orientations of the wide block
+    off = torch.cat([(b[:, 0] + b[:, 3]) / 2 - 16, (b[:, 1] + b[:, 4]) / 2 - 16]).round()
+    assert off.abs().max() == 4 and len(set(off.tolist())) >= 7
+    widths = (b[:, 3] - b[:, 0]).round()
+    assert set(widths.tolist()) == {6.0, 10.0}
+    # transposing twice is the identity
+    t2 = transpose_xy(*transpose_xy(out, b))
+    torch.testing.assert_close(t2[0], out)
+    torch.testing.assert_close(t2[1], b)
+
+
 # ------------------------------------------------------------------------------------------ samples
 def proposal(vol, x1, y1, z1, x2, y2, z2, score=0.5):
     return {"volume_id": vol, "x1": x1, "y1": y1, "z1": z1, "x2": x2, "y2": y2, "z2": z2, "score": score}
@@ -250,7 +284,8 @@ def synthetic_proposals(prep, dataset, seed, n_fp=3):
 @pytest.fixture(scope="module")
 def blob_prep(tmp_path_factory):
     root = tmp_path_factory.mktemp("fprprep")
-    make_prep(root / "train", datasets=["deeplesion"], n_volumes=6, depth=10, size=48, lesions_per_volume=3, seed=5)
+    make_prep(root / "train", datasets=["deeplesion", "luna"], n_volumes=6, depth=10, size=48, lesions_per_volume=3,
+              seed=5)
     make_prep(root / "test", datasets=["deeplesion"], n_volumes=3, depth=10, size=48, lesions_per_volume=3, seed=6)
     return root
 
@@ -286,6 +321,43 @@ def test_fpr_learns_to_tell_lesions_from_background_on_unseen_volumes(blob_prep,
     torch.manual_seed(1)
     s0 = fpr_scores(FprNet("cpu"), test_props, h5_volumes(blob_prep / "test" / "deeplesion" / "volumes.h5"))
     assert roc_auc(is_lesion, s0) < 0.6
+
+
+def test_a_single_type_dataset_adds_tps_and_fps_and_its_excluded_findings_are_never_fps(blob_prep, tmp_path,
+                                                                                          lens_main):
+    props, _ = synthetic_proposals(blob_prep / "train", "deeplesion", 0)
+    labels = pd.read_parquet(blob_prep / "train" / "deeplesion" / "lesions.parquet")
+    xprops, _ = synthetic_proposals(blob_prep / "train", "luna", 2)
+    xlabels = pd.read_parquet(blob_prep / "train" / "luna" / "lesions.parquet")
+    xlabels.loc[0, "label_kind"] = "excluded"  # a finding LUNA's readers set aside: neither TP nor FP
+    for name, df in (("p", props), ("l", labels), ("xp", xprops), ("xl", xlabels)):
+        df.to_parquet(tmp_path / f"{name}.parquet")
+    y, yx = label_proposals(props, labels), label_proposals(xprops, xlabels)
+    # the jittered proposal on the excluded finding (first row of its lesion) is unused, not an FP
+    on_excluded = np.flatnonzero((xprops["volume_id"] == xlabels.loc[0, "volume_id"]).to_numpy())[0]
+    assert yx[on_excluded] == UNUSED and (yx == TP).sum() >= 10 and (yx == FP).sum() >= 10
+
+    def train(*extra):
+        assert lens_main(["train-fpr", "--prep-dir", str(blob_prep / "train" / "deeplesion"), "--proposals3d",
+                          str(tmp_path / "p.parquet"), "--labels", str(tmp_path / "l.parquet"), "--out",
+                          str(tmp_path / "fpr.pt"), "--epochs", "1", "--tp-per-epoch", "8", "--no-progress",
+                          *extra]) == 0
+        return load_fpr(tmp_path / "fpr.pt")[1]["stats"]
+
+    alone = train()
+    assert (alone["tp"], alone["fp"]) == ((y == TP).sum(), (y == FP).sum())
+    both = train("--extra-source", str(blob_prep / "train" / "luna"), str(tmp_path / "xp.parquet"),
+                 str(tmp_path / "xl.parquet"))
+    assert (both["tp"], both["fp"]) == ((y == TP).sum() + (yx == TP).sum(), (y == FP).sum() + (yx == FP).sum())
+    assert (both["main_tp"], both["main_fp"]) == (alone["tp"], alone["fp"])
+    # its TPs alone (extra_fps off); held-out patients come from the main dataset only
+    stats = train_fpr(FprTrainConfig.for_preset("cpu", epochs=2, tp_per_epoch=8, extra_fps=False, val_fraction=0.5),
+                      blob_prep / "train" / "deeplesion", props, labels, tmp_path / "fpr2.pt", device="cpu",
+                      extra_sources=[SampleSource(blob_prep / "train" / "luna", xprops, xlabels)])
+    assert stats["tp"] == both["tp"] and stats["fp"] == (y == FP).sum()
+    assert 0 < stats["val_tp"] + stats["val_fp"] < (y >= 0).sum()
+    assert stats["train_tp"] == stats["tp"] - stats["val_tp"]
+    assert all(0 <= h["val_auc"] <= 1 for h in load_fpr(tmp_path / "fpr2.pt")[1]["history"])
 
 
 def test_train_fpr_names_the_file_of_a_bad_table(blob_prep, tmp_path, lens_main):

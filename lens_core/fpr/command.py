@@ -25,6 +25,11 @@ def add_parser(subparsers) -> None:
     p.add_argument("--lr", type=float, default=None, help="default: paper 2e-4, cpu 2e-3")
     p.add_argument("--tp-per-epoch", type=int, default=None,
                    help="TP draws per epoch, FPs twice as many (default: paper every TP once, cpu 400)")
+    p.add_argument("--extra-source", nargs=3, action="append", default=[],
+                   metavar=("PREP_DIR", "PROPOSALS3D", "LABELS"),
+                   help="another dataset whose labels are complete for its lesion type (a single-type dataset, "
+                        "e.g. results/prep/luna, its round-2 train.3d.parquet, its lesions.parquet): its TPs and "
+                        "FPs join the training samples (repeatable)")
     p.add_argument("--val-fraction", type=float, default=0.0,
                    help="hold out this fraction of patients and log the FPR's AUC on them")
     p.add_argument("--split", default="train", help="volumes of this split (volumes.parquet) are used")
@@ -51,15 +56,16 @@ def add_parser(subparsers) -> None:
 def _train(args: argparse.Namespace) -> int:
     import torch
 
-    from lens_core.fpr.train import FprTrainConfig, train_fpr
+    from lens_core.fpr.train import FprTrainConfig, SampleSource, train_fpr
 
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg = FprTrainConfig.for_preset(args.preset, weights_path=str(args.weights) if args.weights else None,
                                     epochs=args.epochs, lr=args.lr, tp_per_epoch=args.tp_per_epoch,
                                     val_fraction=args.val_fraction, seed=args.seed)
+    extra = [SampleSource(Path(d), Path(p), Path(lab)) for d, p, lab in args.extra_source]
     stats = train_fpr(cfg, args.prep_dir, args.proposals3d, args.labels, args.out, device=args.device,
-                      split=args.split, progress=not args.no_progress)
+                      split=args.split, progress=not args.no_progress, extra_sources=extra)
     log.info("wrote %s (%d TP / %d FP training proposals, %.1f s)", args.out, stats["train_tp"], stats["train_fp"],
              stats["seconds"])
     return 0

@@ -6,6 +6,10 @@ and in-plane a window of ``max(H, context * box height)`` x ``max(W, context * b
 resampled to ``H x W`` (ROIAlign, which averages when it shrinks), so a lesion larger than the patch
 still fits with some context. Intensities: the preprocessed uint8 window as ``v / 64 - 1`` (air -1,
 water 0; the scale of LENS's ``normalize``); outside the volume is air.
+
+Training augmentation (:func:`augment`): a random in-plane shift (patches cropped with a ``margin``,
+then a random ``D x H x W`` window of them; the centred window is exactly the scoring patch), x / y /
+z mirroring and an in-plane transpose (with the mirrors, all 8 in-plane right-angle symmetries).
 """
 from __future__ import annotations
 
@@ -16,16 +20,20 @@ from torchvision.ops import roi_align
 BOX3D = ["x1", "y1", "z1", "x2", "y2", "z2"]
 
 
-def crop_patches(volume: np.ndarray, boxes: np.ndarray, patch: tuple[int, int, int], context: float = 2.0
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
+def crop_patches(volume: np.ndarray, boxes: np.ndarray, patch: tuple[int, int, int], context: float = 2.0,
+                 margin: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Patches around ``boxes [N, 6]`` (x1, y1, z1, x2, y2, z2; preprocessed voxels) of one uint8
     ``volume [z, y, x]``.
 
     Returns ``patches [N, 1, D, H, W]`` (float32) and the boxes in patch voxels ``[N, 6]``, clipped
-    to the patch.
+    to the patch. ``margin > 0`` adds that many patch pixels on each in-plane side (same scale and
+    centre: ``[N, 1, D, H + 2m, W + 2m]``, the scoring patch in its middle) for shift augmentation.
     """
     boxes = np.asarray(boxes, np.float64).reshape(-1, 6)
-    d, h, w = patch
+    d, h0, w0 = patch
+    if margin < 0:
+        raise ValueError(f"margin must be >= 0, got {margin}")
+    h, w = h0 + 2 * margin, w0 + 2 * margin
     n = len(boxes)
     if n == 0:
         return torch.zeros(0, 1, d, h, w), torch.zeros(0, 6)
@@ -33,7 +41,7 @@ def crop_patches(volume: np.ndarray, boxes: np.ndarray, patch: tuple[int, int, i
         raise ValueError(f"volume must be [z, y, x], got shape {volume.shape}")
     depth = volume.shape[0]
     bw, bh = boxes[:, 3] - boxes[:, 0], boxes[:, 4] - boxes[:, 1]
-    scale = np.maximum(1.0, np.maximum(context * bw / w, context * bh / h))  # source px per patch px
+    scale = np.maximum(1.0, np.maximum(context * bw / w0, context * bh / h0))  # source px per patch px
     cx, cy = (boxes[:, 0] + boxes[:, 3]) / 2, (boxes[:, 1] + boxes[:, 4]) / 2
     x0, y0 = cx - scale * w / 2, cy - scale * h / 2
     z0 = np.floor((boxes[:, 2] + boxes[:, 5]) / 2 - d / 2 + 0.5).astype(np.int64)  # first slice
@@ -70,3 +78,55 @@ def flip(patches: torch.Tensor, boxes: torch.Tensor, axes: tuple[bool, bool, boo
             dims.append(dim)
             boxes[:, [lo, hi]] = size - boxes[:, [hi, lo]]
     return (patches.flip(dims) if dims else patches), boxes
+
+
+def transpose_xy(patches: torch.Tensor, boxes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Swap the in-plane axes of square patches ``[N, 1, D, S, S]`` and their boxes (with the mirrors
+    of :func:`flip`: every in-plane right-angle rotation)."""
+    if patches.shape[3] != patches.shape[4]:
+        raise ValueError(f"transposing needs square patches, got {tuple(patches.shape[3:])}")
+    return patches.transpose(3, 4), boxes[:, [1, 0, 2, 4, 3, 5]]
+
+
+def augment(patches: torch.Tensor, boxes: torch.Tensor, patch: tuple[int, int, int], rng: np.random.Generator
+            ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample random augmentation of patches cropped with a margin (``[N, 1, D, H + 2m, W + 2m]``,
+    :func:`crop_patches`): a random ``patch``-sized in-plane window (a shift of up to ``m`` pixels;
+    its box clipped to the window), then random x / y / z mirroring and an in-plane transpose.
+    Returns ``[N, 1, D, H, W]`` patches and their boxes."""
+    n = len(patches)
+    d, h, w = patch
+    mh, mw = patches.shape[3] - h, patches.shape[4] - w
+    if patches.shape[2] != d or mh < 0 or mw < 0:
+        raise ValueError(f"patches {tuple(patches.shape[2:])} cannot hold a {patch} window")
+    oy, ox = rng.integers(0, mh + 1, n), rng.integers(0, mw + 1, n)
+    iy = torch.as_tensor(oy[:, None] + np.arange(h)[None])  # [N, H] rows of each window
+    ix = torch.as_tensor(ox[:, None] + np.arange(w)[None])
+    out = patches[torch.arange(n)[:, None, None], :, :, iy[:, :, None], ix[:, None, :]]  # [N, H, W, 1, D]
+    out = out.permute(0, 3, 4, 1, 2)
+    b = boxes.clone()
+    b[:, [0, 3]] -= torch.as_tensor(ox, dtype=b.dtype)[:, None]
+    b[:, [1, 4]] -= torch.as_tensor(oy, dtype=b.dtype)[:, None]
+    b = torch.minimum(b.clamp(min=0), torch.tensor([w, h, d, w, h, d], dtype=b.dtype))
+    flips = rng.integers(0, 2, (n, 4)).astype(bool)
+    for k, axes in enumerate(((True, False, False), (False, True, False), (False, False, True))):
+        sel = torch.as_tensor(np.flatnonzero(flips[:, k]))
+        if len(sel):
+            out[sel], b[sel] = flip(out[sel], b[sel], axes)
+    if h == w:
+        sel = torch.as_tensor(np.flatnonzero(flips[:, 3]))
+        if len(sel):
+            out[sel], b[sel] = transpose_xy(out[sel], b[sel])
+    return out.contiguous(), b
+
+
+def centre_window(patches: torch.Tensor, boxes: torch.Tensor, patch: tuple[int, int, int]
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The middle ``patch``-sized window of patches cropped with a margin: the scoring patch."""
+    d, h, w = patch
+    my, mx = (patches.shape[3] - h) // 2, (patches.shape[4] - w) // 2
+    b = boxes.clone()
+    b[:, [0, 3]] -= mx
+    b[:, [1, 4]] -= my
+    b = torch.minimum(b.clamp(min=0), torch.tensor([w, h, d, w, h, d], dtype=b.dtype))
+    return patches[:, :, :, my:my + h, mx:mx + w], b

@@ -1,5 +1,15 @@
 """Training the FPR network (paper Sec. VI-B): TPs and FPs of round-2 LENS on the training set, 1:2
-per epoch, focal loss, RAdam (paper: lr 2e-4, 6 epochs, / 10 after epochs 2 and 4, batch 32)."""
+per epoch, focal loss, RAdam (paper: lr 2e-4, 6 epochs, / 10 after epochs 2 and 4, batch 32).
+
+Deviations, both because DeepLesion-like training proposals of the built-in corpus hold ~60 TPs of
+only ~19 distinct lesions (10 patients), which a network trained from scratch memorises (training
+loss -> 0.03, held-out-patient AUC ~0.75; Eq. 4 then ranks worse than LENS alone):
+
+* ``extra_sources``: the proposals of round-2 LENS on the training volumes of the single-type
+  datasets (their labels are complete for their lesion type, so the TP / FP rule needs no mined
+  or uncertain boxes there) add TPs and FPs (workflow: config ``fpr.extra_datasets``);
+* augmentation beyond mirroring: random in-plane shifts and transposes (patches.py).
+"""
 from __future__ import annotations
 
 import hashlib
@@ -14,7 +24,7 @@ import pandas as pd
 import torch
 
 from lens_core.fpr.model import FprNet, focal_loss, get_preset, save_fpr
-from lens_core.fpr.patches import BOX3D, crop_patches, flip
+from lens_core.fpr.patches import BOX3D, augment, centre_window, crop_patches
 from lens_core.fpr.samples import FP, THETA, THETA_FP, TP, epoch_samples, label_proposals
 
 log = logging.getLogger(__name__)
@@ -36,7 +46,11 @@ class FprTrainConfig:
     theta_fp: float = THETA_FP
     focal_alpha: float = -1.0
     focal_gamma: float = 2.0
-    augment: bool = True  # random x / y / z mirroring
+    augment: bool = True  # random in-plane shift, x / y / z mirroring, in-plane transpose (patches.py)
+    shift: int = 4  # largest random in-plane shift, patch pixels (augment only)
+    # FPs of train_fpr's extra_sources too, not only their TPs: with TPs alone the FPR learns to
+    # tell the datasets apart (their volumes would be "lesion-like"), not lesions from the rest
+    extra_fps: bool = True
     val_fraction: float = 0.0  # patients held out to measure AUC (0: train on all, the paper)
     seed: int = 0
 
@@ -81,10 +95,12 @@ def prep_meta(prep_dir: Path) -> dict:
     return {k: meta[k] for k in ("dataset", "pixel_mm", "slice_mm", "hu_window") if k in meta}
 
 
-def volume_patches(h5_path: Path, boxes: pd.DataFrame, patch, context: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Patches of every row of ``boxes`` (volume_id + 3D box), read volume by volume, in row order."""
+def volume_patches(h5_path: Path, boxes: pd.DataFrame, patch, context: float, margin: int = 0
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Patches of every row of ``boxes`` (volume_id + 3D box), read volume by volume, in row order
+    (``margin``: see crop_patches)."""
     d, h, w = patch
-    out_p = torch.zeros(len(boxes), 1, d, h, w)
+    out_p = torch.zeros(len(boxes), 1, d, h + 2 * margin, w + 2 * margin)
     out_b = torch.zeros(len(boxes), 6)
     if not len(boxes):
         return out_p, out_b
@@ -98,7 +114,7 @@ def volume_patches(h5_path: Path, boxes: pd.DataFrame, patch, context: float) ->
                 image = f[vol]["image"][...]
             except KeyError:
                 raise ValueError(f"{h5_path}: no volume {vol!r} (named by the proposal table)") from None
-            p, b = crop_patches(image, boxes[BOX3D].to_numpy(np.float64)[rows], patch, context)
+            p, b = crop_patches(image, boxes[BOX3D].to_numpy(np.float64)[rows], patch, context, margin)
             out_p[rows], out_b[rows] = p, b
     return out_p, out_b
 
@@ -133,6 +149,31 @@ def predict(model: FprNet, patches: torch.Tensor, boxes: torch.Tensor, device, b
     return torch.cat(out).numpy() if out else np.zeros(0, np.float32)
 
 
+@dataclass(frozen=True)
+class SampleSource:
+    """One dataset's training proposals and labels: ``prep_dir`` (its volumes), its 3D proposal table
+    and its label table (rows: volume_id, z / z1..z2, x1..y2, label_kind)."""
+    prep_dir: str | Path
+    proposals3d: str | Path | pd.DataFrame
+    labels: str | Path | pd.DataFrame
+
+
+def source_samples(src: SampleSource, split: str | None, theta: float, theta_fp: float
+                   ) -> tuple[pd.DataFrame, np.ndarray]:
+    """The proposals of ``src`` on its ``split`` volumes (None: all) and their TP / FP / unused labels."""
+    prep_dir = Path(src.prep_dir)
+    props = src.proposals3d if isinstance(src.proposals3d, pd.DataFrame) else \
+        read_parquet(src.proposals3d, ["volume_id", *BOX3D], "3D proposal table")
+    labs = src.labels if isinstance(src.labels, pd.DataFrame) else \
+        read_parquet(src.labels, ["volume_id", "z", "x1", "y1", "x2", "y2", "label_kind"], "label table")
+    vols = read_parquet(prep_dir / "volumes.parquet", ["volume_id", "split"], "volume table")
+    if split is not None:
+        vols = vols[vols["split"] == split]
+    props = props[props["volume_id"].isin(vols["volume_id"])].reset_index(drop=True)
+    labs = labs[labs["volume_id"].isin(vols["volume_id"])]
+    return props, label_proposals(props, labs, theta, theta_fp)
+
+
 def train_fpr(
     cfg: FprTrainConfig,
     prep_dir: str | Path,
@@ -142,12 +183,16 @@ def train_fpr(
     device: str = "auto",
     split: str | None = "train",
     progress: bool = False,
+    extra_sources: tuple[SampleSource, ...] | list[SampleSource] = (),
 ) -> dict:
     """Train the FPR network on the TPs / FPs of ``proposals3d`` and write it to ``out``.
 
     ``prep_dir`` is one dataset's preprocessed folder (the proposals' volumes); only its ``split``
-    volumes are used (None: all). Returns statistics (sample counts, seconds, held-out AUC when
-    ``cfg.val_fraction > 0``), also stored in the model file's meta.
+    volumes are used (None: all). ``extra_sources``: other datasets whose labels are complete for
+    their lesion type (the single-type datasets); their ``split`` proposals add TPs (and FPs when
+    ``cfg.extra_fps``), see FprTrainConfig. Returns statistics (sample counts, seconds, held-out AUC
+    when ``cfg.val_fraction > 0``, measured on held-out patients of the main dataset only), also
+    stored in the model file's meta.
     """
     from tqdm import tqdm
 
@@ -156,20 +201,25 @@ def train_fpr(
     t_start = time.perf_counter()
     prep_dir = Path(prep_dir)
     dev = resolve_device(device)
-    props = proposals3d if isinstance(proposals3d, pd.DataFrame) else \
-        read_parquet(proposals3d, ["volume_id", *BOX3D], "3D proposal table")
-    labs = labels if isinstance(labels, pd.DataFrame) else \
-        read_parquet(labels, ["volume_id", "z", "x1", "y1", "x2", "y2", "label_kind"], "label table")
-    vols = read_parquet(prep_dir / "volumes.parquet", ["volume_id", "split"], "volume table")
-    if split is not None:
-        vols = vols[vols["split"] == split]
-    props = props[props["volume_id"].isin(vols["volume_id"])].reset_index(drop=True)
-    labs = labs[labs["volume_id"].isin(vols["volume_id"])]
-    y = label_proposals(props, labs, cfg.theta, cfg.theta_fp)
+    sources = [SampleSource(prep_dir, proposals3d, labels), *extra_sources]
+    parts, ys = [], []
+    for k, src in enumerate(sources):
+        p, y_k = source_samples(src, split, cfg.theta, cfg.theta_fp)
+        if k and not cfg.extra_fps:
+            y_k = np.where(y_k == FP, -1, y_k)
+        log.info("FPR samples of %s: %d TP, %d FP, %d unused of %d proposals", Path(src.prep_dir).name,
+                 int((y_k == TP).sum()), int((y_k == FP).sum()), int((y_k < 0).sum()), len(y_k))
+        cols = ["volume_id", *BOX3D] + [c for c in ("score", "patient_id") if c in p]
+        parts.append(p[cols].assign(_src=k))
+        ys.append(y_k)
+    props = pd.concat(parts, ignore_index=True)
+    y = np.concatenate(ys).astype(np.int8)
+    main = props["_src"].to_numpy() == 0
     n_tp, n_fp = int((y == TP).sum()), int((y == FP).sum())
     log.info("FPR samples: %d TP, %d FP, %d unused of %d proposals", n_tp, n_fp, int((y < 0).sum()), len(y))
     patients = props["patient_id"].astype(str).to_numpy() if "patient_id" in props else props["volume_id"].to_numpy()
-    held = holdout_patients(patients, cfg.val_fraction, cfg.seed)
+    # only the main dataset's patients are held out: the AUC is measured where the FPR is used
+    held = holdout_patients(patients, cfg.val_fraction, cfg.seed) & main
     y_train = np.where(held, -1, y)
     if (y_train == TP).sum() == 0 or (y_train == FP).sum() == 0:
         raise ValueError(f"{proposals3d if not isinstance(proposals3d, pd.DataFrame) else 'proposals'}: "
@@ -181,9 +231,18 @@ def train_fpr(
     val_idx = np.flatnonzero(held & (y >= 0))
     need = np.unique(np.concatenate(plans + [val_idx]))
     preset = get_preset(cfg.preset)
+    margin = cfg.shift if cfg.augment else 0
     t = time.perf_counter()
-    patches, boxes = volume_patches(prep_dir / "volumes.h5", props.iloc[need], preset.patch, preset.context)
-    patches = patches.half()  # held for the whole run: half the memory, ample precision for 8-bit images
+    d, h, w = preset.patch
+    patches = torch.zeros(len(need), 1, d, h + 2 * margin, w + 2 * margin, dtype=torch.float16)
+    boxes = torch.zeros(len(need), 6)
+    src_of = props["_src"].to_numpy()[need]
+    for k, src in enumerate(sources):
+        rows = np.flatnonzero(src_of == k)
+        p, b = volume_patches(Path(src.prep_dir) / "volumes.h5", props.iloc[need[rows]], preset.patch,
+                              preset.context, margin)
+        # held for the whole run: half the memory, ample precision for 8-bit images
+        patches[rows], boxes[rows] = p.half(), b
     slot = {int(i): k for k, i in enumerate(need)}
     crop_s = time.perf_counter() - t
 
@@ -192,6 +251,8 @@ def train_fpr(
     opt = torch.optim.RAdam(model.parameters(), lr=cfg.lr)
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=list(cfg.lr_steps), gamma=0.1)
     history = []
+    vi = torch.as_tensor([slot[int(j)] for j in val_idx], dtype=torch.long)
+    val_patches = centre_window(patches[vi].float(), boxes[vi], preset.patch)
     for epoch, plan in enumerate(plans):
         model.train()
         rng = np.random.default_rng([cfg.seed, epoch, 1])
@@ -201,9 +262,10 @@ def train_fpr(
             idx = torch.as_tensor([slot[int(j)] for j in plan[i:i + cfg.batch_size]])
             if len(idx) < 2:  # BatchNorm needs two samples
                 continue
-            p, b = patches[idx].float(), boxes[idx]
             if cfg.augment:
-                p, b = flip(p, b, tuple(bool(v) for v in rng.integers(0, 2, 3)))
+                p, b = augment(patches[idx].float(), boxes[idx], preset.patch, rng)
+            else:
+                p, b = patches[idx].float(), boxes[idx]
             target = torch.as_tensor(y[plan[i:i + cfg.batch_size]] == TP, dtype=torch.float32)
             loss = focal_loss(model(p.to(dev), b.to(dev)), target.to(dev), cfg.focal_alpha, cfg.focal_gamma)
             if not torch.isfinite(loss):
@@ -214,15 +276,18 @@ def train_fpr(
             losses.append(float(loss.detach()))
         history.append({"epoch": epoch, "loss": float(np.mean(losses)) if losses else float("nan"),
                         "lr": opt.param_groups[0]["lr"], "samples": int(len(plan))})
-        log.info("FPR epoch %d: loss %.4f (lr %.1e, %d samples)", epoch, history[-1]["loss"], history[-1]["lr"],
-                 len(plan))
+        if len(val_idx):  # the held-out AUC after every epoch shows when the FPR starts to memorise
+            s_val = predict(model, *val_patches, dev)
+            history[-1]["val_auc"] = roc_auc(y[val_idx] == TP, s_val)
+        log.info("FPR epoch %d: loss %.4f (lr %.1e, %d samples)%s", epoch, history[-1]["loss"], history[-1]["lr"],
+                 len(plan), f", held-out AUC {history[-1]['val_auc']:.3f}" if len(val_idx) else "")
         sched.step()
     stats = {"proposals": int(len(y)), "tp": n_tp, "fp": n_fp, "unused": int((y < 0).sum()),
+             "main_tp": int((y[main] == TP).sum()), "main_fp": int((y[main] == FP).sum()),
              "train_tp": int((y_train == TP).sum()), "train_fp": int((y_train == FP).sum()),
              "crop_seconds": crop_s}
     if len(val_idx):
-        vi = torch.as_tensor([slot[int(j)] for j in val_idx])
-        s = predict(model, patches[vi].float(), boxes[vi], dev)
+        s = s_val
         yv = y[val_idx] == TP
         stats.update(val_tp=int(yv.sum()), val_fp=int((~yv).sum()), val_auc=roc_auc(yv, s),
                      val_accuracy=float(((s >= 0.5) == yv).mean()))

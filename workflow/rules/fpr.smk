@@ -1,11 +1,18 @@
 # Issue 6: 3D false-positive reduction (paper Sec. IV-D) on round-2 proposals, and score fusion (Eq. 4).
 
+# Single-type datasets (config fpr.extra_datasets) that the experiment trains on add FPR samples: their
+# round-2 proposals on their own training volumes and their labels (deviation from Sec. VI-B, see config).
+FPR_EXTRA = [d for d in config["fpr"].get("extra_datasets", []) if d != "deeplesion"]
+
 
 rule train_fpr:
     input:
         proposals="results/{exp}/round2/proposals/fused/deeplesion/train.3d.parquet",
         labels="results/{exp}/mining/labels_round2.parquet",
         prep=prep_tables(["deeplesion"]),
+        extra_proposals=lambda w: [f"results/{w.exp}/round2/proposals/fused/{d}/train.3d.parquet"
+                                   for d in FPR_EXTRA if d in exp_datasets(w.exp)],
+        extra_labels=lambda w: [f"results/prep/{d}/lesions.parquet" for d in FPR_EXTRA if d in exp_datasets(w.exp)],
     output:
         "results/{exp}/fpr/fpr.pt",
     log:
@@ -19,10 +26,13 @@ rule train_fpr:
         prep=parent_of("prep"),
         seed=exp_seed,
         f=config["fpr"],
+        # --extra-source PREP_DIR PROPOSALS3D LABELS per extra dataset (its prep folder holds its labels)
+        extra=lambda w, input: " ".join(f"--extra-source {Path(lab).parent} {p} {lab}"
+                                        for p, lab in zip(input.extra_proposals, input.extra_labels)),
     shell:
         "lens train-fpr --prep-dir {params.prep} --proposals3d {input.proposals} --labels {input.labels} "
-        "--preset {params.f[preset]} --epochs {params.f[epochs]} --seed {params.seed} --threads {threads} "
-        "--out {output} --no-progress 2> {log}"
+        "{params.extra} --preset {params.f[preset]} --epochs {params.f[epochs]} --seed {params.seed} "
+        "--threads {threads} --out {output} --no-progress 2> {log}"
 
 
 rule score_fpr:
