@@ -18,6 +18,9 @@ def add_parser(sub) -> None:
     p.add_argument("--out", required=True, type=Path, help="corpus folder (replaced atomically)")
     p.add_argument("--config", type=Path, help="config.yaml whose `corpus:` section overrides the defaults")
     p.add_argument("--seed", type=int, help="override corpus.seed")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=YAML",
+                   help="override corpus keys, e.g. --set deeplesion.patients=0 luna.cases=24 (a held-out "
+                        "single-type cohort, as `snakemake fig7` writes)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_synthesize)
 
@@ -60,10 +63,11 @@ def add_parser(sub) -> None:
 
 
 def _synthesize(args) -> int:
-    from .config import load_config
+    from .config import deep_merge, load_config, parse_overrides
     from .datasets.corpus import write_corpus
 
     cfg = dict(load_config(args.config).get("corpus", {})) if args.config else {}
+    cfg = deep_merge(cfg, parse_overrides(args.set))
     if args.seed is not None:
         cfg["seed"] = args.seed
     t = time.perf_counter()

@@ -17,6 +17,27 @@ def deep_merge(base: dict, override: dict | None) -> dict:
     return out
 
 
+def parse_overrides(items: list[str]) -> dict:
+    """`--set KEY=YAML ...` as a dict; a dotted key nests (`luna.cases=20` -> {"luna": {"cases": 20}})."""
+    out: dict = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key or "" in key.split("."):
+            raise ValueError(f"--set wants KEY=VALUE (KEY may be dotted), got {item!r}")
+        try:
+            parsed = yaml.safe_load(value)
+        except yaml.YAMLError as e:
+            raise ValueError(f"--set {item!r}: the value is not valid YAML: {e}") from None
+        *parents, leaf = key.split(".")
+        node = out
+        for k in parents:
+            node = node.setdefault(k, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"--set {item!r}: {k} was already given a value")
+        node[leaf] = parsed
+    return out
+
+
 def load_config(path: str | Path) -> dict:
     path = Path(path)
     try:

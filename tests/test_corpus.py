@@ -10,7 +10,7 @@ import pytest
 from lens_core.cli import main
 from lens_core.datasets import read_dataset
 
-from conftest import FORMATS, build_corpus, preprocess_all
+from conftest import FORMATS, TINY_CONFIG, build_corpus, preprocess_all
 
 
 def test_corpus_writes_the_four_released_layouts(tiny_corpus):
@@ -105,6 +105,25 @@ def test_another_seed_gives_another_world(tiny_corpus, tmp_path):
     a = pd.read_parquet(tiny_corpus / "hidden_truth.parquet")
     b = pd.read_parquet(other / "hidden_truth.parquet")
     assert not a[["x1", "y1"]].equals(b[["x1", "y1"]])
+
+
+def test_heldout_cohort_has_only_the_asked_scans_and_new_patients(tiny_corpus, tmp_path):
+    """`lens synthesize --set` (what `snakemake fig7` asks for its held-out cohort): no DeepLesion-like
+    patients, 3 LUNA-like scans, no others; another seed, so none of its scans is one of the corpus's."""
+    out = tmp_path / "heldout"
+    assert main(["synthesize", "--out", str(out), "--config", str(TINY_CONFIG), "--seed", "1000", "--no-progress",
+                 "--set", "deeplesion.patients=0", "luna.cases=3", "lits.cases=0", "nihln.cases=0"]) == 0
+    truth = pd.read_parquet(out / "hidden_truth.parquet")
+    assert set(truth["dataset"]) == {"luna"} and truth["scan_key"].nunique() == 3
+    corpus = pd.read_parquet(tiny_corpus / "hidden_truth.parquet")
+    assert not set(truth["scan_key"]) & set(corpus["scan_key"])
+    assert len(read_dataset("luna", out / "luna").volumes) == 3
+
+
+@pytest.mark.parametrize("bad", ["luna.cases", "=3", "luna..cases=3", "luna.cases=[1"])
+def test_synthesize_set_rejects_malformed_overrides(tmp_path, bad, caplog):
+    assert main(["synthesize", "--out", str(tmp_path / "c"), "--set", bad, "--no-progress"]) != 0
+    assert bad in caplog.text and not (tmp_path / "c").exists()
 
 
 def test_bad_input_fails_cleanly_and_leaves_no_artifact(tiny_corpus, tmp_path, caplog):

@@ -34,7 +34,8 @@ def spec(tmp_path):
 
 def test_table_averages_seeds_and_puts_alone_beside_joint(spec, tmp_path):
     out = tmp_path / "fig7"
-    assert main(["fig7-table", "--spec", json.dumps(spec), "--out", str(out)]) == 0
+    assert main(["fig7-table", "--spec", json.dumps(spec), "--scored-on", "held-out cohort, 24 scans per dataset",
+                 "--out", str(out)]) == 0
     t = pd.read_parquet(out / "table.parquet").set_index(["dataset", "fraction", "mode"])
     assert t.loc[("luna", 0.25, "alone"), "average_mean"] == pytest.approx(30.0)
     assert t.loc[("luna", 0.25, "alone"), "average_sd"] == pytest.approx(14.142, abs=1e-3)
@@ -43,6 +44,7 @@ def test_table_averages_seeds_and_puts_alone_beside_joint(spec, tmp_path):
     # datasets in the spec's order, fractions ascending
     assert list(pd.read_parquet(out / "table.parquet")["dataset"].unique()) == ["luna", "lits"]
     md = (out / "table.md").read_text()
+    assert "(held-out cohort, 24 scans per dataset, LUNA16 CPM %" in md.splitlines()[0]
     assert "| LUNA | 25% | 30.0 ± 14.1 | 60.0 ± 14.1 | +30.0 | 2/2 | 6 / 2 |" in md
     assert "| LUNA | 100% | 60.0 ± 0.0 | 60.0 ± 0.0 | +0.0 |" in md
     assert "| LiTS | 25% | 10.0 ± 0.0 | 30.0 ± 0.0 | +20.0 |" in md

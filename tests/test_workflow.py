@@ -126,12 +126,14 @@ def test_real_data_switch_reads_released_folders_instead_of_the_corpus(tiny_corp
     assert not (tmp_path / "results" / "corpus").exists()
 
 
-@pytest.mark.parametrize("joint, joint_trainings", [("all", 2), ("own", 6)])
-def test_fig7_plans_alone_and_joint_trainings_and_reuses_the_main_model(tmp_path, joint, joint_trainings):
+@pytest.mark.parametrize("joint, joint_trainings, heldout", [("all", 2, None), ("own", 6, {"cases": 5, "seed": 9})])
+def test_fig7_plans_alone_and_joint_trainings_and_reuses_the_main_model(tmp_path, joint, joint_trainings, heldout):
     """Paper Fig. 7: 3 datasets x 3 fractions trained alone, and joint models for the fractions below 100 %
-    (one per fraction, or one per dataset and fraction); the joint 100 % model is the main round-1 model."""
+    (one per fraction, or one per dataset and fraction); the joint 100 % model is the main round-1 model.
+    Scored on the validation split, or on a held-out cohort synthesized once and preprocessed per dataset."""
     cfg = yaml.safe_load((ROOT / "tests" / "data" / "tiny_config.yaml").read_text())
-    cfg["fig7"] = {"datasets": ["luna", "lits", "nihln"], "fractions": [0.25, 0.5, 1.0], "seeds": [0], "joint": joint}
+    cfg["fig7"] = {"datasets": ["luna", "lits", "nihln"], "fractions": [0.25, 0.5, 1.0], "seeds": [0], "joint": joint,
+                   "heldout": heldout}
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
     outputs = []
     jobs = _planned(tmp_path, "fig7", outputs=outputs)
@@ -140,6 +142,13 @@ def test_fig7_plans_alone_and_joint_trainings_and_reuses_the_main_model(tmp_path
     assert jobs["fig7_propose"] == jobs["fig7_evaluate"] == 3 * 3 * 2
     assert jobs["fig7_table"] == 1 and not {"mine_cross_slice", "train_lens_round2", "evaluate"} & set(jobs)
     assert not [f for f in outputs if re.search(r"results/fig7/[a-z_]*joint_f100_s0/lens\.pt", f)]
+    scored = [f for f in outputs if f.endswith(".3d.parquet") and f.startswith("results/fig7/")]
+    evalset = "heldout" if heldout else "val"
+    assert len(scored) == 18 and all(f.endswith(f"/{evalset}.3d.parquet") for f in scored)
+    if heldout:  # one cohort, preprocessed once per dataset, shared by every model
+        assert jobs["fig7_heldout_corpus"] == 1 and jobs["fig7_heldout_prep"] == 3
+    else:
+        assert "fig7_heldout_corpus" not in jobs
 
 
 def test_fig7_without_its_config_section_says_so(tmp_path):

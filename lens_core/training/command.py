@@ -31,10 +31,11 @@ def add_parser(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from lens_core.config import parse_overrides
     from lens_core.training.config import load_config_file
     from lens_core.training.loop import train
 
-    cfg = load_config_file(args.config, args.config_section, overrides=_overrides(args.set))
+    cfg = load_config_file(args.config, args.config_section, overrides=parse_overrides(args.set))
     if args.seed is not None:
         cfg.seed = args.seed
     if args.threads:
@@ -43,15 +44,3 @@ def run(args: argparse.Namespace) -> int:
                  resume=args.resume, progress=not args.no_progress)
     log.info("wrote %s", path)
     return 0
-
-
-def _overrides(items: list[str]) -> dict:
-    import yaml
-
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"--set wants KEY=VALUE, got {item!r}")
-        out[key] = yaml.safe_load(value)
-    return out

@@ -31,47 +31,95 @@ rule fig7_train:
         "--out {params.out} --resume --threads {threads} --no-progress 2> {log}"
 
 
+rule fig7_heldout_corpus:
+    output:
+        marker="results/fig7/heldout/corpus/corpus.json",
+        truth="results/fig7/heldout/corpus/hidden_truth.parquet",
+    log:
+        "results/logs/fig7/heldout_corpus.log",
+    benchmark:
+        "results/benchmarks/fig7/heldout_corpus.tsv"
+    conda:
+        "../../envs/lens.yaml"
+    params:
+        out=parent_of("marker"),
+        args=fig7_heldout_args,
+    shell:
+        "lens synthesize --out {params.out} --config config.yaml {params.args} --no-progress 2> {log}"
+
+
+rule fig7_heldout_prep:
+    input:
+        marker=rules.fig7_heldout_corpus.output.marker,
+        truth=rules.fig7_heldout_corpus.output.truth,
+    output:
+        h5="results/fig7/heldout/prep/{dataset}/volumes.h5",
+        volumes="results/fig7/heldout/prep/{dataset}/volumes.parquet",
+        lesions="results/fig7/heldout/prep/{dataset}/lesions.parquet",
+        truth="results/fig7/heldout/prep/{dataset}/truth.parquet",
+        test3d="results/fig7/heldout/prep/{dataset}/test3d.parquet",
+    log:
+        "results/logs/fig7/heldout_prep.{dataset}.log",
+    benchmark:
+        "results/benchmarks/fig7/heldout_prep/{dataset}.tsv"
+    conda:
+        "../../envs/lens.yaml"
+    params:
+        fmt=dataset_format,
+        corpus=parent_of("marker"),
+        out=parent_of("h5"),
+        p=config["preprocess"],
+    shell:
+        "lens preprocess --format {params.fmt} --root {params.corpus}/{params.fmt} --dataset {wildcards.dataset} "
+        "--out {params.out} --pixel-mm {params.p[pixel_mm]} --slice-mm {params.p[slice_mm]} "
+        "--split-seed {params.p[split_seed]} --ln-diameter-mm {params.p[ln_diameter_mm]} "
+        "--dl-box-pad-px {params.p[deeplesion_box_pad_px]} --truth {input.truth} --no-progress 2> {log}"
+
+
+# {evalset}: "heldout" (the held-out cohort, every scan) or "val" (the corpus's validation split)
 rule fig7_propose:
     input:
         model=fig7_model_file,
-        prep=prep_tables(DATASETS),
+        prep=fig7_eval_prep,
     output:
-        p2d="results/fig7/{model}/proposals/{dataset}/val.parquet",
-        p3d="results/fig7/{model}/proposals/{dataset}/val.3d.parquet",
+        p2d="results/fig7/{model}/proposals/{dataset}/{evalset}.parquet",
+        p3d="results/fig7/{model}/proposals/{dataset}/{evalset}.3d.parquet",
     wildcard_constraints:
         model=r"([a-z0-9]+_)?(alone|joint)_f[0-9.]+_s\d+",
+        evalset="heldout|val",
     log:
-        "results/logs/fig7/{model}/propose.{dataset}.log",
+        "results/logs/fig7/{model}/propose.{dataset}.{evalset}.log",
     benchmark:
-        "results/benchmarks/fig7/propose/{model}.{dataset}.tsv"
+        "results/benchmarks/fig7/propose/{model}.{dataset}.{evalset}.tsv"
     conda:
         "../../envs/lens.yaml"
     threads: 1  # as rule propose: small jobs overlap better than they use a second thread
     params:
         p=config["propose"],
         prep=prep_root,
+        split=fig7_propose_split,
     shell:
-        "lens propose --model {input.model} --prep-dir {params.prep} --dataset {wildcards.dataset} --split val "
-        "--experts {wildcards.dataset} --out {output.p2d} --out3d {output.p3d} --min-score {params.p[min_score]} "
-        "--stack-iou {params.p[stack_iou]} --threads {threads} --no-progress 2> {log}"
+        "lens propose --model {input.model} --prep-dir {params.prep} --dataset {wildcards.dataset} "
+        "--split {params.split} --experts {wildcards.dataset} --out {output.p2d} --out3d {output.p3d} "
+        "--min-score {params.p[min_score]} --stack-iou {params.p[stack_iou]} --threads {threads} --no-progress 2> {log}"
 
 
 rule fig7_evaluate:
     input:
-        pred="results/fig7/{model}/proposals/{dataset}/val.3d.parquet",
-        truth="results/prep/{dataset}/lesions.parquet",
-        volumes="results/prep/{dataset}/volumes.parquet",
+        pred="results/fig7/{model}/proposals/{dataset}/{evalset}.3d.parquet",
+        prep=fig7_eval_prep,
     output:
-        froc="results/eval/fig7/{model}/{dataset}/froc.parquet",
-        summary="results/eval/fig7/{model}/{dataset}/summary.parquet",
-        md="results/eval/fig7/{model}/{dataset}/summary.md",
-        plot="results/eval/fig7/{model}/{dataset}/froc.png",
+        froc="results/eval/fig7/{model}/{dataset}/{evalset}/froc.parquet",
+        summary="results/eval/fig7/{model}/{dataset}/{evalset}/summary.parquet",
+        md="results/eval/fig7/{model}/{dataset}/{evalset}/summary.md",
+        plot="results/eval/fig7/{model}/{dataset}/{evalset}/froc.png",
     wildcard_constraints:
         model=r"([a-z0-9]+_)?(alone|joint)_f[0-9.]+_s\d+",
+        evalset="heldout|val",
     log:
-        "results/logs/fig7/{model}/evaluate.{dataset}.log",
+        "results/logs/fig7/{model}/evaluate.{dataset}.{evalset}.log",
     benchmark:
-        "results/benchmarks/fig7/evaluate/{model}.{dataset}.tsv"
+        "results/benchmarks/fig7/evaluate/{model}.{dataset}.{evalset}.tsv"
     conda:
         "../../envs/lens.yaml"
     threads: 1
@@ -79,9 +127,12 @@ rule fig7_evaluate:
         e=config["evaluation"],
         out=parent_of("froc"),
         label=fig7_run_label,
+        truth=lambda w, input: input.prep[2],  # lesions.parquet
+        volumes=lambda w, input: input.prep[1],  # volumes.parquet
+        split=fig7_eval_split_arg,
     shell:
-        "lens evaluate --pred {input.pred} --truth {input.truth} --protocol luna --name '{params.label}' "
-        "--units {input.volumes} --volumes {input.volumes} --split val --fp-rates {params.e[fp_rates]} "
+        "lens evaluate --pred {input.pred} --truth {params.truth} --protocol luna --name '{params.label}' "
+        "--units {params.volumes} --volumes {params.volumes} {params.split} --fp-rates {params.e[fp_rates]} "
         "--out {params.out} 2> {log}"
 
 
@@ -101,9 +152,10 @@ rule fig7_table:
     threads: 1
     params:
         spec=fig7_spec_arg,
+        scored_on=fig7_eval_name,
         out=parent_of("table"),
     shell:
-        "lens fig7-table --spec '{params.spec}' --out {params.out} 2> {log}"
+        "lens fig7-table --spec '{params.spec}' --scored-on '{params.scored_on}' --out {params.out} 2> {log}"
 
 
 rule fig7:

@@ -14,6 +14,46 @@ def fig7_config():
     return f7
 
 
+def fig7_heldout():
+    """The held-out cohort's settings (fig7.heldout), or None: Fig. 7 is scored on the validation split.
+    Only the built-in corpus can synthesize one."""
+    held = fig7_config().get("heldout")
+    return held if held and config["corpus"]["builtin"] else None
+
+
+def fig7_eval_set():
+    """Name of the scans Fig. 7 is scored on: part of every proposal and evaluation path."""
+    return "heldout" if fig7_heldout() else "val"
+
+
+def fig7_prep_root(evalset):
+    return "results/fig7/heldout/prep" if evalset == "heldout" else "results/prep"
+
+
+def fig7_eval_prep(wildcards):
+    return expand("{root}/{dataset}/{name}", root=fig7_prep_root(wildcards.evalset), dataset=wildcards.dataset,
+                  name=["volumes.h5", "volumes.parquet", "lesions.parquet"])
+
+
+def fig7_propose_split(wildcards):
+    return "all" if wildcards.evalset == "heldout" else "val"  # every held-out scan; else the val split
+
+
+def fig7_eval_split_arg(wildcards):
+    return "" if wildcards.evalset == "heldout" else "--split val"
+
+
+def fig7_heldout_args(wildcards):
+    """`lens synthesize` options of the held-out cohort: no DeepLesion-like patients, `cases` scans of each
+    Fig. 7 dataset (none of the other single-type datasets), the cohort's own corpus seed."""
+    held = fig7_heldout()
+    if held is None:
+        raise ValueError("fig7.heldout is null (or the corpus is not built in): there is no held-out cohort")
+    f7 = {config["datasets"][d]["format"] for d in fig7_config()["datasets"]}
+    cases = " ".join(f"{fmt}.cases={held['cases'] if fmt in f7 else 0}" for fmt in ("luna", "lits", "nihln"))
+    return f"--seed {held['seed']} --set deeplesion.patients=0 {cases}"
+
+
 def fig7_pct(fraction):
     return format(100 * float(fraction), "g")  # 0.25 -> "25", 0.125 -> "12.5"
 
@@ -68,15 +108,27 @@ def fig7_train_overrides(wildcards):
     return f"--seed {seed} --set 'datasets=[{','.join(datasets)}]' 'volume_fraction={{{frac}}}'"
 
 
+def fig7_summary(run):
+    return f"results/eval/fig7/{run['model']}/{run['dataset']}/{fig7_eval_set()}/summary.parquet"
+
+
 def fig7_summaries(wildcards):
-    return sorted({f"results/eval/fig7/{r['model']}/{r['dataset']}/summary.parquet" for r in fig7_runs()})
+    return sorted({fig7_summary(r) for r in fig7_runs()})
 
 
 def fig7_spec_arg(wildcards):
     """The runs as JSON for `lens fig7-table`."""
     return json.dumps([{k: r[k] for k in ("dataset", "mode", "fraction", "seed")}
-                       | {"summary": f"results/eval/fig7/{r['model']}/{r['dataset']}/summary.parquet"}
+                       | {"summary": fig7_summary(r)}
                        for r in fig7_runs()])
+
+
+def fig7_eval_name(wildcards):
+    """How the table names the scans it is scored on."""
+    held = fig7_heldout()
+    if held is None:
+        return "validation split"
+    return f"held-out cohort, {held['cases']} scans per dataset, corpus seed {held['seed']}"
 
 
 def fig7_run_label(wildcards):
