@@ -23,32 +23,12 @@ import pyarrow as pa
 import SimpleITK as sitk
 
 from .io import write_parquet
+# the tables' schemas live apart so that the steps that only read the tables (mining, FPR) need no SimpleITK
+from .prep_schema import BOX, LESION_SCHEMA, TEST3D_SCHEMA, TRUTH_EXTRA, TRUTH_SCHEMA, VOLUME_SCHEMA  # noqa: F401
 
 HU_MIN, HU_MAX = -1024.0, 3071.0
 BORDER_HU = -900.0          # voxels above this count as body when clipping black borders
 BORDER_MARGIN_PX = 2
-
-BOX = ["x1", "y1", "z1", "x2", "y2", "z2"]
-
-VOLUME_SCHEMA = pa.schema([
-    ("volume_id", pa.string()), ("dataset", pa.string()), ("patient_id", pa.string()),
-    ("study_id", pa.int64()), ("series_id", pa.int64()), ("split", pa.string()),
-    ("n_slices", pa.int64()), ("height", pa.int64()), ("width", pa.int64()),
-    ("spacing_z", pa.float64()), ("spacing_y", pa.float64()), ("spacing_x", pa.float64()),
-    ("source", pa.string()),
-])
-LESION_SCHEMA = pa.schema([
-    ("volume_id", pa.string()), ("patient_id", pa.string()), ("study_id", pa.int64()),
-    ("series_id", pa.int64()), ("dataset", pa.string()), ("lesion_id", pa.string()),
-    ("z", pa.int64()), ("x1", pa.float64()), ("y1", pa.float64()), ("x2", pa.float64()), ("y2", pa.float64()),
-    ("z1", pa.float64()), ("z2", pa.float64()),
-    ("kind", pa.string()), ("lesion_type", pa.string()), ("label_kind", pa.string()),
-])
-TRUTH_EXTRA = [("instance_id", pa.string()), ("scan_key", pa.string()), ("size_mm", pa.float64()), ("labeled", pa.bool_()),
-               ("split", pa.string())]
-TRUTH_SCHEMA = pa.schema([f for f in LESION_SCHEMA if f.name not in ("kind", "label_kind")] + TRUTH_EXTRA)
-TEST3D_SCHEMA = pa.schema([("subvolume", pa.string()), ("volume_id", pa.string()), ("split", pa.string())]
-                          + [(c, pa.float64()) for c in BOX])
 
 
 @dataclass(frozen=True)

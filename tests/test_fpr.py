@@ -371,3 +371,15 @@ def test_train_fpr_names_the_file_of_a_bad_table(blob_prep, tmp_path, lens_main)
     with pytest.raises(ValueError, match="labels.parquet"):
         train_fpr(FprTrainConfig.for_preset("cpu"), blob_prep / "train" / "deeplesion", props,
                   tmp_path / "labels.parquet", tmp_path / "fpr.pt")
+
+
+def test_training_and_scoring_steps_import_no_image_io_library():
+    """FPR, proposal and training steps read only HDF5 / Parquet: a GPU node's Python without SimpleITK runs
+    them (benchmarks/gpu_check.sh ran on one; the table schemas they use live in lens_core.prep_schema)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, lens_core.fpr.train, lens_core.fpr.score, lens_core.inference.command, "
+            "lens_core.training.loop, lens_core.mining.schema; "
+            "sys.exit('SimpleITK' in sys.modules or 'pydicom' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", code], timeout=120).returncode == 0
