@@ -63,10 +63,51 @@ def test_resume_after_a_killed_epoch_gives_the_weights_of_an_uninterrupted_run(p
     assert not all(torch.equal(a[k], c[k]) for k in a)
 
 
-def test_resume_refuses_a_checkpoint_of_another_config(prep, tmp_path):
-    train(small_cfg(epochs=1), prep, tmp_path, device="cpu", progress=False)
-    with pytest.raises(ValueError, match="checkpoint.pt"):
-        train(small_cfg(epochs=2, lr=1e-2), prep, tmp_path, device="cpu", progress=False, resume=True)
+def _weights(path):
+    return torch.load(path, weights_only=True)["state_dict"]
+
+
+def _same(a, b):
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_checkpoint_of_another_config_is_not_resumed(prep, tmp_path, caplog):
+    """Snakemake always passes --resume: after a config change the rule retrains from scratch."""
+    train(small_cfg(epochs=1), prep, tmp_path / "run", device="cpu", progress=False)
+    cfg = small_cfg(epochs=2, lr=1e-2)
+    again = train(cfg, prep, tmp_path / "run", device="cpu", progress=False, resume=True)
+    assert "not resumed (other training config)" in caplog.text
+    assert _same(_weights(again), _weights(train(cfg, prep, tmp_path / "fresh", device="cpu", progress=False)))
+
+
+def test_a_killed_run_is_not_resumed_onto_other_labels(prep, tmp_path, caplog):
+    """A mining step reran after round 2 was killed: round 2 trains on the new labels from scratch,
+    identical to a fresh run on them (continuing the old run would silently mix the two label sets)."""
+    import shutil
+
+    run_prep = tmp_path / "prep"
+    shutil.copytree(prep, run_prep)
+    cfg = small_cfg()
+
+    def kill(epoch, batch):
+        if epoch == 1 and batch == 0:
+            raise Killed
+
+    with pytest.raises(Killed):
+        train(cfg, run_prep, tmp_path / "run", device="cpu", progress=False, on_step=kill)
+    lesions = pd.read_parquet(run_prep / "luna" / "lesions.parquet")
+    lesions.iloc[1:].to_parquet(run_prep / "luna" / "lesions.parquet")  # one label fewer
+    resumed = train(cfg, run_prep, tmp_path / "run", device="cpu", progress=False, resume=True)
+    assert "not resumed (other input tables)" in caplog.text
+    fresh = train(cfg, run_prep, tmp_path / "fresh", device="cpu", progress=False)
+    assert _same(_weights(resumed), _weights(fresh))
+    assert not _same(_weights(fresh), _weights(train(cfg, prep, tmp_path / "old", device="cpu", progress=False)))
+
+
+def test_an_unreadable_checkpoint_is_a_clear_error(prep, tmp_path):
+    (tmp_path / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="checkpoint.pt: cannot resume"):
+        train(small_cfg(epochs=1), prep, tmp_path, device="cpu", progress=False, resume=True)
 
 
 def recall(df, truth):

@@ -3,6 +3,7 @@ checkpoint every epoch from which a killed run resumes with the same result as a
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 import pickle
@@ -61,6 +62,29 @@ def _atomic_save(obj, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def input_fingerprint(cfg: TrainConfig, prep_dir: Path, labels: Path | None) -> dict[str, str]:
+    """sha256 of the tables that define the training samples: each dataset's volumes and lesions tables and
+    the round-2 label table. A checkpoint resumes only onto the same inputs: after a mining step reruns,
+    round 2 must train on the new labels, not continue the old ones. (The images are not hashed: re-running
+    preprocessing rewrites the tables too.)"""
+    paths = {f"{d}/{n}": Path(prep_dir) / d / n for d in [*cfg.datasets, *cfg.pool]
+             for n in ("volumes.parquet", "lesions.parquet")}
+    if labels is not None:
+        paths["labels"] = Path(labels)
+    return {k: hashlib.sha256(p.read_bytes()).hexdigest() for k, p in paths.items() if p.exists()}
+
+
+def _load_checkpoint(path: Path) -> dict:
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, pickle.UnpicklingError) as e:
+        raise ValueError(f"{path}: cannot resume: {e}") from e
+    missing = [k for k in ("model", "optimizer", "scheduler", "sampler", "losses", "config") if k not in ckpt]
+    if missing:
+        raise ValueError(f"{path}: cannot resume: not a training checkpoint (no {missing})")
+    return ckpt
+
+
 def train(
     cfg: TrainConfig,
     prep_dir: str | Path,
@@ -97,19 +121,26 @@ def train(
     rows: list[dict] = []
     start_epoch = 0
     ckpt_path = out / "checkpoint.pt"
+    inputs = input_fingerprint(cfg, Path(prep_dir), Path(labels) if labels is not None else None)
     if resume and ckpt_path.exists():
-        try:
-            ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-            if ckpt["config"] != cfg.to_dict():
-                raise ValueError(f"{ckpt_path}: cannot resume: it was written with a different training config")
-            model.load_state_dict(ckpt["model"])
-            opt.load_state_dict(ckpt["optimizer"])
-            sched.load_state_dict(ckpt["scheduler"])
-        except (KeyError, RuntimeError, EOFError, pickle.UnpicklingError) as e:
-            raise ValueError(f"{ckpt_path}: cannot resume: {e}") from e
-        start_epoch = ckpt["sampler"]["epoch"]
-        rows = [dict(r) for r in ckpt["losses"]]
-        log.info("resuming %s at epoch %d", out, start_epoch)
+        ckpt = _load_checkpoint(ckpt_path)
+        # Snakemake always passes --resume: a checkpoint of another config or other inputs is a finished or
+        # killed run of a different training, so train from scratch rather than continue (or fail) on it
+        stale = [what for what, same in (("training config", ckpt["config"] == cfg.to_dict()),
+                                         ("input tables", ckpt.get("inputs") == inputs)) if not same]
+        if stale:
+            log.warning("%s: not resumed (other %s); training from scratch", ckpt_path,
+                        " and ".join(stale))
+        else:
+            try:
+                model.load_state_dict(ckpt["model"])
+                opt.load_state_dict(ckpt["optimizer"])
+                sched.load_state_dict(ckpt["scheduler"])
+            except (KeyError, RuntimeError, ValueError) as e:
+                raise ValueError(f"{ckpt_path}: cannot resume: {e}") from e
+            start_epoch = ckpt["sampler"]["epoch"]
+            rows = [dict(r) for r in ckpt["losses"]]
+            log.info("resuming %s at epoch %d", out, start_epoch)
 
     reader = SliceReader(cfg.slices)
     step = len(rows)
@@ -149,6 +180,7 @@ def train(
             _atomic_save({
                 "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                 "sampler": sampler.state_dict(epoch + 1, 0), "losses": rows, "config": cfg.to_dict(),
+                "inputs": inputs,
             }, ckpt_path)
             ep = pd.DataFrame([r for r in rows if r["epoch"] == epoch])
             if len(ep):
