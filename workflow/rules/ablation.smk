@@ -4,10 +4,9 @@
 # models" stage (sep_fused) fuses the proposals of one model per dataset, each trained alone.
 
 
-# a dataset's round-1 model trained alone, when neither the ablation nor Fig. 7 trains it (alone_model)
-rule train_alone:
-    input:
-        prep=prep_tables(DATASETS),
+# a dataset's round-1 model trained alone, when neither the ablation nor Fig. 7 trains it (alone_model):
+# train_lens's command (and inputs) with the dataset's own --set datasets
+use rule train_lens as train_alone with:
     output:
         model="results/alone/{dataset}_s{seed}/lens.pt",
         losses="results/alone/{dataset}_s{seed}/losses.parquet",
@@ -18,16 +17,8 @@ rule train_alone:
         "results/logs/alone/{dataset}_s{seed}/train.log",
     benchmark:
         "results/benchmarks/train_alone/{dataset}_s{seed}.tsv"
-    conda:
-        "../../envs/lens.yaml"
-    threads: workflow.cores
     params:
-        prep=prep_root,
-        out=parent_of("model"),
         overrides=alone_overrides,
-    shell:
-        "lens train --prep-dir {params.prep} --config config.yaml --config-section train {params.overrides} "
-        "--out {params.out} --resume --threads {threads} --no-progress 2> {log}"
 
 
 rule propose_separate:

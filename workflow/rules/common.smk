@@ -116,6 +116,11 @@ def train_overrides(wildcards):
     return " ".join(args)
 
 
+def labels_arg(wildcards, input):
+    """`lens train --labels`: the merged round-2 labels of a training rule with a `labels` input, else none."""
+    return f"--labels {input.labels}" if "labels" in input.keys() else ""
+
+
 def alone_model(dataset, seed):
     """Round-1 LENS trained on `dataset` alone: an ablation experiment of exactly that dataset (DeepLesion
     alone: "single") or Fig. 7's model on all its volumes when either exists, so neither is trained twice."""

@@ -1,6 +1,11 @@
 # Issue 3: LENS training (round 1 on the datasets' own labels) and proposal generation.
 
 
+# The workflow's one `lens train` command. Every other trained model reuses this rule with
+# `use rule train_lens as <name> with:` (its own outputs, log, benchmark, --seed/--set overrides or labels),
+# so each keeps a rule name of its own in logs and profiles: train_lens_round2 (mining.smk), fig7_train
+# (fig7.smk), train_alone (ablation.smk). --resume continues an interrupted run from OUT/checkpoint.pt when
+# its config and input tables are this run's (else it trains from scratch: a rerun mining step gives new labels).
 rule train_lens:
     input:
         prep=prep_tables(DATASETS),
@@ -19,11 +24,12 @@ rule train_lens:
     threads: workflow.cores
     params:
         prep=prep_root,
+        labels=labels_arg,
         out=parent_of("model"),
         overrides=train_overrides,
     shell:
-        "lens train --prep-dir {params.prep} --config config.yaml --config-section train {params.overrides} "
-        "--out {params.out} --resume --threads {threads} --no-progress 2> {log}"
+        "lens train --prep-dir {params.prep} {params.labels} --config config.yaml --config-section train "
+        "{params.overrides} --out {params.out} --resume --threads {threads} --no-progress 2> {log}"
 
 
 rule propose:

@@ -6,9 +6,8 @@
 # round-1 model of that seed, which is reused instead of trained again.
 
 
-rule fig7_train:
-    input:
-        prep=prep_tables(DATASETS),
+# train_lens's command (and inputs) for a Fig. 7 model
+use rule train_lens as fig7_train with:
     output:
         model="results/fig7/{model}/lens.pt",
         losses="results/fig7/{model}/losses.parquet",
@@ -19,16 +18,8 @@ rule fig7_train:
         "results/logs/fig7/{model}/train.log",
     benchmark:
         "results/benchmarks/fig7/train/{model}.tsv"
-    conda:
-        "../../envs/lens.yaml"
-    threads: workflow.cores
     params:
-        prep=prep_root,
-        out=parent_of("model"),
         overrides=fig7_train_overrides,
-    shell:
-        "lens train --prep-dir {params.prep} --config config.yaml --config-section train {params.overrides} "
-        "--out {params.out} --resume --threads {threads} --no-progress 2> {log}"
 
 
 rule fig7_heldout_corpus:

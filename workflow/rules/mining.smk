@@ -186,27 +186,10 @@ rule audit_mining:
         "--out-parquet {output.table} --montage {output.montage} 2> {log}"
 
 
-rule train_lens_round2:
+# round 2 (and round2u, uncertain boxes as lesions: train_overrides): train_lens on the merged labels
+use rule train_lens as train_lens_round2 with:
     input:
         prep=prep_tables(DATASETS),
         labels="results/{exp}/mining/labels_round2.parquet",
-    output:
-        model="results/{exp}/{round}/lens.pt",
-        losses="results/{exp}/{round}/losses.parquet",
-        curve=report("results/{exp}/{round}/losses.png", caption="../report/losses.rst", category="Training"),
     wildcard_constraints:
         round="round2|round2u",
-    log:
-        "results/logs/{exp}/train_lens_{round}.log",
-    benchmark:
-        "results/benchmarks/train_lens_{round}/{exp}.tsv"
-    conda:
-        "../../envs/lens.yaml"
-    threads: workflow.cores
-    params:
-        prep=prep_root,
-        out=parent_of("model"),
-        overrides=train_overrides,
-    shell:
-        "lens train --prep-dir {params.prep} --labels {input.labels} --config config.yaml --config-section train "
-        "{params.overrides} --out {params.out} --resume --threads {threads} --no-progress 2> {log}"
