@@ -23,7 +23,10 @@ def collect(spec: dict, eval_dir: Path) -> pd.DataFrame:
             if not path.exists():
                 raise FileNotFoundError(f"{path}: evaluation of row {label!r} missing")
             s = pd.read_parquet(path)
-            s = s[s["stratum"] == "all"].iloc[0]
+            overall = s[s["stratum"] == "all"] if "stratum" in s.columns else s.iloc[:0]
+            if overall.empty or "average" not in s.columns:
+                raise ValueError(f"{path}: no 'all' row with an average; was it written by `lens evaluate`?")
+            s = overall.iloc[0]
             rates = [c for c in s.index if c.startswith("FP@")]
             rows.append({"row": label, "exp": exp, "stage": r["stage"], "paper": r.get("paper"),
                          **{c: float(s[c]) for c in rates}, "average": float(s["average"])})
@@ -68,11 +71,15 @@ def plot(table: pd.DataFrame, path: Path) -> None:
     rates = [c.removesuffix("_mean") for c in table.columns if c.startswith("FP@") and c.endswith("_mean")]
     x = np.array([float(r.removeprefix("FP@")) for r in rates])
     fig, ax = plt.subplots(figsize=(7, 5), dpi=120)
-    for _, r in table.iterrows():
+    # Table II and V together are more rows than a 10-colour cycle: tab20's dark shades, then its light
+    # ones, each with its own marker, so no two rows look alike
+    colors = plt.get_cmap("tab20").colors
+    markers = "osD^vP*Xhp<>"
+    for i, (_, r) in enumerate(table.iterrows()):
         y = np.array([r[c + "_mean"] for c in rates])
         e = np.array([r[c + "_sd"] for c in rates])
-        ax.errorbar(x, y, yerr=e, marker="o", ms=3, capsize=2, lw=1.2,
-                    label=f"{r['row']} ({r['average_mean']:.1f})")
+        ax.errorbar(x, y, yerr=e, marker=markers[i % len(markers)], ms=4, capsize=2, lw=1.2,
+                    color=colors[(2 * i) % 20 + (i // 10) % 2], label=f"{r['row']} ({r['average_mean']:.1f})")
     ax.set_xscale("log", base=2)
     ax.set_xticks(x, [f"{v:g}" for v in x])
     ax.set_xlabel("FPs per sub-volume")
