@@ -58,11 +58,19 @@ def test_froc_plot_combines_variants(toy):
         run("evaluate", "--pred", toy / f"{name}.parquet", "--truth", toy / "test3d.parquet",
             "--protocol", "lens3d", "--name", name, "--out", toy / name)
     assert run("froc-plot", "--curves", toy / "full" / "froc.parquet", toy / "half" / "froc.parquet",
-               "--out", toy / "all.png", "--table", toy / "table.md") == 0
+               "--out", toy / "all.png", "--table", toy / "table.md", "--paper", "47.6", "-") == 0
     table = pd.read_parquet(toy / "table.parquet")
     assert table["variant"].tolist() == ["full", "half"]
     assert table.set_index("variant").loc["full", "average"] >= table.set_index("variant").loc["half", "average"]
     assert Image.open(toy / "all.png").format == "PNG"
+    md = (toy / "table.md").read_text().splitlines()
+    assert md[2].endswith("| average | paper (average) |")  # the paper's figure beside ours
+    full_avg = 100 * table.set_index("variant").loc["full", "average"]
+    assert next(l for l in md if l.startswith("| full |")).endswith(f"| {full_avg:.1f} | 47.6 |")
+    assert next(l for l in md if l.startswith("| half |")).endswith("| – |")
+    with pytest.raises(ValueError, match="--paper has 1 values for 2"):
+        run("froc-plot", "--curves", toy / "full" / "froc.parquet", toy / "half" / "froc.parquet",
+            "--out", toy / "all.png", "--paper", "47.6")
 
 
 def test_bad_prediction_row_is_named_and_nothing_is_written(toy):

@@ -45,6 +45,9 @@ def add_parser(sub) -> None:
     p.add_argument("--table", type=Path, help="Markdown summary to write (a .parquet twin is written too)")
     p.add_argument("--stratum", default="all", help="stratum to plot (default all)")
     p.add_argument("--title", default="FROC")
+    p.add_argument("--paper", nargs="+", metavar="AVG",
+                   help="the paper's average sensitivity (%%) of each curve, in --curves order ('-' = none): "
+                        "a column beside ours in --table")
     p.set_defaults(func=run_froc_plot)
 
 
@@ -122,8 +125,10 @@ def run_froc_plot(args: argparse.Namespace) -> int:
     from lens_core.evaluation.plots import plot_froc
     from lens_core.evaluation.tables import summarize, to_markdown
 
-    frocs, rates = [], None
-    for path in args.curves:
+    if args.paper is not None and len(args.paper) != len(args.curves):
+        raise ValueError(f"--paper has {len(args.paper)} values for {len(args.curves)} --curves")
+    frocs, rates, paper = [], None, {}
+    for i, path in enumerate(args.curves):
         df = inputs.read_table(path)
         inputs.require_columns(df, ["variant", "protocol", "stratum_by", "stratum", "fp_rate", "sensitivity", "n_gt"], "froc")
         meta = pq_fp_rates(path)
@@ -131,6 +136,11 @@ def run_froc_plot(args: argparse.Namespace) -> int:
             raise ValueError(f"{path}: FP rates {meta} differ from the other curves' {rates}")
         rates = meta
         frocs.append(df)
+        if args.paper is not None and args.paper[i] != "-":
+            try:
+                paper.update({v: float(args.paper[i]) for v in df["variant"].unique()})
+            except ValueError:
+                raise ValueError(f"--paper value {i + 1} ({args.paper[i]!r}) is not a number or '-'") from None
     froc = pd.concat(frocs, ignore_index=True)
     if froc["protocol"].nunique() > 1:
         raise ValueError(f"curves of different protocols cannot share a plot: {sorted(froc['protocol'].unique())}")
@@ -139,7 +149,7 @@ def run_froc_plot(args: argparse.Namespace) -> int:
         summary = summarize(froc, rates)
         summary = summary.loc[summary["stratum"] == args.stratum]
         inputs.write_parquet(summary, args.table.with_suffix(".parquet"), {"fp_rates": list(rates)})
-        inputs.write_text(to_markdown(summary, args.title), args.table)
+        inputs.write_text(to_markdown(summary, args.title, paper if args.paper is not None else None), args.table)
     log.info("plotted %d variant(s) -> %s", froc["variant"].nunique(), args.out)
     return 0
 

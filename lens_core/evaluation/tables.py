@@ -31,15 +31,18 @@ def summarize(froc: pd.DataFrame, fp_rates) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def to_markdown(summary: pd.DataFrame, title: str | None = None) -> str:
-    """Markdown table with sensitivities in percent (one decimal, as in the paper)."""
+def to_markdown(summary: pd.DataFrame, title: str | None = None, paper: dict[str, float] | None = None) -> str:
+    """Markdown table with sensitivities in percent (one decimal, as in the paper); with ``paper``
+    (variant -> the paper's average sensitivity, %) a column of those beside ours."""
     rate_cols = [c for c in summary.columns if c.startswith("FP@")] + ["average"]
-    head = ["variant", "stratum", "n_gt"] + rate_cols
+    head = ["variant", "stratum", "n_gt"] + rate_cols + (["paper (average)"] if paper is not None else [])
     lines = [f"## {title}", ""] if title else []
-    lines += ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * 3 + ["---:"] * len(rate_cols)) + "|"]
+    lines += ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * 3 + ["---:"] * (len(head) - 3)) + "|"]
     for _, r in summary.iterrows():
         stratum = "all" if r["stratum_by"] == "all" else f"{r['stratum_by']}={r['stratum']}"
         cells = [str(r["variant"]), stratum, str(r["n_gt"])]
         cells += ["–" if pd.isna(r[c]) else f"{100 * r[c]:.1f}" for c in rate_cols]
+        if paper is not None:
+            cells.append(f"{paper[r['variant']]:.1f}" if r["variant"] in paper else "–")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

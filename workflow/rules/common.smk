@@ -189,6 +189,14 @@ def main_curves(wildcards):
     return [f"results/eval/{MAIN}/{s}/froc.parquet" for s in MAIN_STAGES]
 
 
+def main_paper_arg(wildcards):
+    """The paper's Table II average of each main stage, from the ablation rows of the "full" experiment
+    (the main pipeline's recipe), '-' where the paper gives none."""
+    paper = {r["stage"]: r["paper"] for r in ABLATION["rows"].values()
+             if r["experiment"] == "full" and r.get("paper") is not None}
+    return " ".join(str(paper.get(s, "-")) for s in MAIN_STAGES)
+
+
 def mining_report_files(wildcards):
     files = [f"results/{MAIN}/mining/audit.md", f"results/{MAIN}/mining/montage.png"]
     if config["mining"]["delta"] == "auto":

@@ -42,6 +42,8 @@ rule froc_plot:
         "results/benchmarks/froc_plot.tsv"
     conda:
         "../../envs/lens.yaml"
+    params:
+        paper=main_paper_arg,
     shell:
-        "lens froc-plot --curves {input} --out {output.plot} --table {output.table} "
-        "--title 'LENS on the DeepLesion-like test split' 2> {log}"
+        "lens froc-plot --curves {input} --out {output.plot} --table {output.table} --paper {params.paper} "
+        "--title 'LENS on the DeepLesion-like test split (paper: Table II, on DeepLesion)' 2> {log}"
