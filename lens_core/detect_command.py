@@ -5,6 +5,8 @@ import argparse
 import logging
 from pathlib import Path
 
+from lens_core.cli import add_torch_args, set_torch_threads
+
 log = logging.getLogger(__name__)
 
 
@@ -27,20 +29,16 @@ def add_parser(subparsers) -> None:
     p.add_argument("--slice-mm", type=float, default=None,
                    help="slice resampling (default: recorded in the model files, else 4.0)")
     p.add_argument("--stack-iou", type=float, default=0.5, help="theta of the 2D->3D stacking")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    add_torch_args(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
     from lens_core.detect import detect_scan, prep_params, read_scan, write_overlays, write_table
     from lens_core.model.lens import load_lens
     from lens_core.training.loop import resolve_device
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_torch_threads(args)
     dev = resolve_device(args.device)
     img = read_scan(args.input)  # first: a bad scan fails before any model is loaded
     if not args.model.is_file():

@@ -6,6 +6,8 @@ import argparse
 import logging
 from pathlib import Path
 
+from lens_core.cli import add_torch_args, set_torch_threads
+
 log = logging.getLogger(__name__)
 
 
@@ -34,8 +36,7 @@ def add_parser(subparsers) -> None:
                    help="hold out this fraction of patients and log the FPR's AUC on them")
     p.add_argument("--split", default="train", help="volumes of this split (volumes.parquet) are used")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    add_torch_args(p)
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_train)
 
@@ -48,18 +49,14 @@ def add_parser(subparsers) -> None:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--score", choices=["fused", "fpr", "lens"], default="fused",
                    help="which score goes into the `score` column (fused = Eq. 4)")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    add_torch_args(p)
     p.set_defaults(func=_score)
 
 
 def _train(args: argparse.Namespace) -> int:
-    import torch
-
     from lens_core.fpr.train import FprTrainConfig, SampleSource, train_fpr
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_torch_threads(args)
     cfg = FprTrainConfig.for_preset(args.preset, weights_path=str(args.weights) if args.weights else None,
                                     epochs=args.epochs, lr=args.lr, tp_per_epoch=args.tp_per_epoch,
                                     val_fraction=args.val_fraction, seed=args.seed)
@@ -72,13 +69,10 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _score(args: argparse.Namespace) -> int:
-    import torch
-
     from lens_core.fpr.score import score_table
     from lens_core.training.loop import resolve_device
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_torch_threads(args)
     df = score_table(args.model, args.prep_dir, args.proposals3d, args.out, args.score, resolve_device(args.device))
     log.info("wrote %s: %d proposals, score = %s", args.out, len(df), args.score)
     return 0

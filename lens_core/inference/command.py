@@ -6,13 +6,9 @@ import logging
 import os
 from pathlib import Path
 
+from lens_core.cli import add_torch_args, positive_shard, set_torch_threads
+
 log = logging.getLogger(__name__)
-
-
-def _shard(text: str):
-    from lens_core.cli import positive_shard
-
-    return positive_shard(text)
 
 
 def add_parser(subparsers) -> None:
@@ -24,7 +20,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--prep-dir", type=Path, required=True)
     p.add_argument("--dataset", required=True)
     p.add_argument("--split", choices=["train", "val", "test", "all"], default="test")
-    p.add_argument("--shard", type=_shard, default=(0, 1), help="i/n: every n-th volume from i (0-based)")
+    p.add_argument("--shard", type=positive_shard, default=(0, 1), help="i/n: every n-th volume from i (0-based)")
     p.add_argument("--out", type=Path, required=True, help="2D proposals (Parquet)")
     p.add_argument("--out3d", type=Path, default=None, help="3D boxes stacked from the fused 2D proposals")
     p.add_argument("--experts", default=None,
@@ -33,9 +29,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--max-per-slice", type=int, default=20, help="fused proposals kept per slice")
     p.add_argument("--stack-iou", type=float, default=0.5, help="theta of the 2D->3D stacking")
     p.add_argument("--batch-slices", type=int, default=None, help="slices per forward pass (16 CPU, 64 CUDA)")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch CPU threads (default 1: on a shared 2-core machine 2 threads ran up to 7x slower)")
+    add_torch_args(p)
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run)
 
@@ -48,14 +42,11 @@ def _write(df, path: Path) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
     from lens_core.inference.proposals import expert_names, propose, stack_proposals_3d
     from lens_core.model.lens import load_lens
     from lens_core.training.loop import resolve_device
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_torch_threads(args)
     dev = resolve_device(args.device)
     loaded = [load_lens(path, dev) for path in args.model]
     models = [m for m, _ in loaded]

@@ -5,6 +5,8 @@ import argparse
 import logging
 from pathlib import Path
 
+from lens_core.cli import add_torch_args, set_torch_threads
+
 log = logging.getLogger(__name__)
 
 
@@ -17,20 +19,16 @@ def add_parser(subparsers) -> None:
     p.add_argument("--config", type=Path, required=True, help="YAML/JSON file with the training config")
     p.add_argument("--config-section", default=None, help="top-level key of --config holding the training config")
     p.add_argument("--out", type=Path, required=True, help="output folder (lens.pt, checkpoint.pt, losses.*)")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--seed", type=int, default=None, help="overrides the config's seed")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=YAML",
                    help="override config keys, e.g. --set datasets=[deeplesion] epochs=4 (ablation rows)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt if present")
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch CPU threads (default 1: on a shared 2-core machine 2 threads ran up to 7x slower)")
+    add_torch_args(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
     from lens_core.config import parse_overrides
     from lens_core.training.config import load_config_file
     from lens_core.training.loop import train
@@ -38,8 +36,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_config_file(args.config, args.config_section, overrides=parse_overrides(args.set))
     if args.seed is not None:
         cfg.seed = args.seed
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_torch_threads(args)
     path = train(cfg, args.prep_dir, args.out, labels=args.labels, device=args.device,
                  resume=args.resume, progress=not args.no_progress)
     log.info("wrote %s", path)
