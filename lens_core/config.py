@@ -34,6 +34,8 @@ def parse_overrides(items: list[str]) -> dict:
             node = node.setdefault(k, {})
             if not isinstance(node, dict):
                 raise ValueError(f"--set {item!r}: {k} was already given a value")
+        if isinstance(node.get(leaf), dict):
+            raise ValueError(f"--set {item!r}: {key} was already given as a section")
         node[leaf] = parsed
     return out
 

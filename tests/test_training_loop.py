@@ -73,7 +73,12 @@ def _same(a, b):
 
 def test_a_checkpoint_of_another_config_is_not_resumed(prep, tmp_path, caplog):
     """Snakemake always passes --resume: after a config change the rule retrains from scratch."""
-    train(small_cfg(epochs=1), prep, tmp_path / "run", device="cpu", progress=False)
+    def kill(epoch, batch):
+        if epoch == 1 and batch == 0:
+            raise Killed
+
+    with pytest.raises(Killed):
+        train(small_cfg(epochs=2), prep, tmp_path / "run", device="cpu", progress=False, on_step=kill)
     cfg = small_cfg(epochs=2, lr=1e-2)
     again = train(cfg, prep, tmp_path / "run", device="cpu", progress=False, resume=True)
     assert "not resumed (other training config)" in caplog.text
@@ -102,6 +107,37 @@ def test_a_killed_run_is_not_resumed_onto_other_labels(prep, tmp_path, caplog):
     fresh = train(cfg, run_prep, tmp_path / "fresh", device="cpu", progress=False)
     assert _same(_weights(resumed), _weights(fresh))
     assert not _same(_weights(fresh), _weights(train(cfg, prep, tmp_path / "old", device="cpu", progress=False)))
+
+
+def test_a_killed_round_2_is_not_resumed_onto_other_round_2_labels(prep, tmp_path, caplog):
+    """The same with `--labels` (round 2): the merged label table changed after a mining step reran."""
+    labels = pd.concat([pd.read_parquet(prep / d / "lesions.parquet") for d in DATASETS], ignore_index=True)
+    labels.to_parquet(tmp_path / "labels.parquet")
+    cfg = small_cfg(epochs=2, lr_steps=[1])
+
+    def kill(epoch, batch):
+        if epoch == 1 and batch == 0:
+            raise Killed
+
+    with pytest.raises(Killed):
+        train(cfg, prep, tmp_path / "run", labels=tmp_path / "labels.parquet", device="cpu", progress=False,
+              on_step=kill)
+    labels.iloc[1:].to_parquet(tmp_path / "labels.parquet")
+    resumed = train(cfg, prep, tmp_path / "run", labels=tmp_path / "labels.parquet", device="cpu",
+                    progress=False, resume=True)
+    assert "not resumed (other input tables)" in caplog.text
+    fresh = train(cfg, prep, tmp_path / "fresh", labels=tmp_path / "labels.parquet", device="cpu", progress=False)
+    assert _same(_weights(resumed), _weights(fresh))
+
+
+def test_a_finished_run_leaves_no_checkpoint_so_a_forced_rerun_trains(prep, tmp_path, caplog):
+    cfg = small_cfg(epochs=1)
+    train(cfg, prep, tmp_path, device="cpu", progress=False)
+    assert (tmp_path / "lens.pt").exists() and not (tmp_path / "checkpoint.pt").exists()
+    caplog.clear()
+    with caplog.at_level("INFO"):
+        train(cfg, prep, tmp_path, device="cpu", progress=False, resume=True)
+    assert "resuming" not in caplog.text and "epoch 1:" in caplog.text  # it trained the epoch again
 
 
 def test_an_unreadable_checkpoint_is_a_clear_error(prep, tmp_path):

@@ -119,7 +119,9 @@ def load_config_file(path: str | Path, section: str | None = None, overrides: di
         data = data[section]
     if not isinstance(data, dict):
         raise ValueError(f"{path}: training config must be a mapping")
-    data = {**data, **(overrides or {})}
+    from lens_core.config import deep_merge
+
+    data = deep_merge(data, overrides)  # a dotted --set key (volume_fraction.lits=1) keeps its siblings
     try:
         return TrainConfig.from_config(data)
     except (TypeError, ValueError) as e:

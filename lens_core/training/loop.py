@@ -95,8 +95,8 @@ def train(
     progress: bool = True,
     on_step: Callable[[int, int], None] | None = None,
 ) -> Path:
-    """Train LENS; writes ``lens.pt``, ``checkpoint.pt``, ``losses.parquet``, ``losses.png`` in
-    ``out_dir`` and returns the path of ``lens.pt``.
+    """Train LENS; writes ``lens.pt``, ``losses.parquet``, ``losses.png`` in ``out_dir`` and returns the
+    path of ``lens.pt``. ``checkpoint.pt`` (every epoch) lives only until then.
 
     ``on_step(epoch, batch)`` is called after every optimizer step (tests use it to kill a run).
     """
@@ -191,4 +191,7 @@ def train(
     save_lens(model_path, model, meta)
     df = write_loss_table(rows, out / "losses.parquet")
     plot_losses(df, out / "losses.png")
+    # a finished run leaves no checkpoint: a forced rerun (say, after a code change) must train, not
+    # "resume" at the last epoch and write the old weights again
+    ckpt_path.unlink(missing_ok=True)
     return model_path
