@@ -109,7 +109,8 @@ def test_another_seed_gives_another_world(tiny_corpus, tmp_path):
 
 def test_heldout_cohort_has_only_the_asked_scans_and_new_patients(tiny_corpus, tmp_path):
     """`lens synthesize --set` (what `snakemake fig7` asks for its held-out cohort): no DeepLesion-like
-    patients, 3 LUNA-like scans, no others; another seed, so none of its scans is one of the corpus's."""
+    patients, 3 LUNA-like scans, no others; another seed, so its LUNA-like scans are new ones (their
+    seriesuids derive from the seed; LiTS / NIH-LN keys are case numbers and repeat across seeds)."""
     out = tmp_path / "heldout"
     assert main(["synthesize", "--out", str(out), "--config", str(TINY_CONFIG), "--seed", "1000", "--no-progress",
                  "--set", "deeplesion.patients=0", "luna.cases=3", "lits.cases=0", "nihln.cases=0"]) == 0
@@ -120,10 +121,14 @@ def test_heldout_cohort_has_only_the_asked_scans_and_new_patients(tiny_corpus, t
     assert len(read_dataset("luna", out / "luna").volumes) == 3
 
 
-@pytest.mark.parametrize("bad", ["luna.cases", "=3", "luna..cases=3", "luna.cases=[1"])
-def test_synthesize_set_rejects_malformed_overrides(tmp_path, bad, caplog):
+@pytest.mark.parametrize("bad, says", [("luna.cases", "KEY=VALUE"), ("=3", "KEY=VALUE"), ("luna..cases=3", "KEY=VALUE"),
+                                       ("luna.cases=[1", "not valid YAML"), ("luna.casez=3", "['casez']"),
+                                       ("luna=3", "corpus.luna: must be a mapping"), ("lunar.cases=3", "['lunar']")])
+def test_synthesize_set_rejects_malformed_overrides(tmp_path, bad, says, caplog):
+    """A typo in a corpus override is an error naming it, not a silently ignored key; nothing is written."""
     assert main(["synthesize", "--out", str(tmp_path / "c"), "--set", bad, "--no-progress"]) != 0
-    assert bad in caplog.text and not (tmp_path / "c").exists()
+    assert says in caplog.text
+    assert not (tmp_path / "c").exists() and not (tmp_path / "c.tmp").exists()
 
 
 def test_bad_input_fails_cleanly_and_leaves_no_artifact(tiny_corpus, tmp_path, caplog):

@@ -91,10 +91,21 @@ def corpus_config(overrides: dict | None) -> dict:
     from ..config import deep_merge
 
     extra = {k: v for k, v in (overrides or {}).items() if k not in ("builtin", "root")}
-    unknown = set(extra) - set(DEFAULT_CORPUS)
-    if unknown:
-        raise ValueError(f"corpus config: unknown keys {sorted(unknown)} (known: {sorted(DEFAULT_CORPUS)})")
+    _check_keys(extra, DEFAULT_CORPUS, "corpus")
     return deep_merge(DEFAULT_CORPUS, extra)
+
+
+def _check_keys(given: dict, known: dict, where: str) -> None:
+    """Every key of `given` exists in `known`, and a section stays a section (a typo is an error, not a no-op)."""
+    unknown = sorted(set(given) - set(known))
+    if unknown:
+        raise ValueError(f"{where}: unknown keys {unknown} (known: {sorted(known)})")
+    for k, v in given.items():
+        if isinstance(known[k], dict) != isinstance(v, dict):
+            kind = "a mapping" if isinstance(known[k], dict) else "a value"
+            raise ValueError(f"{where}.{k}: must be {kind}, got {v!r}")
+        if isinstance(v, dict):
+            _check_keys(v, known[k], f"{where}.{k}")
 
 
 def _visible(p: ph.Patient, study: int, grid: ph.Grid, min_px: float = 1.0) -> list[VisibleLesion]:
@@ -239,11 +250,12 @@ def write_corpus(out: Path, cfg: dict | None = None, progress: bool = True) -> p
     from . import writers  # the format writers
 
     out = Path(out)
+    cfg = corpus_config(cfg)  # a bad key fails here, before anything is written
     tmp = out.with_name(out.name + ".tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
-    scans = generate_scans(cfg or {})
+    scans = generate_scans(cfg)
     writers.write_all(tmp, scans, progress=progress)
     truth = truth_table(scans)
     truth.to_parquet(tmp / "hidden_truth.parquet", index=False)
