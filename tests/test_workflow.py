@@ -107,6 +107,14 @@ def test_config_rejects_an_unknown_format(tmp_path):
     assert "dicomdir" in res.stdout + res.stderr
 
 
+def test_fpr_extra_datasets_must_name_datasets_of_the_config(tmp_path):
+    cfg = yaml.safe_load((ROOT / "tests" / "data" / "tiny_config.yaml").read_text())
+    cfg["fpr"]["extra_datasets"] = ["LUNA"]
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
+    res = _run(["-n"], tmp_path)
+    assert res.returncode != 0 and "fpr.extra_datasets ['LUNA'] are not datasets" in res.stdout + res.stderr
+
+
 def test_real_data_switch_reads_released_folders_instead_of_the_corpus(tiny_corpus, tmp_path):
     """corpus.builtin: false + dataset roots elsewhere: no corpus job, the readers read those folders."""
     cfg = yaml.safe_load((ROOT / "tests" / "data" / "tiny_config.yaml").read_text())

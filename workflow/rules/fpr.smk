@@ -3,6 +3,9 @@
 # Single-type datasets (config fpr.extra_datasets) that the experiment trains on add FPR samples: their
 # round-2 proposals on their own training volumes and their labels (deviation from Sec. VI-B, see config).
 FPR_EXTRA = [d for d in config["fpr"].get("extra_datasets", []) if d != "deeplesion"]
+if set(FPR_EXTRA) - set(config["datasets"]):
+    raise ValueError(f"fpr.extra_datasets {sorted(set(FPR_EXTRA) - set(config['datasets']))} are not datasets of "
+                     f"the config ({sorted(config['datasets'])})")
 
 
 rule train_fpr:
