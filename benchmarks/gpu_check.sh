@@ -7,15 +7,20 @@
 #  4. `lens train-fpr` / `lens score-fpr` on the GPU, both presets (the paper preset for a few steps).
 #
 #   benchmarks/gpu_check.sh [RESULTS_DIR=results] [OUT_DIR=gpu_check]
-# RESULTS_DIR needs prep/, lens/round2/lens.pt, lens/round2/proposals/fused/deeplesion/train.3d.parquet and
-# lens/mining/labels_round2.parquet (the default DAG's outputs). Each step prints its time; a failed step is
-# reported and the next one still runs; the exit status is non-zero if any failed.
+# Run it with the project's Python (inside its environment, or PYTHON=/path/to/python); it needs torch,
+# torchvision, numba, h5py, pandas and pyarrow, not SimpleITK. RESULTS_DIR needs prep/, lens/round2/lens.pt,
+# lens/round2/proposals/fused/deeplesion/train.3d.parquet and lens/mining/labels_round2.parquet (the default
+# DAG's outputs). Each step prints its time; a failed step is reported and the next one still runs (the FPR
+# steps score the propose step's output); the exit status is non-zero if any failed.
 set -uo pipefail
-R=${1:-results}
-O=${2:-gpu_check}
+R=$(realpath -m "${1:-results}")
+O=$(realpath -m "${2:-gpu_check}")
 DEV=${DEV:-cuda}  # DEV=cpu runs the same steps on the CPU (slow: a dry run of the script)
+PY=${PYTHON:-python}
 mkdir -p "$O"
+cd "$(dirname "$0")/.."  # the repository: config.yaml, benchmarks/, lens_core/
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # benchmarks/*.py import lens_core
+python() { "$PY" "$@"; }
 lens() { python -m lens_core.cli "$@"; }
 failed=()
 check() {  # check TITLE FUNCTION [ARGS]: one step in a subshell that stops at its first error, timed

@@ -1,7 +1,7 @@
-"""`lens fig7-table`: the paper's Fig. 7 on our data. Each single-type dataset's own validation metric
-(LUNA16 CPM: mean sensitivity at 1/8 ... 8 FPs per scan, its own expert) of a model trained on that
-dataset alone vs jointly with every dataset, at several fractions of its training volumes; mean ± sd
-over seeds.
+"""`lens fig7-table`: the paper's Fig. 7 on our data. Each single-type dataset's own metric (LUNA16 CPM:
+mean sensitivity at 1/8 ... 8 FPs per scan, its own expert; on its validation split or a held-out cohort)
+of a model trained on that dataset alone vs jointly with every dataset, at several fractions of its
+training volumes; mean ± sd over seeds.
 
 Each run is one summary.parquet written by `lens evaluate --protocol luna`; the table reads its `all`
 stratum.

@@ -1,6 +1,7 @@
-# Issue 6: the paper's Fig. 7 (Sec. VI-D): each single-type dataset's validation CPM (LUNA16 protocol, its own
-# expert) of round-1 LENS trained on that dataset alone vs jointly with every dataset, on growing nested
-# fractions of its training volumes: `snakemake --cores all fig7` (not part of the default target).
+# Issue 6: the paper's Fig. 7 (Sec. VI-D): each single-type dataset's CPM (LUNA16 protocol, its own expert;
+# on the held-out cohort of fig7.heldout with the built-in corpus, else on its validation split) of round-1
+# LENS trained on that dataset alone vs jointly with every dataset, on growing nested fractions of its
+# training volumes: `snakemake --cores all fig7` (not part of the default target).
 # Models live in results/fig7/<model>/ with <model> = <dataset>_alone_f<pct>_s<seed> or joint_f<pct>_s<seed>
 # (fig7.joint: own -> <dataset>_joint_f<pct>_s<seed>); the joint model on all volumes is the main pipeline's
 # round-1 model of that seed, which is reused instead of trained again.
