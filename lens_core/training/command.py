@@ -18,11 +18,11 @@ def add_parser(subparsers) -> None:
                    help="round-2 label table; replaces lesions.parquet for the datasets it contains")
     p.add_argument("--config", type=Path, required=True, help="YAML/JSON file with the training config")
     p.add_argument("--config-section", default=None, help="top-level key of --config holding the training config")
-    p.add_argument("--out", type=Path, required=True, help="output folder (lens.pt, checkpoint.pt, losses.*)")
+    p.add_argument("--out", type=Path, required=True, help="output folder (lens.pt, losses.*; checkpoint.pt while training)")
     p.add_argument("--seed", type=int, default=None, help="overrides the config's seed")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=YAML",
                    help="override config keys, e.g. --set datasets=[deeplesion] epochs=4 (ablation rows)")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt if present")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run from OUT/checkpoint.pt (same config and input tables)")
     add_torch_args(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
