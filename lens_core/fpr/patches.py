@@ -104,10 +104,8 @@ def augment(patches: torch.Tensor, boxes: torch.Tensor, patch: tuple[int, int, i
     ix = torch.as_tensor(ox[:, None] + np.arange(w)[None])
     out = patches[torch.arange(n)[:, None, None], :, :, iy[:, :, None], ix[:, None, :]]  # [N, H, W, 1, D]
     out = out.permute(0, 3, 4, 1, 2)
-    b = boxes.clone()
-    b[:, [0, 3]] -= torch.as_tensor(ox, dtype=b.dtype)[:, None]
-    b[:, [1, 4]] -= torch.as_tensor(oy, dtype=b.dtype)[:, None]
-    b = torch.minimum(b.clamp(min=0), torch.tensor([w, h, d, w, h, d], dtype=b.dtype))
+    b = _window_boxes(boxes, torch.as_tensor(ox, dtype=boxes.dtype)[:, None],
+                      torch.as_tensor(oy, dtype=boxes.dtype)[:, None], patch)
     flips = rng.integers(0, 2, (n, 4)).astype(bool)
     for k, axes in enumerate(((True, False, False), (False, True, False), (False, False, True))):
         sel = torch.as_tensor(np.flatnonzero(flips[:, k]))
@@ -123,10 +121,16 @@ def augment(patches: torch.Tensor, boxes: torch.Tensor, patch: tuple[int, int, i
 def centre_window(patches: torch.Tensor, boxes: torch.Tensor, patch: tuple[int, int, int]
                   ) -> tuple[torch.Tensor, torch.Tensor]:
     """The middle ``patch``-sized window of patches cropped with a margin: the scoring patch."""
-    d, h, w = patch
+    _, h, w = patch
     my, mx = (patches.shape[3] - h) // 2, (patches.shape[4] - w) // 2
+    return patches[:, :, :, my:my + h, mx:mx + w], _window_boxes(boxes, mx, my, patch)
+
+
+def _window_boxes(boxes: torch.Tensor, ox, oy, patch: tuple[int, int, int]) -> torch.Tensor:
+    """Boxes of margin-cropped patches in a ``patch``-sized window at in-plane offset ``(ox, oy)``
+    (numbers, or per-box ``[N, 1]`` tensors), clipped to the window."""
+    d, h, w = patch
     b = boxes.clone()
-    b[:, [0, 3]] -= mx
-    b[:, [1, 4]] -= my
-    b = torch.minimum(b.clamp(min=0), torch.tensor([w, h, d, w, h, d], dtype=b.dtype))
-    return patches[:, :, :, my:my + h, mx:mx + w], b
+    b[:, [0, 3]] -= ox
+    b[:, [1, 4]] -= oy
+    return torch.minimum(b.clamp(min=0), torch.tensor([w, h, d, w, h, d], dtype=b.dtype))

@@ -46,6 +46,7 @@ def _union_nms(cand_boxes, cand_fused, nms_thresh, min_score, max_boxes) -> torc
     keep = idx[nms(cand_boxes[idx], cand_fused[idx], nms_thresh)]
     return keep if max_boxes is None else keep[:max_boxes]
 
+
 def fuse_models(
     outputs: list[tuple[torch.Tensor, torch.Tensor]],
     fuse: list[list[int]],

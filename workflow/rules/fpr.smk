@@ -8,14 +8,19 @@ if set(FPR_EXTRA) - set(config["datasets"]):
                      f"the config ({sorted(config['datasets'])})")
 
 
+def fpr_extra(exp):
+    """The extra datasets that experiment `exp` trains on."""
+    return [d for d in FPR_EXTRA if d in exp_datasets(exp)]
+
+
 rule train_fpr:
     input:
         proposals="results/{exp}/round2/proposals/fused/deeplesion/train.3d.parquet",
         labels="results/{exp}/mining/labels_round2.parquet",
         prep=prep_tables(["deeplesion"]),
         extra_proposals=lambda w: [f"results/{w.exp}/round2/proposals/fused/{d}/train.3d.parquet"
-                                   for d in FPR_EXTRA if d in exp_datasets(w.exp)],
-        extra_labels=lambda w: [f"results/prep/{d}/lesions.parquet" for d in FPR_EXTRA if d in exp_datasets(w.exp)],
+                                   for d in fpr_extra(w.exp)],
+        extra_labels=lambda w: [f"results/prep/{d}/lesions.parquet" for d in fpr_extra(w.exp)],
     output:
         "results/{exp}/fpr/fpr.pt",
     log:
