@@ -116,6 +116,19 @@ def train_overrides(wildcards):
     return " ".join(args)
 
 
+# Single-type datasets (config fpr.extra_datasets) that the experiment trains on add FPR samples: their
+# round-2 proposals on their own training volumes and their labels (deviation from Sec. VI-B, see config).
+FPR_EXTRA = [d for d in config["fpr"].get("extra_datasets", []) if d != "deeplesion"]
+if set(FPR_EXTRA) - set(config["datasets"]):
+    raise ValueError(f"fpr.extra_datasets {sorted(set(FPR_EXTRA) - set(config['datasets']))} are not datasets of "
+                     f"the config ({sorted(config['datasets'])})")
+
+
+def fpr_extra(exp):
+    """The extra datasets that experiment `exp` trains on."""
+    return [d for d in FPR_EXTRA if d in exp_datasets(exp)]
+
+
 def labels_arg(wildcards, input):
     """`lens train --labels`: the merged round-2 labels of a training rule with a `labels` input, else none."""
     return f"--labels {input.labels}" if "labels" in input.keys() else ""
