@@ -3,7 +3,8 @@
 #
 # The venv lives outside the checkout, keyed by a hash of the dependency pins, so that fresh clones
 # (CI runs a new one every time) reuse it and a change of pins gets a new one instead of filling the
-# disk with copies. The package itself is installed in editable mode from *this* checkout each time.
+# disk with copies. The venv holds the dependencies only: scripts/in-env puts *this* checkout on
+# PYTHONPATH and PATH, so two checkouts sharing one venv each run their own code.
 #   usage: source <(scripts/setup-env.sh --print-activate)   or   VENV=$(scripts/setup-env.sh)
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -26,6 +27,12 @@ if [ ! -x "$venv/bin/lens-ready" ]; then
     "$venv/bin/pip" install -q $(echo "$pins" | tr '\n' ' ') >&2
     printf '#!/bin/sh\nexit 0\n' > "$venv/bin/lens-ready" && chmod +x "$venv/bin/lens-ready"
 fi
-# editable install of this checkout (no dependency resolution: seconds)
-"$venv/bin/pip" install -q --no-deps --no-build-isolation -e "$here" >/tmp/lens-editable-install.log 2>&1 || { cat /tmp/lens-editable-install.log >&2; exit 1; }
-if [ "${1:-}" = "--print-activate" ]; then echo "source '$venv/bin/activate'"; else echo "$venv"; fi
+# a venv built by an earlier version of this script holds an editable install of some checkout: drop it
+if compgen -G "$venv/lib/python3*/site-packages/__editable__*lens_core*" >/dev/null; then
+    "$venv/bin/pip" uninstall -q -y lens-core >&2
+fi
+if [ "${1:-}" = "--print-activate" ]; then
+    echo "source '$venv/bin/activate'; export PYTHONPATH='$here'\${PYTHONPATH:+:\$PYTHONPATH} PATH='$here/scripts/bin':\$PATH"
+else
+    echo "$venv"
+fi
