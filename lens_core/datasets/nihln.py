@@ -243,8 +243,12 @@ def find_series_dir(case_dir: Path) -> Path:
     if not found:
         raise DatasetError(f"{case_dir}: no DICOM series found at any depth (found: {describe_folder(case_dir)})")
     if len(found) > 1:
-        where = ", ".join(Path(d).relative_to(case_dir).as_posix() for d, _ in found)
-        raise DatasetError(f"{case_dir}: {len(found)} DICOM series (in {where}); expected one")
+        parts = []
+        for d, uid in found:
+            files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(d), uid)
+            names = ", ".join(Path(f).relative_to(case_dir).as_posix() for f in files[:3])
+            parts.append(f"{len(files)} file{'s' * (len(files) > 1)}: {names}{' ...' if len(files) > 3 else ''}")
+        raise DatasetError(f"{case_dir}: {len(found)} DICOM series, expected one ({'; '.join(parts)})")
     return found[0][0]
 
 

@@ -259,7 +259,7 @@ def read_scan(path, *, spacing=None, dl_info=None, slices: tuple[int, int] | Non
 
     path:
       - `*.nii` / `*.nii.gz` (LiTS): header checked (pixdim > 0, data as long as dim x bitpix);
-      - `*.mhd` (LUNA16): spacing > 0, data file exactly DimSize x element bytes;
+      - `*.mhd` (LUNA16) / `*.mha`: spacing > 0, data exactly DimSize x element bytes;
       - a folder holding one DICOM series at any depth (NIH-LN; TCIA's case/study/series folders): one
         series only, no missing slice (even z steps, InstanceNumber without gaps, ImagesInAcquisition
         when present), one size and orientation;
@@ -279,10 +279,10 @@ def read_scan(path, *, spacing=None, dl_info=None, slices: tuple[int, int] | Non
         name = path.name.lower()
         if is_nifti(path):
             check_nifti(path)
-        elif name.endswith(".mhd"):
+        elif name.endswith((".mhd", ".mha")):
             check_metaimage(path)
         else:
-            raise DatasetError(f"{path}: not a scan file read here; expected a .nii/.nii.gz or .mhd file, a "
+            raise DatasetError(f"{path}: not a scan file read here; expected a .nii/.nii.gz or .mhd/.mha file, a "
                                f"folder of one DICOM series, or a DeepLesion folder of 16-bit PNG slices")
         if spacing is not None:
             raise ValueError(f"{path}: spacing is given by the file's header; --spacing is for DeepLesion "
