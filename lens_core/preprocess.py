@@ -139,6 +139,8 @@ def preprocess_dataset(fmt: str, root: Path, out_dir: Path, params: PrepParams, 
 
     dataset = dataset or fmt
     root, out_dir = Path(root), Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"{out_dir}: --out exists and is not a folder")
     index = read_dataset(fmt, root, **(reader_opts or {}))
     volumes = _shard(index.volumes, shard)
     truth_df = _load_truth(truth, fmt, index.volumes) if truth else None

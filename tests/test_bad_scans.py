@@ -234,6 +234,15 @@ def test_failed_rerun_keeps_the_previous_outputs(tiny_corpus, tmp_path, caplog):
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
 
+def test_out_that_is_a_file_is_refused(tiny_corpus, tmp_path, caplog):
+    out = tmp_path / "out"
+    out.write_text("not a folder")
+    rc, errors = _run(["preprocess", "--format", "lits", "--root", str(tiny_corpus / "lits"), "--out", str(out),
+                       *PREP], caplog)
+    assert rc != 0 and len(errors) == 1 and f"{out}: --out exists and is not a folder" in errors[0], errors
+    assert out.read_text() == "not a folder" and sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
 @pytest.mark.parametrize("flag, value, expected", [
     ("--pixel-mm", "0", "expected a finite number > 0"),
     ("--pixel-mm", "nan", "expected a finite number > 0"),
