@@ -17,11 +17,48 @@ import pyarrow.parquet as pq
 TABLES = ("volumes.parquet", "lesions.parquet", "truth.parquet", "test3d.parquet")
 
 
+def _shard_meta(shard: Path) -> tuple[dict, list[str]]:
+    path = shard / "volumes.h5"
+    try:
+        with h5py.File(path, "r") as f:
+            return json.loads(f.attrs["lens"]), list(f.keys())
+    except (OSError, KeyError, ValueError) as e:
+        raise ValueError(f"{path}: not a preprocessing shard ({e})") from None
+
+
+def check_shards(shards: list[Path]) -> None:
+    """The shards must be the n pieces of one preprocessing run: one dataset, format, source folder and
+    set of parameters, shard indices 0..n-1 each once, no volume twice. Shards of two datasets (or two
+    resamplings) would otherwise merge silently into one table."""
+    metas = [(s, *_shard_meta(s)) for s in shards]
+    ref_shard, ref, _ = metas[0]
+    same = {k: v for k, v in ref.items() if k != "shard"}
+    for s, m, _ in metas[1:]:
+        for k, v in same.items():
+            if m.get(k) != v:
+                raise ValueError(f"{s / 'volumes.h5'}: {k} {m.get(k)!r} differs from {ref_shard / 'volumes.h5'}'s "
+                                 f"{v!r}; the shards of one gather must come from one preprocessing run")
+        if set(m) - {"shard"} != set(same):
+            raise ValueError(f"{s / 'volumes.h5'}: other settings than {ref_shard / 'volumes.h5'}")
+    counts = {m["shard"][1] for _, m, _ in metas}
+    index = sorted(m["shard"][0] for _, m, _ in metas)
+    if len(counts) != 1 or index != list(range(next(iter(counts)))):
+        got = ", ".join(f"{s}: {m['shard'][0]}/{m['shard'][1]}" for s, m, _ in metas)
+        raise ValueError(f"the shards given are not shards 0..n-1 of one run, each once ({got})")
+    seen: dict[str, Path] = {}
+    for s, _, vids in metas:
+        for v in vids:
+            if v in seen:
+                raise ValueError(f"{s / 'volumes.h5'}: volume {v} also in {seen[v] / 'volumes.h5'}")
+            seen[v] = s
+
+
 def gather(shards: list[Path], out: Path) -> None:
     shards = [Path(s) for s in shards]
     for s in shards:
         if not (s / "volumes.h5").exists():
             raise FileNotFoundError(f"{s / 'volumes.h5'}: shard missing (did preprocess --shard finish?)")
+    check_shards(shards)
     out.mkdir(parents=True, exist_ok=True)
     for name in TABLES:
         parts = [pq.read_table(s / name) for s in shards if (s / name).exists()]

@@ -13,6 +13,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -127,7 +130,8 @@ def preprocess_dataset(fmt: str, root: Path, out_dir: Path, params: PrepParams, 
 
     Writes volumes.h5, volumes.parquet, lesions.parquet, and when present test3d.parquet (DeepLesion's
     fully annotated 3D test set) and truth.parquet (the built-in corpus's hidden truth). All files are
-    written under temporary names and renamed at the end: a failure leaves no partial artifact.
+    written into a fresh temporary folder and published at the end (`staging_folder`): a failure leaves
+    no output at all.
     """
     from tqdm import tqdm
 
@@ -135,6 +139,8 @@ def preprocess_dataset(fmt: str, root: Path, out_dir: Path, params: PrepParams, 
 
     dataset = dataset or fmt
     root, out_dir = Path(root), Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"{out_dir}: --out exists and is not a folder")
     index = read_dataset(fmt, root, **(reader_opts or {}))
     volumes = _shard(index.volumes, shard)
     truth_df = _load_truth(truth, fmt, index.volumes) if truth else None
@@ -144,12 +150,10 @@ def preprocess_dataset(fmt: str, root: Path, out_dir: Path, params: PrepParams, 
     meta = {"dataset": dataset, "format": fmt, "root": str(root), "shard": list(shard), **params.as_meta(),
             "reader": reader_opts or {}}
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    h5_tmp = out_dir / "volumes.h5.tmp"
     vol_rows, les_parts, truth_parts, test_parts = [], [], [], []
     raw_bytes = 0
-    try:
-        with h5py.File(h5_tmp, "w") as h5:
+    with staging_folder(out_dir) as tmp_dir:
+        with h5py.File(tmp_dir / "volumes.h5", "w") as h5:
             h5.attrs["lens"] = json.dumps(meta)
             for _, v in tqdm(volumes.iterrows(), total=len(volumes), desc=f"preprocess {dataset}",
                              disable=not progress, unit="vol"):
@@ -180,24 +184,50 @@ def preprocess_dataset(fmt: str, root: Path, out_dir: Path, params: PrepParams, 
                         test_parts.append(_to_prep(t.assign(kind="3d"), img, pre, v, dataset))
         vol_df = pd.DataFrame(vol_rows, columns=[f.name for f in VOLUME_SCHEMA])
         les_df = pd.concat(les_parts, ignore_index=True) if les_parts else _empty(LESION_SCHEMA)
-        write_parquet(vol_df, out_dir / "volumes.parquet", meta, VOLUME_SCHEMA)
-        write_parquet(les_df, out_dir / "lesions.parquet", meta, LESION_SCHEMA)
+        write_parquet(vol_df, tmp_dir / "volumes.parquet", meta, VOLUME_SCHEMA)
+        write_parquet(les_df, tmp_dir / "lesions.parquet", meta, LESION_SCHEMA)
         # truth.parquet and test3d.parquet always exist (empty where the data has none) so that the
         # workflow's file graph is the same for the built-in corpus and for real data
         tdf = pd.concat(truth_parts, ignore_index=True) if truth_parts else _empty(TRUTH_SCHEMA)
-        write_parquet(tdf, out_dir / "truth.parquet", meta, TRUTH_SCHEMA)
+        write_parquet(tdf, tmp_dir / "truth.parquet", meta, TRUTH_SCHEMA)
         subs = index.test3d_subvolumes if test3d is not None else pd.DataFrame(columns=["volume_id", "split", "subvolume"])
         subs = subs[subs["volume_id"].isin(vol_df["volume_id"])]
         tdf = pd.concat(test_parts, ignore_index=True) if test_parts else _empty(TEST3D_SCHEMA)
         # every sub-volume counts for FPs per sub-volume, also those without lesions (Sec. VI-C)
         m = {**meta, "subvolumes": {sp: sorted(g["subvolume"]) for sp, g in subs.groupby("split")}}
-        write_parquet(tdf, out_dir / "test3d.parquet", m, TEST3D_SCHEMA)
-        os.replace(h5_tmp, out_dir / "volumes.h5")
-    finally:
-        if h5_tmp.exists():
-            h5_tmp.unlink()
+        write_parquet(tdf, tmp_dir / "test3d.parquet", m, TEST3D_SCHEMA)
     return {"volumes": len(vol_df), "slices": int(vol_df["n_slices"].sum()), "lesions": len(les_df),
             "raw_bytes": int(raw_bytes)}
+
+
+@contextmanager
+def staging_folder(out_dir: Path):
+    """A fresh temporary folder beside `out_dir` to write the outputs into; published into `out_dir` only
+    when the block succeeds (the whole folder renamed when `out_dir` is absent or empty, else file by file
+    with volumes.h5 last), removed otherwise. A failed run leaves no output, not even an empty folder."""
+    out_dir = Path(out_dir)
+    made = [p for p in [out_dir.parent, *out_dir.parent.parents] if not p.exists()]
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir.parent / f".{out_dir.name}.tmp-{uuid.uuid4().hex[:12]}"
+    tmp.mkdir()   # (not mkdtemp: the published folder keeps the umask's permissions, not 0700)
+    try:
+        yield tmp
+        if out_dir.is_dir() and not any(out_dir.iterdir()):
+            out_dir.rmdir()
+        if not out_dir.exists():
+            os.replace(tmp, out_dir)
+        else:
+            for name in sorted(os.listdir(tmp), key=lambda n: n == "volumes.h5"):
+                os.replace(tmp / name, out_dir / name)
+            tmp.rmdir()
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        for p in made:   # parents this run created, deepest first
+            try:
+                p.rmdir()
+            except OSError:
+                break
+        raise
 
 
 def _to_prep(rows: pd.DataFrame, img: sitk.Image, pre: Prepared, v: pd.Series, dataset: str) -> pd.DataFrame:

@@ -96,3 +96,30 @@ def test_written_annotations_fit_one_affine_like_the_release(tmp_path):
     np.testing.assert_allclose(sp, SPACING_ZYX[::-1])
     np.testing.assert_allclose(org, ORIGIN, atol=1e-6)
     assert res.max() < 1e-3
+
+
+def test_uneven_slice_spacing_is_named(tmp_path):
+    import pydicom
+
+    _case(tmp_path)
+    f = tmp_path / CASE / "CT" / "000006.dcm"
+    ds = pydicom.dcmread(f)
+    ds.ImagePositionPatient = [ds.ImagePositionPatient[0], ds.ImagePositionPatient[1],
+                               float(ds.ImagePositionPatient[2]) + 0.8]   # 0.8 mm off a 2.5 mm step
+    ds.save_as(f)
+    with pytest.raises(DatasetError, match=r"uneven slice spacing at 000006\.dcm: step 3\.300 mm after 000005\.dcm, "
+                                           r"the series' step is 2\.500 mm"):
+        read_dataset("nihln", tmp_path)
+
+
+def test_series_without_a_slice_count_still_reads(tmp_path):
+    """Many real series carry no ImagesInAcquisition: the count check must not refuse them."""
+    import pydicom
+
+    hu = _case(tmp_path)
+    for f in (tmp_path / CASE / "CT").glob("*.dcm"):
+        ds = pydicom.dcmread(f)
+        del ds.ImagesInAcquisition
+        ds.save_as(f)
+    ix = read_dataset("nihln", tmp_path)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(load_image(ix.volumes.iloc[0], tmp_path)), hu)

@@ -2,6 +2,8 @@
 
     read_dataset(fmt, root, split_seed=0, val_fraction=0.2, default_ln_diameter_mm=...) -> DatasetIndex
     load_image(volume_row | volume_id, root, index=None) -> SimpleITK.Image (HU, with spacing/origin/direction)
+    read_scan(path, spacing=None, dl_info=None, slices=None) -> SimpleITK.Image: one scan from a path
+        (.nii/.nii.gz, .mhd, a DICOM series folder, a DeepLesion PNG folder), through the readers' checks
 
 `fmt` is one of deeplesion | luna | lits | nihln (paper Table I). Column contracts: `common.py`.
 """
@@ -14,8 +16,9 @@ import SimpleITK as sitk
 
 from . import deeplesion, lits, luna16, nihln
 from .common import DATASETS, DatasetError, DatasetIndex
+from .scans import read_scan
 
-__all__ = ["DATASETS", "DatasetError", "DatasetIndex", "read_dataset", "load_image"]
+__all__ = ["DATASETS", "DatasetError", "DatasetIndex", "read_dataset", "load_image", "read_scan"]
 
 
 def read_dataset(fmt: str, root: Path, *, split_seed: int = 0, val_fraction: float = 0.2,

@@ -159,6 +159,20 @@ def read_image(path: Path) -> sitk.Image:
         raise DatasetError(f"{path}: cannot read image ({_first_line(e)})") from None
 
 
+def describe_folder(folder: Path, limit: int = 8) -> str:
+    """What a folder holds, for errors that say what was found: its first entries, folders with a '/'."""
+    folder = Path(folder)
+    try:
+        entries = sorted(folder.iterdir(), key=lambda p: p.name)
+    except OSError as e:
+        return f"cannot list {folder} ({e.strerror})"
+    if not entries:
+        return "an empty folder"
+    names = [p.name + ("/" if p.is_dir() else "") for p in entries[:limit]]
+    more = f" and {len(entries) - limit} more" if len(entries) > limit else ""
+    return ", ".join(names) + more
+
+
 def _first_line(e: Exception) -> str:
     lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
     # ITK messages end with the useful sentence; keep them short

@@ -7,6 +7,11 @@ Released layout (also what `DeepLesionWriter` writes):
     <root>/manual_3d/boxes.csv, subvolumes.csv       the paper's fully annotated 3D test sub-volumes
                                                      (format of the released conversion, see read_manual_3d)
 
+The release ships Images_png as 56 zip parts, each holding Images_png/<series>/; extracted, the series
+folders often sit one level deeper (Images_png/Images_png/<series>/ or Images_png_01/Images_png/<series>/).
+The reader finds them at either depth (`find_series_folders`). Slices must be 16-bit grayscale PNGs
+(scans.read_png_slice): an 8-bit PNG would read as an all-negative volume.
+
 DL_info.csv conventions (checked on real rows, /work/shared/real/deeplesion-dlinfo-sample):
 pixel coordinates are 1-based with pixel centres on integers; `Measurement_coordinates` = RECIST long-axis
 end points (x, y, x, y) then short-axis end points; `Bounding_boxes` = their extent +- 5 px;
@@ -23,6 +28,7 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 import re
 import warnings
 from pathlib import Path
@@ -32,8 +38,9 @@ import pandas as pd
 import SimpleITK as sitk
 from PIL import Image
 
-from .common import DatasetError, DatasetIndex, atomic_write_text, check_inside, clip_box, fmt_g, lesions_frame, \
-    volumes_frame, _first_line
+from .common import DatasetError, DatasetIndex, atomic_write_text, check_inside, clip_box, describe_folder, fmt_g, \
+    lesions_frame, volumes_frame, _first_line
+from .scans import HU_OFFSET, _runs, png_numbers, png_volume  # noqa: F401  (HU_OFFSET: the writer's too)
 
 DL_INFO_COLUMNS = ["File_name", "Patient_index", "Study_index", "Series_ID", "Key_slice_index",
                    "Measurement_coordinates", "Bounding_boxes", "Lesion_diameters_Pixel_",
@@ -42,12 +49,11 @@ DL_INFO_COLUMNS = ["File_name", "Patient_index", "Study_index", "Series_ID", "Ke
                    "Train_Val_Test"]
 SPLIT_CODE = {"train": 1, "val": 2, "test": 3}
 SPLIT_NAME = {v: k for k, v in SPLIT_CODE.items()}
-HU_OFFSET = 32768          # PNG value = HU + 32768
 RECIST_PAD_PX = 5          # Bounding_boxes = RECIST extent +- 5 px
 MANUAL3D_DIR = "manual_3d"
+IMAGES_DIR = "Images_png"
 _FILE_RE = re.compile(r"(\d{6})_(\d{2})_(\d{2})_(\d{3,})\.png$")
 _FOLDER_RE = re.compile(r"\d{6}_\d{2}_\d{2}$")
-_PNG_RE = re.compile(r"(\d+)\.png$")
 
 
 def folder_name(patient: int, study: int, series: int) -> str:
@@ -250,6 +256,7 @@ def parse_dl_info(path: Path) -> list[dict]:
             if min(rec["spacing"]) <= 0:
                 raise ValueError(f"column Spacing_mm_px_: non-positive spacing {d['Spacing_mm_px_']!r}")
             rec["image_size"] = [int(v) for v in _floats(d["Image_size"], 2, "Image_size")]
+            _check_bbox(rec)
             tvt = _int(d["Train_Val_Test"], "Train_Val_Test")
             if tvt not in SPLIT_NAME:
                 raise ValueError(f"column Train_Val_Test: {tvt} not in 1, 2, 3")
@@ -258,7 +265,28 @@ def parse_dl_info(path: Path) -> list[dict]:
             raise DatasetError(f"{path}:{line}: malformed row ({e})") from None
         rec["line"] = line
         out.append(rec)
+    if not out:
+        raise DatasetError(f"{path}: no lesion rows after the header; expected one row per RECIST-marked lesion")
     return out
+
+
+def _check_bbox(rec: dict) -> None:
+    """The released Bounding_boxes are the RECIST end points' extent +- 5 px (1-based, pixel centres on
+    integers): they enclose the end points and reach past the image (pixels 0.5..size + 0.5) by at most
+    that margin. A box that does neither belongs to another image or row; clipping would hide that."""
+    h, w = rec["image_size"]
+    x1, y1, x2, y2 = rec["bbox"]
+    tol = 0.01  # the %g print precision
+    pts = np.asarray(rec["recist"]).reshape(4, 2)
+    if (pts < 0.5).any() or (pts > np.array([w, h]) + 0.5).any():
+        return  # end points outside the image: read_deeplesion names those (Measurement_coordinates)
+    lo, hi = 0.5 - RECIST_PAD_PX - tol, np.array([w, h]) + 0.5 + RECIST_PAD_PX + tol
+    if x1 < lo or y1 < lo or x2 > hi[0] or y2 > hi[1]:
+        raise ValueError(f"column Bounding_boxes: {fmt_g(x1)}, {fmt_g(y1)}, {fmt_g(x2)}, {fmt_g(y2)} lies outside "
+                         f"the {w}x{h} image (Image_size) by more than the released {RECIST_PAD_PX} px margin")
+    if (pts.min(0) < np.array([x1, y1]) - tol).any() or (pts.max(0) > np.array([x2, y2]) + tol).any():
+        raise ValueError(f"column Bounding_boxes: {fmt_g(x1)}, {fmt_g(y1)}, {fmt_g(x2)}, {fmt_g(y2)} does not "
+                         f"enclose the Measurement_coordinates")
 
 
 def read_manual_3d(folder: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -317,17 +345,6 @@ def read_manual_3d(folder: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     return out, subs
 
 
-def _runs(numbers: list[int]) -> list[tuple[int, int]]:
-    """Sorted slice numbers -> contiguous (first, last) runs."""
-    runs = []
-    for n in sorted(numbers):
-        if runs and n == runs[-1][1] + 1:
-            runs[-1][1] = n
-        else:
-            runs.append([n, n])
-    return [tuple(r) for r in runs]
-
-
 def read_deeplesion(root: Path, box_pad_px: float = RECIST_PAD_PX) -> DatasetIndex:
     """Index a DeepLesion folder. Key-slice boxes are the released `Bounding_boxes` (the RECIST end points'
     extent +- 5 px) when `box_pad_px` is 5, else that extent +- `box_pad_px` original pixels: 5 px is
@@ -338,28 +355,23 @@ def read_deeplesion(root: Path, box_pad_px: float = RECIST_PAD_PX) -> DatasetInd
     if not info_path.is_file():
         raise DatasetError(f"{info_path}: missing")
     rows = parse_dl_info(info_path)
-    images = root / "Images_png"
-    if not images.is_dir():
-        raise DatasetError(f"{images}: missing")
-
+    series_dirs = find_series_folders(root)
+    images = root / IMAGES_DIR
     # slices present on disk, per series folder
-    on_disk: dict[str, dict[int, Path]] = {}
-    for d in sorted(p for p in images.iterdir() if p.is_dir() and _FOLDER_RE.fullmatch(p.name)):
-        files = {}
-        for f in d.iterdir():
-            m = _PNG_RE.fullmatch(f.name)
-            if m:
-                files[int(m.group(1))] = f
-        on_disk[d.name] = files
+    on_disk: dict[str, dict[int, Path]] = {name: png_numbers(d) for name, d in series_dirs.items()}
 
     # every PNG of every row's Slice_range must be there (and not empty)
     for r in rows:
         folder = folder_name(r["patient"], r["study"], r["series"])
-        files = on_disk.get(folder, {})
+        if folder not in series_dirs:
+            raise DatasetError(f"{info_path}:{r['line']}: series folder {folder} is not under {root} (found "
+                               f"{len(series_dirs)} series folders, e.g. "
+                               f"{', '.join(d.relative_to(root).as_posix() for d in list(series_dirs.values())[:3])})")
+        files = on_disk[folder]
         for n in range(r["slice_range"][0], r["slice_range"][1] + 1):
             f = files.get(n)
             if f is None:
-                raise DatasetError(f"{images / folder / f'{n:03d}.png'}: missing, but inside Slice_range "
+                raise DatasetError(f"{series_dirs[folder] / f'{n:03d}.png'}: missing, but inside Slice_range "
                                    f"{r['slice_range'][0]}, {r['slice_range'][1]} of {info_path}:{r['line']}")
             if f.stat().st_size == 0:
                 raise DatasetError(f"{f}: empty PNG (inside Slice_range of {info_path}:{r['line']})")
@@ -400,7 +412,8 @@ def read_deeplesion(root: Path, box_pad_px: float = RECIST_PAD_PX) -> DatasetInd
             vol_of[(folder, run)] = vid
             h, w = ref["image_size"]
             vols.append({"volume_id": vid, "dataset": "deeplesion", "patient_id": f"{p:06d}", "study_id": s,
-                         "series_id": se, "split": splits.pop(), "source": f"Images_png/{folder}",
+                         "series_id": se, "split": splits.pop(),
+                         "source": series_dirs[folder].relative_to(root).as_posix(),
                          "first_slice": run[0], "last_slice": run[1], "n_slices": run[1] - run[0] + 1,
                          "height": h, "width": w, "spacing_x": ref["spacing"][0], "spacing_y": ref["spacing"][1],
                          "spacing_z": ref["spacing"][2]})
@@ -474,27 +487,54 @@ def load_deeplesion(root: Path, row) -> sitk.Image:
     """The run's PNGs as one int16 HU volume (spacing from DL_info; z = 0 at the run's first PNG)."""
     folder = Path(root) / row["source"]
     first, last = int(row["first_slice"]), int(row["last_slice"])
-    files = [folder / f"{n:03d}.png" for n in range(first, last + 1)]
-    for f in files:
-        if not f.is_file():
-            raise DatasetError(f"{f}: missing")
-    slices = []
-    for f in files:
-        try:
-            with Image.open(f) as im:
-                im.load()
-                a = np.asarray(im)
-        except (OSError, ValueError, SyntaxError) as e:
-            raise DatasetError(f"{f}: corrupt PNG ({_first_line(e)})") from None
-        if a.ndim != 2 or a.dtype not in (np.uint16, np.int32, np.uint8):
-            raise DatasetError(f"{f}: not a 16-bit grayscale PNG (mode {a.dtype}, shape {a.shape})")
-        if a.shape != (int(row["height"]), int(row["width"])):
-            raise DatasetError(f"{f}: size {a.shape[1]}x{a.shape[0]} differs from DL_info.csv's Image_size "
-                               f"{int(row['width'])}x{int(row['height'])}")
-        slices.append(a)
-    hu = (np.stack(slices).astype(np.int32) - HU_OFFSET).astype(np.int16)
-    img = sitk.GetImageFromArray(hu)
-    sz = float(row["spacing_z"])
-    img.SetSpacing((float(row["spacing_x"]), float(row["spacing_y"]), sz))
-    img.SetOrigin((0.0, 0.0, first * sz))  # PNG number * slice interval: runs of one series share a frame
-    return img
+    return png_volume([folder / f"{n:03d}.png" for n in range(first, last + 1)],
+                      (row["spacing_x"], row["spacing_y"], row["spacing_z"]), first,
+                      (int(row["height"]), int(row["width"])))
+
+
+def find_series_folders(root: Path) -> dict[str, Path]:
+    """Series folders (PPPPPP_SS_ss) under `root`, below a folder named Images_png*: as released
+    (Images_png/<series>/) or one level deeper, as the 56 zip parts extract (Images_png/Images_png/<series>/,
+    Images_png_01/Images_png/<series>/). A series found twice is refused."""
+    root = Path(root)
+    found: dict[str, Path] = {}
+    for d, dirs, _ in os.walk(root):
+        rel = Path(d).relative_to(root).parts
+        keep = []
+        for name in sorted(dirs):
+            if _FOLDER_RE.fullmatch(name):
+                if any(p.startswith(IMAGES_DIR) for p in rel):
+                    path = Path(d) / name
+                    if name in found:
+                        raise DatasetError(f"{path}: series {name} also in {found[name]}; expected it once")
+                    found[name] = path
+            elif len(rel) < 2 and name != MANUAL3D_DIR:
+                keep.append(name)
+        dirs[:] = keep
+    if not found:
+        raise DatasetError(f"{root}: no DeepLesion series folders found (found: {describe_folder(root)}); expected "
+                           f"{IMAGES_DIR}/<PPPPPP_SS_ss>/<NNN>.png, or one more level as the zip parts extract "
+                           f"({IMAGES_DIR}/{IMAGES_DIR}/<PPPPPP_SS_ss>/, {IMAGES_DIR}_01/{IMAGES_DIR}/<PPPPPP_SS_ss>/)")
+    return dict(sorted(found.items()))
+
+
+def series_spacing(folder: Path, dl_info: Path | None = None) -> tuple[tuple[float, float, float], tuple[int, int]]:
+    """(x, y, z spacing mm) and (height, width) of one series folder, from its DL_info.csv rows. Without
+    `dl_info`, the DL_info.csv in the nearest of the three folders above the series folder."""
+    folder = Path(folder)
+    if dl_info is None:
+        cands = [p / "DL_info.csv" for p in list(folder.resolve().parents)[:3]]
+        dl_info = next((c for c in cands if c.is_file()), None)
+        if dl_info is None:
+            raise DatasetError(f"{folder}: no DL_info.csv in the three folders above it (looked for "
+                               f"{', '.join(str(c) for c in cands)}); give the slice spacing instead")
+    rows = [r for r in parse_dl_info(Path(dl_info))
+            if folder_name(r["patient"], r["study"], r["series"]) == folder.name]
+    if not rows:
+        raise DatasetError(f"{dl_info}: no row for series {folder.name}; give the slice spacing instead")
+    ref = rows[0]
+    for r in rows[1:]:
+        if not np.allclose(r["spacing"], ref["spacing"], rtol=1e-4) or r["image_size"] != ref["image_size"]:
+            raise DatasetError(f"{dl_info}:{r['line']}: spacing/image size disagree with {dl_info}:{ref['line']} "
+                               f"for the same series {folder.name}")
+    return tuple(ref["spacing"]), tuple(ref["image_size"])

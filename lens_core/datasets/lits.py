@@ -1,7 +1,8 @@
 """LiTS (paper Sec. VI-A, Table I): `volume-<i>.nii` + `segmentation-<i>.nii` (0 background, 1 liver, 2 tumour).
 
-The release splits the pairs over `Training Batch 1/` and `Training Batch 2/`; the reader finds pairs
-anywhere under the root (same folder per pair), `.nii` or `.nii.gz`. Every liver tumour is labelled, so
+The release splits the pairs over `Training Batch 1/` and `Training Batch 2/`; the reader finds volumes
+anywhere under the root, `.nii` or `.nii.gz`, each with the segmentation beside it or, failing that, the
+only segmentation of that number under the root (volumes and segmentations kept apart). Every liver tumour is labelled, so
 each 3D connected component of label 2 (26-connectivity) is one lesion; its box is the component's
 voxel extent [min, max + 1) (docs/artifacts.md).
 """
@@ -14,12 +15,14 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
-from .common import (DatasetError, DatasetIndex, assign_splits, atomic_write_image, lesions_frame, make_image,
-                     read_image, read_image_info, volumes_frame)
+from .common import (DatasetError, DatasetIndex, assign_splits, atomic_write_image, describe_folder, lesions_frame,
+                     make_image, read_image, read_image_info, volumes_frame)
+from .scans import check_geometry, check_nifti
 
 LESION_TYPE = "4"  # DeepLesion's Coarse_lesion_type code for liver
 TUMOUR, LIVER = 2, 1
-_VOLUME_RE = re.compile(r"volume-(\d+)\.nii(\.gz)?$")
+_VOLUME_RE = re.compile(r"volume-(\d+)\.nii(\.gz)?")
+_SEG_RE = re.compile(r"segmentation-(\d+)\.nii(\.gz)?")
 
 
 # ---------------------------------------------------------------------------------------------- writer
@@ -58,27 +61,52 @@ def tumour_boxes(seg: np.ndarray) -> list[tuple[list[float], int]]:
 
 
 def _pairs(root: Path) -> list[tuple[int, Path, Path]]:
-    out = []
+    """(index, volume, segmentation) for every volume-<i>.nii(.gz) under the root. The segmentation is
+    the one beside the volume, else the only segmentation-<i> anywhere under the root (the release's
+    halves in two folders, or volumes and segmentations kept in separate folders)."""
+    segs: dict[int, list[Path]] = {}
+    for p in sorted(root.rglob("segmentation-*.nii*")):
+        m = _SEG_RE.fullmatch(p.name)
+        if m:
+            segs.setdefault(int(m.group(1)), []).append(p)
+    out, seen = [], {}
     for p in sorted(root.rglob("volume-*.nii*")):
-        m = _VOLUME_RE.search(p.name)
+        m = _VOLUME_RE.fullmatch(p.name)
         if not m:
             continue
         i = int(m.group(1))
-        cands = [p.parent / f"segmentation-{i}.nii", p.parent / f"segmentation-{i}.nii.gz"]
-        seg = next((c for c in cands if c.is_file()), None)
-        if seg is None:
-            raise DatasetError(f"{p}: no segmentation-{i}.nii(.gz) beside it")
-        out.append((i, p, seg))
+        if i in seen:
+            raise DatasetError(f"{p}: volume {i} also in {seen[i]}; expected one file per volume")
+        seen[i] = p
+        beside = [c for c in segs.get(i, []) if c.parent == p.parent]
+        cands = beside or segs.get(i, [])
+        if not cands:
+            raise DatasetError(f"{p}: no segmentation-{i}.nii(.gz) beside it or elsewhere under {root}")
+        if len(cands) > 1:
+            raise DatasetError(f"{p}: several segmentations of volume {i}: "
+                               f"{', '.join(c.relative_to(root).as_posix() for c in cands)}")
+        out.append((i, p, cands[0]))
     return out
 
 
 def check_pair(vol: Path, seg: Path):
-    """Volume and segmentation must share their grid."""
+    """Volume and segmentation must share their grid: size, spacing, origin and direction (a shifted or
+    flipped segmentation would put every tumour box in the wrong place). Both headers are checked
+    (pixdim > 0); the segmentation's data too, as it is read here."""
+    check_nifti(vol, data=False)
+    check_nifti(seg, data=True)
     vi, si = read_image_info(vol), read_image_info(seg)
     if vi.size != si.size:
         raise DatasetError(f"{seg}: shape {si.size} (x, y, z) differs from its volume {vol.name} {vi.size}")
     if not np.allclose(vi.spacing, si.spacing, rtol=1e-3, atol=1e-4):
         raise DatasetError(f"{seg}: spacing {si.spacing} differs from its volume {vol.name} {vi.spacing}")
+    tol = 0.01 * min(vi.spacing)   # a hundredth of a voxel: header rounding, never a real shift
+    if not np.allclose(vi.origin, si.origin, rtol=0, atol=tol):
+        raise DatasetError(f"{seg}: origin {tuple(round(v, 4) for v in si.origin)} mm differs from its volume "
+                           f"{vol.name} {tuple(round(v, 4) for v in vi.origin)} mm")
+    if not np.allclose(vi.direction, si.direction, rtol=0, atol=1e-3):
+        raise DatasetError(f"{seg}: direction {tuple(round(v, 4) for v in si.direction)} differs from its volume "
+                           f"{vol.name} {tuple(round(v, 4) for v in vi.direction)}")
     return vi
 
 
@@ -86,7 +114,9 @@ def read_lits(root: Path, *, split_seed: int = 0, val_fraction: float = 0.2) -> 
     root = Path(root)
     pairs = _pairs(root)
     if not pairs:
-        raise DatasetError(f"{root}: no volume-<i>.nii files found")
+        raise DatasetError(f"{root}: no LiTS volumes found (found: {describe_folder(root)}); expected "
+                           f"volume-<i>.nii(.gz) with segmentation-<i>.nii(.gz), in the folder or any folder below "
+                           f"it (e.g. 'Training Batch 1/', 'Training Batch 2/')")
     ids = [f"volume-{i}" for i, _, _ in pairs]
     splits = assign_splits(ids, split_seed, val_fraction)
     vols, lesions = [], []
@@ -114,4 +144,5 @@ def load_lits(root: Path, source: str) -> sitk.Image:
     vol = Path(root) / source
     if not vol.is_file():
         raise DatasetError(f"{vol}: missing")
-    return read_image(vol)
+    check_nifti(vol)
+    return check_geometry(read_image(vol), vol)

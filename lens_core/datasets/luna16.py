@@ -1,5 +1,8 @@
 """LUNA16 (paper Sec. VI-A, Table I): `subset<k>/<seriesuid>.mhd/.raw` + world-mm nodule annotations.
 
+The scans may also sit directly in the root (subsets merged), or `subset<k>/` one level deeper (as the
+zips extract): `find_scans`.
+
 Released layout (also what `LunaWriter` writes):
 
     <root>/subset<k>/<seriesuid>.mhd + .raw   MetaImage, MET_SHORT (int16 HU), TransformMatrix/Offset/ElementSpacing
@@ -22,16 +25,15 @@ import numpy as np
 import SimpleITK as sitk
 
 from .common import (DatasetError, DatasetIndex, ImageInfo, assign_splits, atomic_write_image, atomic_write_text,
-                     centre_box, check_inside, clip_box, lesions_frame, make_image, read_image, read_image_info,
-                     volumes_frame)
+                     centre_box, check_inside, clip_box, describe_folder, lesions_frame, make_image, read_image,
+                     read_image_info, volumes_frame)
+from .scans import check_geometry, check_metaimage
 
 ANNOTATION_COLUMNS = ["seriesuid", "coordX", "coordY", "coordZ", "diameter_mm"]
 # The LUNA16 evaluation script (noduleCADEvaluationLUNA16.py) gives excluded findings without a
 # measured diameter (-1) a 10 mm diameter; we box them the same way.
 EXCLUDED_DEFAULT_DIAMETER_MM = 10.0
 LESION_TYPE = "5"  # DeepLesion's Coarse_lesion_type code for lung
-_ELEMENT_BYTES = {"MET_CHAR": 1, "MET_UCHAR": 1, "MET_SHORT": 2, "MET_USHORT": 2, "MET_INT": 4, "MET_UINT": 4,
-                  "MET_FLOAT": 4, "MET_DOUBLE": 8, "MET_LONG": 8, "MET_ULONG": 8}
 
 
 # ---------------------------------------------------------------------------------------------- writer
@@ -78,27 +80,23 @@ class LunaWriter:
 
 # ---------------------------------------------------------------------------------------------- reader
 def check_raw(mhd: Path) -> None:
-    """The .raw a MetaImage header names must exist and hold DimSize * element bytes."""
-    try:
-        header = dict(ln.split("=", 1) for ln in mhd.read_text(errors="replace").splitlines() if "=" in ln)
-    except OSError as e:
-        raise DatasetError(f"{mhd}: cannot read MetaImage header ({e.strerror})") from None
-    header = {k.strip(): v.strip() for k, v in header.items()}
-    try:
-        raw = mhd.parent / header["ElementDataFile"]
-        dims = [int(v) for v in header["DimSize"].split()]
-        nbytes = _ELEMENT_BYTES[header["ElementType"]] * int(np.prod(dims))
-    except (KeyError, ValueError) as e:
-        raise DatasetError(f"{mhd}: malformed MetaImage header (field {e})") from None
-    if header.get("CompressedData", "False").lower() == "true":
-        if not raw.is_file():
-            raise DatasetError(f"{mhd}: its data file {raw.name} is missing")
-        return
-    if not raw.is_file():
-        raise DatasetError(f"{mhd}: its data file {raw.name} is missing")
-    have = raw.stat().st_size
-    if have < nbytes:
-        raise DatasetError(f"{raw}: short data file ({have} bytes, the header {mhd.name} needs {nbytes})")
+    """The .raw a MetaImage header names must hold exactly DimSize * element bytes, and the spacing must
+    be positive (scans.check_metaimage)."""
+    check_metaimage(mhd)
+
+
+def find_scans(root: Path) -> dict[str, Path]:
+    """seriesuid -> .mhd, in `subset<k>/` folders at any depth (as the challenge's zips extract) or
+    directly under the root (all subsets merged). The lung masks (seg-lungs-LUNA16/) share the scans'
+    names and are not looked at."""
+    root = Path(root)
+    mhds = sorted({*root.glob("*.mhd"), *root.rglob("subset*/*.mhd")})
+    by_uid: dict[str, Path] = {}
+    for p in mhds:
+        if p.stem in by_uid:
+            raise DatasetError(f"{p}: seriesuid also in {by_uid[p.stem]}")
+        by_uid[p.stem] = p
+    return by_uid
 
 
 def _csv_dir(root: Path) -> Path:
@@ -142,12 +140,10 @@ def read_annotation_csv(path: Path, excluded: bool = False) -> list[dict]:
 
 def read_luna(root: Path, *, split_seed: int = 0, val_fraction: float = 0.2) -> DatasetIndex:
     root = Path(root)
-    mhds = sorted(root.rglob("subset*/*.mhd"))
-    by_uid: dict[str, Path] = {}
-    for p in mhds:
-        if p.stem in by_uid:
-            raise DatasetError(f"{p}: seriesuid also in {by_uid[p.stem]}")
-        by_uid[p.stem] = p
+    by_uid = find_scans(root)
+    if not by_uid:
+        raise DatasetError(f"{root}: no LUNA16 scans found (found: {describe_folder(root)}); expected "
+                           f"subset<k>/<seriesuid>.mhd + .raw, or <seriesuid>.mhd + .raw directly in the folder")
     csv_dir = _csv_dir(root)
     uids_file = csv_dir / "seriesuids.csv"
     if uids_file.is_file():  # the evaluation set: every listed scan must be there
@@ -157,12 +153,13 @@ def read_luna(root: Path, *, split_seed: int = 0, val_fraction: float = 0.2) -> 
             if not u:
                 continue
             if u not in by_uid:
-                raise DatasetError(f"{uids_file}:{line}: series {u} has no subset*/{u}.mhd under {root}")
+                raise DatasetError(f"{uids_file}:{line}: series {u} has no {u}.mhd under {root} (looked in "
+                                   f"subset<k>/ and the folder itself; found {len(by_uid)} scans)")
             uids.append(u)
     else:
         uids = sorted(by_uid)
     if not uids:
-        raise DatasetError(f"{root}: no subset*/<seriesuid>.mhd scans found")
+        raise DatasetError(f"{uids_file}: lists no series")
     splits = assign_splits(uids, split_seed, val_fraction)
     infos: dict[str, ImageInfo] = {}
     vols = []
@@ -205,4 +202,4 @@ def load_luna(root: Path, source: str) -> sitk.Image:
     if not mhd.is_file():
         raise DatasetError(f"{mhd}: missing")
     check_raw(mhd)
-    return read_image(mhd)
+    return check_geometry(read_image(mhd), mhd)

@@ -3,6 +3,10 @@
 Released layout (also what `NihlnWriter` writes):
 
     <root>/<ID>/**/<slice>.dcm            one CT series per case, ID = MED_LYMPH_### | ABD_LYMPH_###
+                                          (TCIA's downloader: <root>/CT Lymph Nodes/<ID>/<study>/<series>/
+                                          <any name>.dcm; the series is found at any depth by its GDCM
+                                          series id, and the root may also be 'CT Lymph Nodes' itself
+                                          with the annotation folder beside it)
     <root>/MED_ABD_LYMPH_ANNOTATIONS/<ID>/<ID>_lymphnodes_indices.txt         "x y z" voxel index a line
     <root>/MED_ABD_LYMPH_ANNOTATIONS/<ID>/<ID>_lymphnodes_physicalPoints.txt  "x y z" mm a line (%g)
     <root>/MED_ABD_LYMPH_ANNOTATIONS/<ID>/<ID>_lymphnodes_physicalPoints.mps  the same points, MITK XML
@@ -34,13 +38,14 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 from .common import (DatasetError, DatasetIndex, ImageInfo, assign_splits, atomic_write_text, centre_box,
-                     check_inside, clip_box, fmt_g, lesions_frame, volumes_frame, _first_line)
+                     check_inside, clip_box, describe_folder, fmt_g, lesions_frame, volumes_frame, _first_line)
 
 ANNOTATIONS_DIR = "MED_ABD_LYMPH_ANNOTATIONS"
 DEFAULT_DIAMETER_MM = 10.0   # NIH-LN marks nodes of short axis >= ~10 mm; boxes of unsized nodes get this
 CASE_RE = re.compile(r"(MED|ABD)_LYMPH_\d{3}")
 LESION_TYPE = {"MED": "3", "ABD": "2"}  # DeepLesion Coarse_lesion_type: 3 mediastinum, 2 abdomen
 GAP_TOLERANCE = 1.5          # a slice step > 1.5x the median step means a missing slice
+UNEVEN_TOLERANCE = 0.1       # any other step more than 10% off the median: not one regular volume
 
 
 def annotation_paths(ann_dir: Path, case: str) -> dict[str, Path]:
@@ -138,7 +143,9 @@ def write_dicom_series(case_dir: Path, case_id: str, hu: np.ndarray, spacing_zyx
         ds.Modality = "CT"
         ds.PatientID = case_id          # the case id only: no names, birth dates, institution
         ds.SeriesNumber = 1
+        ds.AcquisitionNumber = 1
         ds.InstanceNumber = k + 1
+        ds.ImagesInAcquisition = hu.shape[0]   # lets a reader notice a lost first or last slice
         ds.ImagePositionPatient = [f"{v:.6f}" for v in origin + normal * sz * k]
         ds.ImageOrientationPatient = [f"{v:.6f}" for v in (*row_dir, *col_dir)]
         ds.PixelSpacing = [f"{sy:.6f}", f"{sx:.6f}"]   # row spacing (y), column spacing (x)
@@ -226,21 +233,57 @@ def annotation_affine(indices: np.ndarray, points: np.ndarray) -> tuple[np.ndarr
 
 
 def find_series_dir(case_dir: Path) -> Path:
-    """The one folder under a case folder that holds its DICOM series."""
+    """The folder holding a case's one DICOM series, at any depth below the case folder (the release's
+    <case>/<study folder>/<series folder>/, as TCIA's downloader writes it), found by GDCM series ids."""
     found = []
-    for d, _, files in sorted(os.walk(case_dir)):
-        if files and sitk.ImageSeriesReader.GetGDCMSeriesIDs(d):
-            found.append(Path(d))
+    for d, dirs, files in os.walk(case_dir):
+        dirs.sort()
+        if files:
+            found += [(Path(d), uid) for uid in sitk.ImageSeriesReader.GetGDCMSeriesIDs(d)]
     if not found:
-        raise DatasetError(f"{case_dir}: no DICOM series found")
+        raise DatasetError(f"{case_dir}: no DICOM series found at any depth (found: {describe_folder(case_dir)})")
     if len(found) > 1:
-        raise DatasetError(f"{case_dir}: several DICOM series folders {[str(f) for f in found]}; expected one")
-    return found[0]
+        parts = []
+        for d, uid in found:
+            files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(d), uid)
+            names = ", ".join(Path(f).relative_to(case_dir).as_posix() for f in files[:3])
+            parts.append(f"{len(files)} file{'s' * (len(files) > 1)}: {names}{' ...' if len(files) > 3 else ''}")
+        raise DatasetError(f"{case_dir}: {len(found)} DICOM series, expected one ({'; '.join(parts)})")
+    return found[0][0]
+
+
+def find_case_folders(root: Path, skip: Path) -> dict[str, Path]:
+    """Case folders (MED_LYMPH_### / ABD_LYMPH_###) in the root or one level below it (TCIA's downloader
+    puts them in 'CT Lymph Nodes/'); the annotation folder `skip` is not looked into."""
+    root, found = Path(root), {}
+    tops = [root] + sorted(p for p in root.iterdir() if p.is_dir() and not CASE_RE.fullmatch(p.name)
+                           and p.resolve() != Path(skip).resolve())
+    for top in tops:
+        for p in sorted(top.iterdir()):
+            if p.is_dir() and CASE_RE.fullmatch(p.name):
+                if p.name in found:
+                    raise DatasetError(f"{p}: case {p.name} also in {found[p.name]}; expected it once")
+                found[p.name] = p
+    return found
+
+
+def find_annotations(root: Path) -> Path:
+    """MED_ABD_LYMPH_ANNOTATIONS in the root, or beside it when the root is the images folder
+    ('CT Lymph Nodes/')."""
+    root = Path(root)
+    for d in (root / ANNOTATIONS_DIR, root.resolve().parent / ANNOTATIONS_DIR):
+        if d.is_dir():
+            return d
+    raise DatasetError(f"{root / ANNOTATIONS_DIR}: missing (also looked beside {root}); found in {root}: "
+                       f"{describe_folder(root)}; expected <root>/{ANNOTATIONS_DIR}/<case>/ beside the case folders "
+                       f"<root>/<case>/ or <root>/CT Lymph Nodes/<case>/")
 
 
 def series_geometry(series_dir: Path) -> tuple[list[str], ImageInfo]:
     """Sorted slice files and the volume geometry from the DICOM headers, after checking that no slice
-    is missing (gaps in ImagePositionPatient along the slice normal, or in InstanceNumber)."""
+    is missing: even steps of ImagePositionPatient along the slice normal, InstanceNumber without gaps,
+    and, where every slice carries the same ImagesInAcquisition and AcquisitionNumber, that many slices
+    (the only trace of a lost first or last slice)."""
     ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(series_dir))
     if len(ids) != 1:
         raise DatasetError(f"{series_dir}: {len(ids)} DICOM series, expected exactly one")
@@ -250,10 +293,12 @@ def series_geometry(series_dir: Path) -> tuple[list[str], ImageInfo]:
         try:
             ds = pydicom.dcmread(f, stop_before_pixels=True, specific_tags=[
                 "ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "Rows", "Columns",
-                "InstanceNumber"])
+                "InstanceNumber", "ImagesInAcquisition", "AcquisitionNumber"])
             hdr.append((np.asarray(ds.ImagePositionPatient, float), np.asarray(ds.ImageOrientationPatient, float),
                         np.asarray(ds.PixelSpacing, float), int(ds.Rows), int(ds.Columns),
-                        int(ds.InstanceNumber) if "InstanceNumber" in ds else None))
+                        int(ds.InstanceNumber) if ds.get("InstanceNumber") is not None else None,
+                        int(ds.ImagesInAcquisition) if ds.get("ImagesInAcquisition") is not None else None,
+                        str(ds.get("AcquisitionNumber", ""))))
         except (AttributeError, ValueError, TypeError, pydicom.errors.InvalidDicomError) as e:
             raise DatasetError(f"{f}: unreadable or incomplete DICOM header ({_first_line(e)})") from None
     iop = hdr[0][1]
@@ -276,6 +321,10 @@ def series_geometry(series_dir: Path) -> tuple[list[str], ImageInfo]:
             raise DatasetError(f"{series_dir}: missing slice between {Path(files[i]).name} (z {z[i]:.3f} mm) and "
                                f"{Path(files[i + 1]).name} (z {z[i + 1]:.3f} mm): step {step[i]:.3f} mm, "
                                f"the series' step is {med:.3f} mm")
+        # one volume has one slice interval: uneven steps would be resampled at their mean, misplacing slices
+        for i in np.flatnonzero(np.abs(step - med) > max(UNEVEN_TOLERANCE * med, 0.01)):
+            raise DatasetError(f"{series_dir}: uneven slice spacing at {Path(files[i + 1]).name}: step {step[i]:.3f} mm"
+                               f" after {Path(files[i]).name}, the series' step is {med:.3f} mm")
         inst = [h[5] for h in hdr]
         if all(v is not None for v in inst):
             di = np.abs(np.diff(inst))
@@ -285,6 +334,15 @@ def series_geometry(series_dir: Path) -> tuple[list[str], ImageInfo]:
         sz = float((z[-1] - z[0]) / (len(z) - 1))
     else:
         sz = 1.0
+    # a lost first or last slice leaves even steps and contiguous numbers; the count the scanner wrote
+    # into every slice (ImagesInAcquisition, when the series is one acquisition) still tells
+    counts = {h[6] for h in hdr}
+    if len(counts) == 1 and None not in counts and len({h[7] for h in hdr}) == 1 and counts != {len(files)}:
+        n = counts.pop()
+        inst = sorted(h[5] for h in hdr if h[5] is not None)
+        span = f"; InstanceNumbers {inst[0]}..{inst[-1]}" if inst else ""
+        raise DatasetError(f"{series_dir}: {len(files)} slices, but their ImagesInAcquisition says {n}{span} "
+                           f"(first or last slice missing?)")
     direction = np.c_[row_dir, col_dir, normal]
     ps = hdr[0][2]
     info = ImageInfo((hdr[0][4], hdr[0][3], len(files)), (float(ps[1]), float(ps[0]), sz),
@@ -295,18 +353,21 @@ def series_geometry(series_dir: Path) -> tuple[list[str], ImageInfo]:
 def read_nihln(root: Path, *, split_seed: int = 0, val_fraction: float = 0.2,
                default_diameter_mm: float = DEFAULT_DIAMETER_MM) -> DatasetIndex:
     root = Path(root)
-    ann_dir = root / ANNOTATIONS_DIR
-    if not ann_dir.is_dir():
-        raise DatasetError(f"{ann_dir}: missing")
+    ann_dir = find_annotations(root)
     cases = sorted(p.name for p in ann_dir.iterdir() if p.is_dir() and CASE_RE.fullmatch(p.name))
     if not cases:
-        raise DatasetError(f"{ann_dir}: no MED_LYMPH_### / ABD_LYMPH_### folders")
+        raise DatasetError(f"{ann_dir}: no MED_LYMPH_### / ABD_LYMPH_### folders (found: {describe_folder(ann_dir)})")
+    case_dirs = find_case_folders(root, ann_dir)
     splits = assign_splits(cases, split_seed, val_fraction)
     vols, lesions = [], []
     for case in cases:
-        if not (root / case).is_dir():
-            raise DatasetError(f"{root / case}: the images of annotated case {case} are missing")
-        series_dir = find_series_dir(root / case)
+        if case not in case_dirs:
+            raise DatasetError(f"{root / case}: the images of annotated case {case} are missing; looked for "
+                               f"<root>/{case}/ and <root>/*/{case}/ (e.g. CT Lymph Nodes/{case}/), found "
+                               f"{len(case_dirs)} case folders"
+                               f"{': ' + ', '.join(sorted(case_dirs)[:5]) if case_dirs else ''}"
+                               f"{' ...' if len(case_dirs) > 5 else ''}")
+        series_dir = find_series_dir(case_dirs[case])
         _, info = series_geometry(series_dir)
         a = read_annotations(ann_dir, case)
         nx, ny, nz = info.size
@@ -333,6 +394,11 @@ def load_nihln(root: Path, source: str) -> sitk.Image:
     series_dir = Path(root) / source
     if not series_dir.is_dir():
         raise DatasetError(f"{series_dir}: missing")
+    return read_dicom_series(series_dir)
+
+
+def read_dicom_series(series_dir: Path) -> sitk.Image:
+    """The one DICOM series in a folder, after series_geometry's checks, without metadata."""
     files, info = series_geometry(series_dir)
     r = sitk.ImageSeriesReader()
     r.SetFileNames(files)
