@@ -38,7 +38,10 @@ def add_parser(sub) -> None:
                        description="Write the built-in multi-dataset CT corpus (DeepLesion-, LUNA16-, LiTS- and "
                                    "NIH-LN-like, each in its released format) and its hidden full ground truth.")
     p.add_argument("--out", required=True, type=Path, help="corpus folder (replaced atomically)")
-    p.add_argument("--config", type=Path, help="config.yaml whose `corpus:` section overrides the defaults")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--config", type=Path, help="config.yaml whose `corpus:` section overrides the defaults")
+    src.add_argument("--config-json", metavar="JSON",
+                     help="the `corpus:` section inline, as a JSON mapping (the workflow passes its own)")
     p.add_argument("--seed", type=int, help="override corpus.seed")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=YAML",
                    help="override corpus keys, e.g. --set deeplesion.patients=0 luna.cases=24 (a held-out "
@@ -88,7 +91,15 @@ def _synthesize(args) -> int:
     from .config import deep_merge, load_config, parse_overrides
     from .datasets.corpus import write_corpus
 
-    cfg = dict(load_config(args.config).get("corpus", {})) if args.config else {}
+    if args.config_json is not None:
+        try:
+            cfg = json.loads(args.config_json)
+        except ValueError as e:
+            raise ValueError(f"--config-json: not valid JSON: {e}") from None
+        if not isinstance(cfg, dict):
+            raise ValueError("--config-json: the corpus config must be a mapping")
+    else:
+        cfg = dict(load_config(args.config).get("corpus", {})) if args.config else {}
     cfg = deep_merge(cfg, parse_overrides(args.set))
     if args.seed is not None:
         cfg["seed"] = args.seed

@@ -1,4 +1,4 @@
-"""The Snakemake workflow (issue 7): lint-clean, and a single mining step reruns with its dependants only."""
+"""The Snakemake workflow: lint-clean, and a single mining step reruns with its dependants only."""
 import os
 import re
 import shutil
@@ -31,7 +31,7 @@ MINING = {
 }
 
 
-# rules call the `lens` console script: the one installed beside this interpreter
+# rules run scripts/bin/lens (python -m lens_core) with the `python` first on PATH: this interpreter
 ENV = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
 
 

@@ -16,7 +16,10 @@ def add_parser(subparsers) -> None:
     p.add_argument("--prep-dir", type=Path, required=True, help="results/prep (one folder per dataset)")
     p.add_argument("--labels", type=Path, default=None,
                    help="round-2 label table; replaces lesions.parquet for the datasets it contains")
-    p.add_argument("--config", type=Path, required=True, help="YAML/JSON file with the training config")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--config", type=Path, help="YAML/JSON file with the training config")
+    src.add_argument("--config-json", metavar="JSON",
+                     help="the training config inline, as a JSON mapping (the workflow passes its `train:` section)")
     p.add_argument("--config-section", default=None, help="top-level key of --config holding the training config")
     p.add_argument("--out", type=Path, required=True, help="output folder (lens.pt, losses.*; checkpoint.pt while training)")
     p.add_argument("--seed", type=int, default=None, help="overrides the config's seed")
@@ -30,10 +33,14 @@ def add_parser(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from lens_core.config import parse_overrides
-    from lens_core.training.config import load_config_file
+    from lens_core.training.config import load_config_file, load_config_json
     from lens_core.training.loop import train
 
-    cfg = load_config_file(args.config, args.config_section, overrides=parse_overrides(args.set))
+    overrides = parse_overrides(args.set)
+    if args.config_json is not None:
+        cfg = load_config_json(args.config_json, overrides=overrides)
+    else:
+        cfg = load_config_file(args.config, args.config_section, overrides=overrides)
     if args.seed is not None:
         cfg.seed = args.seed
     set_torch_threads(args)

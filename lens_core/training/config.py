@@ -117,12 +117,25 @@ def load_config_file(path: str | Path, section: str | None = None, overrides: di
         if not isinstance(data, dict) or section not in data:
             raise ValueError(f"{path}: no section {section!r}")
         data = data[section]
+    return config_from_mapping(data, str(path), overrides)
+
+
+def load_config_json(text: str, overrides: dict | None = None) -> TrainConfig:
+    """The training config given inline as JSON (the workflow passes Snakemake's `config["train"]` so)."""
+    try:
+        data = json.loads(text)
+    except ValueError as e:
+        raise ValueError(f"--config-json: not valid JSON: {e}") from None
+    return config_from_mapping(data, "--config-json", overrides)
+
+
+def config_from_mapping(data, where: str, overrides: dict | None = None) -> TrainConfig:
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: training config must be a mapping")
+        raise ValueError(f"{where}: training config must be a mapping")
     from lens_core.config import deep_merge
 
     data = deep_merge(data, overrides)  # a dotted --set key (volume_fraction.lits=1) keeps its siblings
     try:
         return TrainConfig.from_config(data)
     except (TypeError, ValueError) as e:
-        raise ValueError(f"{path}: {e}") from e
+        raise ValueError(f"{where}: {e}") from e

@@ -1,4 +1,4 @@
-# Issue 6: the paper's Table II / Table V rows on the built-in corpus, each over several seeds:
+# The paper's Table II / Table V rows on the built-in corpus, each over several seeds:
 # `snakemake --cores all ablation` (not part of the default target: it trains many models).
 # Table V's "data pooling" is an experiment trained by train_lens (`pool` in its config); its "separate
 # models" stage (sep_fused) fuses the proposals of one model per dataset, each trained alone.
@@ -21,29 +21,19 @@ use rule train_lens as train_alone with:
         overrides=alone_overrides,
 
 
-rule propose_separate:
+# round-1 proposals of the experiment's "separate models": propose's command with one model per dataset
+# (each trained alone), their experts fused
+use rule propose as propose_separate with:
     input:
-        models=separate_models,
+        model=separate_models,
         prep=prep_tables(DATASETS),
     output:
-        p2d="results/{exp}/separate/proposals/{experts}/{dataset}/{split}/{shard}.parquet",
-        p3d="results/{exp}/separate/proposals/{experts}/{dataset}/{split}/{shard}.3d.parquet",
+        p2d=temp("results/{exp}/separate/proposals/{experts}/{dataset}/{split}/{shard}.parquet"),
+        p3d=temp("results/{exp}/separate/proposals/{experts}/{dataset}/{split}/{shard}.3d.parquet"),
     log:
         "results/logs/{exp}/propose_separate/{experts}.{dataset}.{split}.{shard}.log",
     benchmark:
         "results/benchmarks/propose_separate/{exp}.{experts}.{dataset}.{split}.{shard}.tsv"
-    conda:
-        "../../envs/lens.yaml"
-    threads: 1  # as rule propose
-    params:
-        p=config["propose"],
-        prep=prep_root,
-        experts=experts_arg,
-    shell:
-        "lens propose --model {input.models} --prep-dir {params.prep} --dataset {wildcards.dataset} "
-        "--split {wildcards.split} --shard {wildcards.shard}/{params.p[shards]} {params.experts} --out {output.p2d} "
-        "--out3d {output.p3d} --min-score {params.p[min_score]} --stack-iou {params.p[stack_iou]} "
-        "--threads {threads} --no-progress 2> {log}"
 
 
 # rule propose's pattern also matches results/<exp>/separate/ (gather_proposals gathers both)
@@ -62,12 +52,13 @@ rule ablation_table:
     benchmark:
         "results/benchmarks/ablation_table.tsv"
     conda:
-        "../../envs/lens.yaml"
+        ENV
     params:
         spec=ablation_spec_arg,
         out=parent_of("table"),
+        eval_dir=eval_dir,
     shell:
-        "lens ablation-table --spec '{params.spec}' --eval-dir results/eval --out {params.out} 2> {log}"
+        "lens ablation-table --spec '{params.spec}' --eval-dir {params.eval_dir} --out {params.out} 2> {log}"
 
 
 rule ablation:

@@ -1,9 +1,24 @@
-# Config validation and the input functions the rules use (no lambdas in rules).
+# Config validation, the rules' software (env, lens_core) and the input functions the rules use (no
+# lambdas in rules).
+import json
+import shlex
 from pathlib import Path
 
 from snakemake.utils import validate
 
 validate(config, "../schemas/config.schema.yaml")
+
+# Rules run this checkout's lens_core, found through the workflow folder (never an installed copy):
+# every job's shell puts the checkout on PYTHONPATH and scripts/bin (`lens` = python -m lens_core) on
+# PATH, after --use-conda has activated an env that holds the dependencies only. (The prefix replaces
+# Snakemake's default one, so it repeats its strict mode.)
+REPO = Path(workflow.basedir).resolve()
+shell.prefix(f'set -euo pipefail; export PATH={shlex.quote(str(REPO / "scripts" / "bin"))}:"$PATH" '
+             f"PYTHONPATH={shlex.quote(str(REPO))}; ")
+# --use-conda: every rule runs in envs/lens.yaml (CPU torch); the GPU rules (training, proposals, FPR)
+# in envs/lens-cuda.yaml where the profile says so (workflow/profiles/slurm: config gpu_env=cuda).
+ENV = "../../envs/lens.yaml"
+GPU_ENV = "../../envs/lens-cuda.yaml" if config.get("gpu_env", "cpu") == "cuda" else ENV
 
 DATASETS = list(config["datasets"])
 SHARDS = int(config["preprocess"]["shards"])
@@ -34,6 +49,21 @@ wildcard_constraints:
     stage="|".join(STAGES),
 
 
+# ------------------------------------------------------------------------------------ settings
+# Every step takes its settings from Snakemake's `config` through params, never from config.yaml on
+# disk: --configfile/--config are honoured, and a changed setting reruns exactly the rules whose params
+# hold it (Snakemake's params rerun trigger). So a rule's params carry only the keys it uses.
+def settings(section, *keys):
+    """config[section], or only `keys` of it."""
+    values = config[section]
+    return {k: values.get(k) for k in keys} if keys else values
+
+
+def settings_json(section, drop=()):
+    """config[section] without `drop`, as one shell-quoted JSON word (`lens train/synthesize --config-json`)."""
+    return shlex.quote(json.dumps({k: v for k, v in config[section].items() if k not in drop}, sort_keys=True))
+
+
 # ----------------------------------------------------------------------------------------- data
 def dataset_root(wildcards):
     """The dataset's released folder; with the built-in corpus, the corpus marker makes it a dependency."""
@@ -46,8 +76,16 @@ def truth_arg(wildcards):
     return f"--truth {CORPUS}/hidden_truth.parquet" if config["corpus"]["builtin"] else ""
 
 
-def prep_shard_dirs(wildcards):
-    return [f"results/prep_shards/{wildcards.dataset}/{i}/volumes.h5" for i in range(SHARDS)]
+PREP_FILES = ["volumes.h5", "volumes.parquet", "lesions.parquet", "truth.parquet", "test3d.parquet"]
+
+
+def prep_shard_files(wildcards):
+    """Every file of every shard: they are temp(), so gather_prep must ask for all of them."""
+    return [f"results/prep_shards/{wildcards.dataset}/{i}/{name}" for i in range(SHARDS) for name in PREP_FILES]
+
+
+def shard_arg(wildcards):
+    return f"--shard {wildcards.shard}/{SHARDS}"
 
 
 def dataset_format(wildcards):
@@ -59,7 +97,7 @@ def dataset_folder(wildcards):
 
 
 def shard_dirs_arg(wildcards, input):
-    return " ".join(str(Path(p).parent) for p in input)
+    return " ".join(dict.fromkeys(str(Path(p).parent) for p in input))  # each shard folder once, in order
 
 
 def prep_tables(datasets):
@@ -129,6 +167,20 @@ def fpr_extra(exp):
     return [d for d in FPR_EXTRA if d in exp_datasets(exp)]
 
 
+def fpr_extra_proposals(wildcards):
+    return [f"results/{wildcards.exp}/round2/proposals/fused/{d}/train.3d.parquet" for d in fpr_extra(wildcards.exp)]
+
+
+def fpr_extra_labels(wildcards):
+    return [f"results/prep/{d}/lesions.parquet" for d in fpr_extra(wildcards.exp)]
+
+
+def fpr_extra_args(wildcards, input):
+    """--extra-source PREP_DIR PROPOSALS3D LABELS per extra dataset (its prep folder holds its labels)."""
+    return " ".join(f"--extra-source {Path(lab).parent} {p} {lab}"
+                    for p, lab in zip(input.extra_proposals, input.extra_labels))
+
+
 def labels_arg(wildcards, input):
     """`lens train --labels`: the merged round-2 labels of a training rule with a `labels` input, else none."""
     return f"--labels {input.labels}" if "labels" in input.keys() else ""
@@ -157,6 +209,14 @@ def alone_overrides(wildcards):
 
 def experts_arg(wildcards):
     return "--experts deeplesion" if wildcards.experts == "dl" else ""
+
+
+def split_arg(wildcards):
+    return wildcards.split
+
+
+def propose_shard_arg(wildcards):
+    return f"--shard {wildcards.shard}/{config['propose']['shards']}"
 
 
 def proposal_shards(wildcards):
@@ -224,6 +284,11 @@ def ablation_summaries(wildcards):
 
 def exp_seed(wildcards):
     return exp_spec(wildcards.exp)[1]
+
+
+def eval_dir(wildcards, output):
+    """results/eval, the folder of every evaluated stage (results/eval/<exp>/<stage>/): ablation/table.md's grandparent."""
+    return str(Path(output.table).parent.parent)
 
 
 def ablation_spec_arg(wildcards):

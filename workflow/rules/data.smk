@@ -1,4 +1,4 @@
-# Issue 2: the built-in corpus and preprocessing (paper Sec. VI-A).
+# The built-in corpus and preprocessing (paper Sec. VI-A): one job per dataset shard, then a gather.
 
 
 rule synthesize_corpus:
@@ -10,39 +10,43 @@ rule synthesize_corpus:
     benchmark:
         "results/benchmarks/synthesize_corpus.tsv"
     conda:
-        "../../envs/lens.yaml"
+        ENV
     params:
         out=parent_of("marker"),
+        corpus=settings_json("corpus", drop=("builtin", "root")),
+        args="",
     shell:
-        "lens synthesize --out {params.out} --config config.yaml --no-progress 2> {log}"
+        "lens synthesize --out {params.out} --config-json {params.corpus} {params.args} --no-progress 2> {log}"
 
 
 rule preprocess:
     input:
         dataset_root,
+    # gather_prep copies the shards into results/prep: stored once
     output:
-        h5="results/prep_shards/{dataset}/{shard}/volumes.h5",
-        volumes="results/prep_shards/{dataset}/{shard}/volumes.parquet",
-        lesions="results/prep_shards/{dataset}/{shard}/lesions.parquet",
-        truth="results/prep_shards/{dataset}/{shard}/truth.parquet",
-        test3d="results/prep_shards/{dataset}/{shard}/test3d.parquet",
+        h5=temp("results/prep_shards/{dataset}/{shard}/volumes.h5"),
+        volumes=temp("results/prep_shards/{dataset}/{shard}/volumes.parquet"),
+        lesions=temp("results/prep_shards/{dataset}/{shard}/lesions.parquet"),
+        truth=temp("results/prep_shards/{dataset}/{shard}/truth.parquet"),
+        test3d=temp("results/prep_shards/{dataset}/{shard}/test3d.parquet"),
     log:
         "results/logs/preprocess/{dataset}.{shard}.log",
     benchmark:
         "results/benchmarks/preprocess/{dataset}.{shard}.tsv"
     conda:
-        "../../envs/lens.yaml"
+        ENV
     params:
         fmt=dataset_format,
         root=dataset_folder,
         truth=truth_arg,
-        p=config["preprocess"],
-        nshards=SHARDS,
+        out=parent_of("h5"),
+        shard=shard_arg,
+        p=settings("preprocess", "pixel_mm", "slice_mm", "split_seed", "ln_diameter_mm", "deeplesion_box_pad_px"),
     group:
         "preprocess"
     shell:
         "lens preprocess --format {params.fmt} --root {params.root} --dataset {wildcards.dataset} "
-        "--out results/prep_shards/{wildcards.dataset}/{wildcards.shard} --shard {wildcards.shard}/{params.nshards} "
+        "--out {params.out} {params.shard} "
         "--pixel-mm {params.p[pixel_mm]} --slice-mm {params.p[slice_mm]} --split-seed {params.p[split_seed]} "
         "--ln-diameter-mm {params.p[ln_diameter_mm]} --dl-box-pad-px {params.p[deeplesion_box_pad_px]} "
         "{params.truth} --no-progress 2> {log}"
@@ -50,7 +54,7 @@ rule preprocess:
 
 rule gather_prep:
     input:
-        prep_shard_dirs,
+        prep_shard_files,
     output:
         h5="results/prep/{dataset}/volumes.h5",
         volumes="results/prep/{dataset}/volumes.parquet",
@@ -62,8 +66,9 @@ rule gather_prep:
     benchmark:
         "results/benchmarks/gather_prep/{dataset}.tsv"
     conda:
-        "../../envs/lens.yaml"
+        ENV
     params:
         shards=shard_dirs_arg,
+        out=parent_of("h5"),
     shell:
-        "lens gather-prep {params.shards} --out results/prep/{wildcards.dataset} 2> {log}"
+        "lens gather-prep {params.shards} --out {params.out} 2> {log}"

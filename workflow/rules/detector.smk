@@ -1,4 +1,4 @@
-# Issue 3: LENS training (round 1 on the datasets' own labels) and proposal generation.
+# LENS training (round 1 on the datasets' own labels) and proposal generation.
 
 
 # The workflow's one `lens train` command. Every other trained model reuses this rule with
@@ -20,15 +20,16 @@ rule train_lens:
     benchmark:
         "results/benchmarks/train_lens_{round}/{exp}.tsv"
     conda:
-        "../../envs/lens.yaml"
+        GPU_ENV
     threads: workflow.cores
     params:
         prep=prep_root,
         labels=labels_arg,
         out=parent_of("model"),
+        train=settings_json("train"),
         overrides=train_overrides,
     shell:
-        "lens train --prep-dir {params.prep} {params.labels} --config config.yaml --config-section train "
+        "lens train --prep-dir {params.prep} {params.labels} --config-json {params.train} "
         "{params.overrides} --out {params.out} --resume --threads {threads} --no-progress 2> {log}"
 
 
@@ -36,25 +37,28 @@ rule propose:
     input:
         model="results/{exp}/{round}/lens.pt",
         prep=prep_tables(DATASETS),
+    # gather_proposals concatenates the shards: stored once
     output:
-        p2d="results/{exp}/{round}/proposals/{experts}/{dataset}/{split}/{shard}.parquet",
-        p3d="results/{exp}/{round}/proposals/{experts}/{dataset}/{split}/{shard}.3d.parquet",
+        p2d=temp("results/{exp}/{round}/proposals/{experts}/{dataset}/{split}/{shard}.parquet"),
+        p3d=temp("results/{exp}/{round}/proposals/{experts}/{dataset}/{split}/{shard}.3d.parquet"),
     log:
         "results/logs/{exp}/propose/{round}.{experts}.{dataset}.{split}.{shard}.log",
     benchmark:
         "results/benchmarks/propose/{exp}.{round}.{experts}.{dataset}.{split}.{shard}.tsv"
     conda:
-        "../../envs/lens.yaml"
+        GPU_ENV
     # One thread each: inference of the small model barely gains from a second thread, while two jobs
     # side by side also overlap their ~6 s torch start-up (profiles may raise it: set-threads).
     threads: 1
     params:
-        p=config["propose"],
+        p=settings("propose", "min_score", "stack_iou"),
         prep=prep_root,
+        split=split_arg,
+        shard=propose_shard_arg,
         experts=experts_arg,
     shell:
         "lens propose --model {input.model} --prep-dir {params.prep} --dataset {wildcards.dataset} "
-        "--split {wildcards.split} --shard {wildcards.shard}/{params.p[shards]} {params.experts} --out {output.p2d} "
+        "--split {params.split} {params.shard} {params.experts} --out {output.p2d} "
         "--out3d {output.p3d} --min-score {params.p[min_score]} --stack-iou {params.p[stack_iou]} "
         "--threads {threads} --no-progress 2> {log}"
 
@@ -69,6 +73,6 @@ rule gather_proposals:
     benchmark:
         "results/benchmarks/gather_proposals/{exp}.{round}.{experts}.{dataset}.{split}{dim}.tsv"
     conda:
-        "../../envs/lens.yaml"
+        ENV
     shell:
         "lens concat {input} --sort volume_id --out {output} 2> {log}"

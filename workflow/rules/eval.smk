@@ -1,4 +1,4 @@
-# Issue 4: FROC evaluation on the DeepLesion-like test split (LENS 3D protocol, Sec. VI-C), per experiment
+# FROC evaluation on the DeepLesion-like test split (LENS 3D protocol, Sec. VI-C), per experiment
 # and stage (r1/r2 = round 1/2 model, dl = DeepLesion expert only, fused = all experts, fpr = + Eq. 4).
 
 
@@ -17,9 +17,9 @@ rule evaluate:
     benchmark:
         "results/benchmarks/evaluate/{exp}.{stage}.tsv"
     conda:
-        "../../envs/lens.yaml"
+        ENV
     params:
-        e=config["evaluation"],
+        e=settings("evaluation", "iobb", "fp_rates"),
         out=parent_of("froc"),
         label=stage_label,
         score=stage_score_column,
@@ -41,7 +41,7 @@ rule froc_plot:
     benchmark:
         "results/benchmarks/froc_plot.tsv"
     conda:
-        "../../envs/lens.yaml"
+        ENV
     params:
         paper=main_paper_arg,
     shell:

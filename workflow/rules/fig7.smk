@@ -1,4 +1,4 @@
-# Issue 6: the paper's Fig. 7 (Sec. VI-D): each single-type dataset's CPM (LUNA16 protocol, its own expert;
+# The paper's Fig. 7 (Sec. VI-D): each single-type dataset's CPM (LUNA16 protocol, its own expert;
 # on the held-out cohort of fig7.heldout with the built-in corpus, else on its validation split) of round-1
 # LENS trained on that dataset alone vs jointly with every dataset, on growing nested fractions of its
 # training volumes: `snakemake --cores all fig7` (not part of the default target).
@@ -23,7 +23,8 @@ use rule train_lens as fig7_train with:
         overrides=fig7_train_overrides,
 
 
-rule fig7_heldout_corpus:
+# synthesize_corpus's command for the held-out cohort: its own seed and case counts (fig7_heldout_args)
+use rule synthesize_corpus as fig7_heldout_corpus with:
     output:
         marker="results/fig7/heldout/corpus/corpus.json",
         truth="results/fig7/heldout/corpus/hidden_truth.parquet",
@@ -31,16 +32,14 @@ rule fig7_heldout_corpus:
         "results/logs/fig7/heldout_corpus.log",
     benchmark:
         "results/benchmarks/fig7/heldout_corpus.tsv"
-    conda:
-        "../../envs/lens.yaml"
     params:
         out=parent_of("marker"),
+        corpus=settings_json("corpus", drop=("builtin", "root", "seed")),
         args=fig7_heldout_args,
-    shell:
-        "lens synthesize --out {params.out} --config config.yaml {params.args} --no-progress 2> {log}"
 
 
-rule fig7_heldout_prep:
+# preprocess's command for the held-out cohort: one job per dataset (no shards), kept (nothing gathers it)
+use rule preprocess as fig7_heldout_prep with:
     input:
         marker=rules.fig7_heldout_corpus.output.marker,
         truth=rules.fig7_heldout_corpus.output.truth,
@@ -54,22 +53,19 @@ rule fig7_heldout_prep:
         "results/logs/fig7/heldout_prep.{dataset}.log",
     benchmark:
         "results/benchmarks/fig7/heldout_prep/{dataset}.tsv"
-    conda:
-        "../../envs/lens.yaml"
     params:
         fmt=dataset_format,
-        corpus=parent_of("marker"),
+        root=fig7_heldout_dataset_root,
+        truth=fig7_heldout_truth_arg,
         out=parent_of("h5"),
-        p=config["preprocess"],
-    shell:
-        "lens preprocess --format {params.fmt} --root {params.corpus}/{params.fmt} --dataset {wildcards.dataset} "
-        "--out {params.out} --pixel-mm {params.p[pixel_mm]} --slice-mm {params.p[slice_mm]} "
-        "--split-seed {params.p[split_seed]} --ln-diameter-mm {params.p[ln_diameter_mm]} "
-        "--dl-box-pad-px {params.p[deeplesion_box_pad_px]} --truth {input.truth} --no-progress 2> {log}"
+        shard="",
+    group:
+        None
 
 
-# {evalset}: "heldout" (the held-out cohort, every scan) or "val" (the corpus's validation split)
-rule fig7_propose:
+# propose's command for a Fig. 7 model: {evalset} "heldout" (the held-out cohort, every scan) or "val"
+# (the corpus's validation split), scored by the dataset's own expert; not sharded
+use rule propose as fig7_propose with:
     input:
         model=fig7_model_file,
         prep=fig7_eval_prep,
@@ -83,17 +79,12 @@ rule fig7_propose:
         "results/logs/fig7/{model}/propose.{dataset}.{evalset}.log",
     benchmark:
         "results/benchmarks/fig7/propose/{model}.{dataset}.{evalset}.tsv"
-    conda:
-        "../../envs/lens.yaml"
-    threads: 1  # as rule propose: small jobs overlap better than they use a second thread
     params:
-        p=config["propose"],
+        p=settings("propose", "min_score", "stack_iou"),
         prep=prep_root,
         split=fig7_propose_split,
-    shell:
-        "lens propose --model {input.model} --prep-dir {params.prep} --dataset {wildcards.dataset} "
-        "--split {params.split} --experts {wildcards.dataset} --out {output.p2d} --out3d {output.p3d} "
-        "--min-score {params.p[min_score]} --stack-iou {params.p[stack_iou]} --threads {threads} --no-progress 2> {log}"
+        shard="",
+        experts=fig7_experts_arg,
 
 
 rule fig7_evaluate:
@@ -113,14 +104,14 @@ rule fig7_evaluate:
     benchmark:
         "results/benchmarks/fig7/evaluate/{model}.{dataset}.{evalset}.tsv"
     conda:
-        "../../envs/lens.yaml"
+        ENV
     threads: 1
     params:
-        e=config["evaluation"],
+        e=settings("evaluation", "fp_rates"),
         out=parent_of("froc"),
         label=fig7_run_label,
-        truth=lambda w, input: input.prep[2],  # lesions.parquet
-        volumes=lambda w, input: input.prep[1],  # volumes.parquet
+        truth=fig7_eval_lesions,
+        volumes=fig7_eval_volumes,
         split=fig7_eval_split_arg,
     shell:
         "lens evaluate --pred {input.pred} --truth {params.truth} --protocol luna --name '{params.label}' "
@@ -140,7 +131,7 @@ rule fig7_table:
     benchmark:
         "results/benchmarks/fig7_table.tsv"
     conda:
-        "../../envs/lens.yaml"
+        ENV
     threads: 1
     params:
         spec=fig7_spec_arg,

@@ -35,6 +35,27 @@ def fig7_eval_prep(wildcards):
                   name=["volumes.h5", "volumes.parquet", "lesions.parquet"])
 
 
+def fig7_eval_volumes(wildcards, input):
+    return input.prep[1]  # fig7_eval_prep: volumes.parquet
+
+
+def fig7_eval_lesions(wildcards, input):
+    return input.prep[2]  # fig7_eval_prep: lesions.parquet
+
+
+def fig7_experts_arg(wildcards):
+    return f"--experts {wildcards.dataset}"  # the dataset's own expert
+
+
+def fig7_heldout_dataset_root(wildcards, input):
+    """The dataset's folder in the held-out corpus (the corpus writes each format to a folder of its name)."""
+    return f"{Path(input.marker).parent}/{dataset_format(wildcards)}"
+
+
+def fig7_heldout_truth_arg(wildcards, input):
+    return f"--truth {input.truth}"
+
+
 def fig7_propose_split(wildcards):
     return "all" if wildcards.evalset == "heldout" else "val"  # every held-out scan; else the val split
 

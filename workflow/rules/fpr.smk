@@ -1,4 +1,4 @@
-# Issue 6: 3D false-positive reduction (paper Sec. IV-D) on round-2 proposals, and score fusion (Eq. 4).
+# 3D false-positive reduction (paper Sec. IV-D) on round-2 proposals, and score fusion (Eq. 4).
 
 
 rule train_fpr:
@@ -6,9 +6,8 @@ rule train_fpr:
         proposals="results/{exp}/round2/proposals/fused/deeplesion/train.3d.parquet",
         labels="results/{exp}/mining/labels_round2.parquet",
         prep=prep_tables(["deeplesion"]),
-        extra_proposals=lambda w: [f"results/{w.exp}/round2/proposals/fused/{d}/train.3d.parquet"
-                                   for d in fpr_extra(w.exp)],
-        extra_labels=lambda w: [f"results/prep/{d}/lesions.parquet" for d in fpr_extra(w.exp)],
+        extra_proposals=fpr_extra_proposals,
+        extra_labels=fpr_extra_labels,
     output:
         "results/{exp}/fpr/fpr.pt",
     log:
@@ -16,15 +15,13 @@ rule train_fpr:
     benchmark:
         "results/benchmarks/train_fpr/{exp}.tsv"
     conda:
-        "../../envs/lens.yaml"
+        GPU_ENV
     threads: workflow.cores
     params:
         prep=parent_of("prep"),
         seed=exp_seed,
-        f=config["fpr"],
-        # --extra-source PREP_DIR PROPOSALS3D LABELS per extra dataset (its prep folder holds its labels)
-        extra=lambda w, input: " ".join(f"--extra-source {Path(lab).parent} {p} {lab}"
-                                        for p, lab in zip(input.extra_proposals, input.extra_labels)),
+        f=settings("fpr", "preset", "epochs"),
+        extra=fpr_extra_args,
     shell:
         "lens train-fpr --prep-dir {params.prep} --proposals3d {input.proposals} --labels {input.labels} "
         "{params.extra} --preset {params.f[preset]} --epochs {params.f[epochs]} --seed {params.seed} "
@@ -43,7 +40,7 @@ rule score_fpr:
     benchmark:
         "results/benchmarks/score_fpr/{exp}.tsv"
     conda:
-        "../../envs/lens.yaml"
+        GPU_ENV
     threads: workflow.cores
     params:
         prep=parent_of("prep"),

@@ -1,4 +1,4 @@
-# Issue 5: missing-annotation mining on the DeepLesion-like training split (paper Sec. V), each strategy
+# Missing-annotation mining on the DeepLesion-like training split (paper Sec. V), each strategy
 # a rule with its own artifact, then round-2 training from the merged labels. Per experiment {exp}.
 
 DL_PREP = "results/prep/deeplesion"
@@ -16,9 +16,9 @@ rule build_tracklets:
     benchmark:
         "results/benchmarks/build_tracklets/{exp}.tsv"
     conda:
-        "../../envs/lens.yaml"
+        ENV
     params:
-        m=config["mining"],
+        m=settings("mining", "theta", "tracklet_min_score"),
     shell:
         "lens build-tracklets --proposals {input.train} {input.val} --theta {params.m[theta]} "
         "--min-score {params.m[tracklet_min_score]} --out {output} 2> {log}"
@@ -36,9 +36,9 @@ rule mine_cross_slice:
     benchmark:
         "results/benchmarks/mine_cross_slice/{exp}.tsv"
     conda:
-        "../../envs/lens.yaml"
+        ENV
     params:
-        m=config["mining"],
+        m=settings("mining", "theta"),
         extent=extent_arg,
     shell:
         "lens mine-cross-slice --tracklets {input.tracklets} --lesions {input.lesions} --volumes {input.volumes} "
@@ -57,10 +57,10 @@ rule embed_lesions:
     benchmark:
         "results/benchmarks/embed_lesions/{exp}.tsv"
     conda:
-        "../../envs/lens.yaml"
+        ENV
     threads: workflow.cores
     params:
-        m=config["mining"],
+        m=settings("mining", "embedding", "encoder_steps", "theta"),
         prep=parent_of("prep"),
     shell:
         "lens embed-lesions --prep-dir {params.prep} --tracklets {input.tracklets} --source {params.m[embedding]} "
@@ -83,9 +83,9 @@ rule calibrate_delta:
     benchmark:
         "results/benchmarks/calibrate_delta/{exp}.tsv"
     conda:
-        "../../envs/lens.yaml"
+        ENV
     params:
-        m=config["mining"],
+        m=settings("mining", "min_precision", "delta_fallback", "min_pairs", "theta"),
         prep=parent_of("prep"),
     shell:
         "lens calibrate-delta --prep-dir {params.prep} --tracklets {input.tracklets} --embeddings {input.emb} "
@@ -107,9 +107,9 @@ rule mine_intra_patient:
     benchmark:
         "results/benchmarks/mine_intra_patient/{exp}.tsv"
     conda:
-        "../../envs/lens.yaml"
+        ENV
     params:
-        m=config["mining"],
+        m=settings("mining", "theta"),
         delta=delta_arg,
         prep=parent_of("prep"),
     shell:
@@ -130,9 +130,9 @@ rule mine_cross_dataset:
     benchmark:
         "results/benchmarks/mine_cross_dataset/{exp}.tsv"
     conda:
-        "../../envs/lens.yaml"
+        ENV
     params:
-        m=config["mining"],
+        m=settings("mining", "sigma"),
         experts=single_type_experts,
     shell:
         "lens mine-cross-dataset --proposals {input.proposals} --volumes {input.volumes} "
@@ -153,9 +153,9 @@ rule merge_labels:
     benchmark:
         "results/benchmarks/merge_labels/{exp}.tsv"
     conda:
-        "../../envs/lens.yaml"
+        ENV
     params:
-        m=config["mining"],
+        m=settings("mining", "theta"),
     shell:
         "lens merge-labels --lesions {input.lesions} --mined {input.cross_slice} {input.intra_patient} "
         "--uncertain {input.uncertain} --theta {params.m[theta]} --out {output} 2> {log}"
@@ -177,7 +177,7 @@ rule audit_mining:
     benchmark:
         "results/benchmarks/audit_mining/{exp}.tsv"
     conda:
-        "../../envs/lens.yaml"
+        ENV
     params:
         prep=parent_of("prep"),
     shell:

@@ -1,4 +1,4 @@
-# Issue 7: the run's report (also: snakemake --report results/report.zip for the captioned Snakemake report).
+# The run's report (also: snakemake --report results/report.zip for the captioned Snakemake report).
 
 
 rule html_report:
@@ -11,7 +11,9 @@ rule html_report:
     log:
         "results/logs/report.log",
     conda:
-        "../../envs/lens.yaml"
+        ENV
+    params:
+        results=parent_of(0),
     shell:
-        "lens report --results results --section Evaluation {input.eval} --section Mining {input.mining} "
+        "lens report --results {params.results} --section Evaluation {input.eval} --section Mining {input.mining} "
         "--section Training {input.training} --out {output} 2> {log}"
