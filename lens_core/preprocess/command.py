@@ -77,7 +77,7 @@ def _synthesize(args) -> int:
 
 
 def _preprocess(args) -> int:
-    from .preprocess import PrepParams, preprocess_dataset
+    from .volumes import PrepParams, preprocess_dataset
 
     t = time.perf_counter()
     reader_opts = {"split_seed": args.split_seed}
@@ -93,7 +93,7 @@ def _preprocess(args) -> int:
 
 
 def _gather(args) -> int:
-    from .prep_shards import gather
+    from .shards import gather
 
     gather(args.shards, args.out)
     return 0

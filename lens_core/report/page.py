@@ -63,7 +63,7 @@ def _md_table(path: Path) -> str:
 
 def build_report(results: Path, out: Path, sections: list[tuple[str, str, list[Path]]]) -> None:
     """sections: (title, caption, files) — PNGs become images, .md files tables."""
-    from .io import atomic_path
+    from ..io import atomic_path
 
     parts = ["<!doctype html><meta charset='utf-8'><title>LENS pipeline report</title>",
              "<style>body{font-family:sans-serif;max-width:1100px;margin:auto}table{border-collapse:collapse}"
