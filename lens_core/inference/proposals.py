@@ -11,9 +11,9 @@ import torch
 import torch.nn.functional as F
 
 from lens_core.inference.fusion import fuse_experts, fuse_models
+from lens_core.io import read_table
 from lens_core.model.lens import LENS
-from lens_core.training.data import PAD_MULTIPLE, normalize, read_table, stack_slices
-from lens_core.training.loop import autocast
+from lens_core.runtime import PAD_MULTIPLE, autocast, normalize, stack_slices
 
 ID_COLUMNS = ["volume_id", "patient_id", "study_id", "series_id"]
 
