@@ -164,7 +164,9 @@ def run_froc_plot(args: argparse.Namespace) -> int:
     if args.table:
         summary = summarize(froc, rates)
         summary = summary.loc[summary["stratum"] == args.stratum]
-        inputs.write_parquet(summary, args.table.with_suffix(".parquet"), {"fp_rates": list(rates)})
+        # the paper's figures ride in the metadata: `lens report` renders this table, not the Markdown
+        meta = {"fp_rates": list(rates), **({"paper": paper} if args.paper is not None else {})}
+        inputs.write_parquet(summary, args.table.with_suffix(".parquet"), meta)
         inputs.write_text(to_markdown(summary, args.title, paper if args.paper is not None else None), args.table)
     log.info("plotted %d variant(s) -> %s", froc["variant"].nunique(), args.out)
     return 0
