@@ -10,7 +10,9 @@ rule html_report:
         montage=f"results/{MAIN}/mining/montage.png",
         delta=delta_plot,
         losses=expand("results/{exp}/{round}/losses.png", exp=MAIN, round=["round1", "round2"]),
-        captions=expand("workflow/report/{item}.rst", item=["table", "froc_all", "audit", "montage", "delta", "losses"]),
+        # the captions of `snakemake --report` (beside the Snakefile, whatever --directory says)
+        captions=expand(f"{workflow.basedir}/workflow/report/{{item}}.rst",
+                        item=["table", "froc_all", "audit", "montage", "delta", "losses"]),
     output:
         "results/report.html",
     log:
