@@ -49,7 +49,7 @@ def main(argv=None) -> None:
     from lens_core.mining.audit import annotation_pad_px, match_truth, truth_slices
     from lens_core.mining.embed_model import EncoderTraining
     from lens_core.mining.intra_patient import match_intra_patient
-    from lens_core.mining.tracklets import tracklets_from_table
+    from lens_core.tracklets import tracklets_from_table
 
     prep = args.prep
     vols = pd.read_parquet(prep / "volumes.parquet")

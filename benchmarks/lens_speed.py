@@ -17,7 +17,7 @@ import torch
 
 from lens_core.inference.fusion import fuse_experts
 from lens_core.model.lens import LENS, ImageTargets, total_loss
-from lens_core.training.loop import autocast, resolve_device
+from lens_core.runtime import autocast, resolve_device
 from lens_core.training.targets import batch_targets
 
 DATASETS = ["deeplesion", "luna", "lits", "nihln"]

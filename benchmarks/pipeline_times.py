@@ -8,7 +8,7 @@ Prints each rule's job count, summed and longest job seconds, and peak memory, p
 import sys
 from pathlib import Path
 
-from lens_core.report import rule_times, times_by_rule
+from lens_core.report.page import rule_times, times_by_rule
 
 
 def main() -> None:

@@ -20,7 +20,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from reference_tracklets import reference_tracklets  # noqa: E402
 
-from lens_core.mining.tracklets import _tracklet_kernel, build_tracklets  # noqa: E402
+from lens_core.tracklets import _tracklet_kernel, build_tracklets  # noqa: E402
 
 BOXES_PER_SLICE = 10
 SLICES_PER_VOLUME = 100

@@ -1,7 +1,7 @@
 """`lens <step>`: one subcommand per pipeline step (each Snakemake rule calls one of these).
 
-Heavy imports (torch, SimpleITK, numba) happen inside the handlers, so `lens --help` is instant and a
-step that does not need torch does not pay for importing it.
+Heavy imports (torch, numba) happen inside the handlers, and `lens <step>` imports only its step's
+command module, so a step does not pay for importing what it does not need.
 """
 from __future__ import annotations
 
@@ -9,39 +9,57 @@ import argparse
 import importlib
 import logging
 import sys
-from pathlib import Path
 
-# modules that contribute subcommands through `add_parser(subparsers)`
-COMMAND_MODULES = [
-    "lens_core.commands",
-    "lens_core.evaluation.command",
-    "lens_core.evaluation.ablation",
-    "lens_core.evaluation.fig7",
-    "lens_core.training.command",
-    "lens_core.inference.command",
-    "lens_core.mining.command",
-    "lens_core.fpr.command",
-    "lens_core.detect_command",
-]
+# every step, in the order the pipeline runs them (the order of `lens --help`), and the command module
+# (one `command.py` per package) whose `add_parser(subparsers)` registers it
+STEPS = {
+    "synthesize": "lens_core.datasets.command",
+    "preprocess": "lens_core.preprocess.command",
+    "gather-prep": "lens_core.preprocess.command",
+    "train": "lens_core.training.command",
+    "propose": "lens_core.inference.command",
+    "concat": "lens_core.inference.command",
+    "build-tracklets": "lens_core.mining.command",
+    "mine-cross-slice": "lens_core.mining.command",
+    "embed-lesions": "lens_core.mining.command",
+    "calibrate-delta": "lens_core.mining.command",
+    "mine-intra-patient": "lens_core.mining.command",
+    "mine-cross-dataset": "lens_core.mining.command",
+    "merge-labels": "lens_core.mining.command",
+    "audit-mining": "lens_core.mining.command",
+    "train-fpr": "lens_core.fpr.command",
+    "score-fpr": "lens_core.fpr.command",
+    "evaluate": "lens_core.evaluation.command",
+    "froc-plot": "lens_core.evaluation.command",
+    "ablation-table": "lens_core.evaluation.command",
+    "fig7-table": "lens_core.evaluation.command",
+    "report": "lens_core.report.command",
+    "detect": "lens_core.inference.command",
+}
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The `lens` parser. Given the command line, only the named step's module is imported: a step does
+    not pay for importing the others (`lens synthesize`'s readers need SimpleITK, pydicom, scipy)."""
     p = argparse.ArgumentParser(prog="lens", description=__doc__.splitlines()[0])
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = p.add_subparsers(dest="command", required=True, metavar="STEP")
-    for name in COMMAND_MODULES:
-        try:
-            mod = importlib.import_module(name)
-        except ModuleNotFoundError as e:
-            if e.name == name:  # a step not built yet
-                continue
-            raise
-        mod.add_parser(sub)
+    step = next((a for a in argv or [] if not a.startswith("-")), None)
+    modules = [STEPS[step]] if step in STEPS else list(dict.fromkeys(STEPS.values()))
+    for name in modules:
+        importlib.import_module(name).add_parser(sub)
+    unlisted = sorted(set(sub.choices) - set(STEPS))
+    if unlisted:
+        raise RuntimeError(f"steps {unlisted} are missing from lens_core.cli.STEPS")
+    # a module registers its steps together; the help lists them in pipeline order instead
+    order = list(STEPS)
+    sub._choices_actions.sort(key=lambda action: order.index(action.dest))
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(argv).parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     try:
@@ -52,38 +70,6 @@ def main(argv: list[str] | None = None) -> int:
         if args.verbose:
             raise
         return 2
-
-
-def add_torch_args(p: argparse.ArgumentParser) -> None:
-    """--device and --threads, for every step that runs a network."""
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto: CUDA when present")
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch CPU threads (default 1: on a shared 2-core machine 2 threads ran up to 7x slower)")
-
-
-def set_torch_threads(args: argparse.Namespace) -> None:
-    import torch
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
-
-
-def positive_shard(text: str) -> tuple[int, int]:
-    """Parse `--shard i/n` (0-based i)."""
-    try:
-        i, n = (int(v) for v in text.split("/"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--shard wants i/n, got {text!r}") from None
-    if not 0 <= i < n:
-        raise argparse.ArgumentTypeError(f"--shard {text}: need 0 <= i < n")
-    return i, n
-
-
-def existing_path(text: str) -> Path:
-    p = Path(text)
-    if not p.exists():
-        raise argparse.ArgumentTypeError(f"{p} does not exist")
-    return p
 
 
 if __name__ == "__main__":

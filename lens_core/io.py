@@ -1,4 +1,5 @@
-"""Atomic artifact writing: a step that fails leaves no partial file behind (temp file, then rename)."""
+"""Atomic artifact writing (a step that fails leaves no partial file behind: temp file, then rename) and
+reading a table that must hold given columns."""
 from __future__ import annotations
 
 import json
@@ -56,3 +57,19 @@ def read_meta(path) -> dict:
 def write_text(path, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text)
+
+
+def read_table(path, columns: list[str], what: str = "table") -> pd.DataFrame:
+    """A Parquet table that must hold ``columns``; a missing file, an unreadable one or a missing column is
+    an error naming the file (``what``: the table's role, for the message)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} not found: {path}")
+    try:
+        df = pd.read_parquet(path)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path}: cannot read {what}: {e}") from e
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise ValueError(f"{path}: {what} lacks columns {missing}")
+    return df

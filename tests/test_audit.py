@@ -6,7 +6,7 @@ import pytest
 
 from lens_core.mining import audit, calibrate, montage
 from lens_core.mining.cross_slice import mine_cross_slice
-from lens_core.mining.tracklets import tracklets_from_table
+from lens_core.tracklets import tracklets_from_table
 
 
 def _truth():

@@ -10,10 +10,10 @@ from lens_core import cli
 from lens_core.boxes import iobb
 from lens_core.datasets.common import atomic_write_image, make_image
 from lens_core.datasets.nihln import write_dicom_series
-from lens_core.detect import BOX, WORLD, read_scan, to_scan_coordinates
+from lens_core.inference.detect import BOX, WORLD, read_scan, to_scan_coordinates
 from lens_core.fpr.train import FprTrainConfig, train_fpr
 from lens_core.inference.proposals import propose, stack_proposals_3d
-from lens_core.preprocess import PrepParams, map_boxes, prepare
+from lens_core.preprocess.volumes import PrepParams, map_boxes, prepare
 from lens_core.training.config import TrainConfig
 from lens_core.training.loop import train
 from lens_core.training.synthetic import make_prep, make_volume

@@ -9,7 +9,7 @@ from lens_core.mining import calibrate, embedding
 from lens_core.mining.audit import annotation_pad_px, match_truth, truth_slices
 from lens_core.mining.embed_model import EncoderTraining, load_encoder, save_encoder
 from lens_core.mining.intra_patient import match_intra_patient
-from lens_core.mining.tracklets import tracklets_from_table
+from lens_core.tracklets import tracklets_from_table
 
 
 def _write_prep(path, volumes: dict):

@@ -375,7 +375,7 @@ def test_train_fpr_names_the_file_of_a_bad_table(blob_prep, tmp_path, lens_main)
 
 def test_training_and_scoring_steps_import_no_image_io_library():
     """FPR, proposal and training steps read only HDF5 / Parquet: a GPU node's Python without SimpleITK runs
-    them (benchmarks/gpu_check.sh ran on one; the table schemas they use live in lens_core.prep_schema)."""
+    them (benchmarks/gpu_check.sh ran on one; the table schemas they use live in lens_core.preprocess.schema)."""
     import subprocess
     import sys
 

@@ -6,7 +6,7 @@ import pyarrow.parquet as pq
 
 from lens_core.mining.cross_slice import mine_cross_slice
 from lens_core.mining.schema import MINING_SCHEMA, write_mining_table
-from lens_core.mining.tracklets import tracklets_from_table
+from lens_core.tracklets import tracklets_from_table
 
 
 def proposals(rows):

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lens_core.mining.intra_patient import match_intra_patient, mine_intra_patient
-from lens_core.mining.tracklets import tracklets_from_table
+from lens_core.tracklets import tracklets_from_table
 
 
 def reference_matches(ap, av, ae, tp, tv, te, delta):

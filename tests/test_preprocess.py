@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from lens_core.preprocess import PrepParams, map_boxes, prepare, window
+from lens_core.preprocess.volumes import PrepParams, map_boxes, prepare, window
 
 
 def test_window_maps_paper_range_to_uint8():

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lens_core.mining.tracklets import build_tracklets, stack_to_3d, tracklets_from_table
+from lens_core.tracklets import build_tracklets, stack_to_3d, tracklets_from_table
 from reference_tracklets import reference_tracklets
 
 

@@ -94,14 +94,6 @@ def plot(table: pd.DataFrame, path: Path) -> None:
     plt.close(fig)
 
 
-def add_parser(sub) -> None:
-    p = sub.add_parser("ablation-table", help="the paper's ablation rows: mean ± sd over seeds, paper beside")
-    p.add_argument("--spec", required=True, help="JSON: row -> {stage, paper, exps: [experiment per seed]}")
-    p.add_argument("--eval-dir", type=Path, default=Path("results/eval"))
-    p.add_argument("--out", type=Path, required=True, help="folder for table.md, table.parquet, froc.png")
-    p.set_defaults(func=run)
-
-
 def run(args) -> int:
     spec = json.loads(args.spec)
     runs = collect(spec, args.eval_dir)

@@ -1,4 +1,5 @@
-"""`lens evaluate` (one variant under one protocol) and `lens froc-plot` (variants side by side)."""
+"""`lens evaluate` (one variant under one protocol), `lens froc-plot` (variants side by side), and the paper's
+tables over seeds: `lens ablation-table` (Table II / V rows) and `lens fig7-table` (Fig. 7)."""
 
 from __future__ import annotations
 
@@ -49,6 +50,21 @@ def add_parser(sub) -> None:
                    help="the paper's average sensitivity (%%) of each curve, in --curves order ('-' = none): "
                         "a column beside ours in --table")
     p.set_defaults(func=run_froc_plot)
+
+    p = sub.add_parser("ablation-table", help="the paper's ablation rows: mean ± sd over seeds, paper beside")
+    p.add_argument("--spec", required=True, help="JSON: row -> {stage, paper, exps: [experiment per seed]}")
+    p.add_argument("--eval-dir", type=Path, default=Path("results/eval"))
+    p.add_argument("--out", type=Path, required=True, help="folder for table.md, table.parquet, froc.png")
+    p.set_defaults(func=run_ablation_table)
+
+    p = sub.add_parser("fig7-table", help="Fig. 7: each single-type dataset alone vs joint, by training fraction",
+                       description="The paper's Fig. 7 on our data (lens_core.evaluation.fig7).")
+    p.add_argument("--spec", required=True,
+                   help="JSON list of runs: {dataset, mode (alone|joint), fraction, seed, summary (summary.parquet)}")
+    p.add_argument("--scored-on", default="validation split",
+                   help="what the runs were scored on, for the title (e.g. 'held-out cohort, 24 scans per dataset')")
+    p.add_argument("--out", type=Path, required=True, help="folder for table.md, table.parquet, fig7.png")
+    p.set_defaults(func=run_fig7_table)
 
 
 def _unit_column(args, protocol: str, truth) -> str:
@@ -148,7 +164,9 @@ def run_froc_plot(args: argparse.Namespace) -> int:
     if args.table:
         summary = summarize(froc, rates)
         summary = summary.loc[summary["stratum"] == args.stratum]
-        inputs.write_parquet(summary, args.table.with_suffix(".parquet"), {"fp_rates": list(rates)})
+        # the paper's figures ride in the metadata: `lens report` renders this table, not the Markdown
+        meta = {"fp_rates": list(rates), **({"paper": paper} if args.paper is not None else {})}
+        inputs.write_parquet(summary, args.table.with_suffix(".parquet"), meta)
         inputs.write_text(to_markdown(summary, args.title, paper if args.paper is not None else None), args.table)
     log.info("plotted %d variant(s) -> %s", froc["variant"].nunique(), args.out)
     return 0
@@ -162,3 +180,15 @@ def pq_fp_rates(path) -> list[float]:
     if "fp_rates" not in meta:
         raise ValueError(f"{path}: no fp_rates metadata; was it written by `lens evaluate`?")
     return [float(r) for r in meta["fp_rates"]]
+
+
+def run_ablation_table(args: argparse.Namespace) -> int:
+    from lens_core.evaluation import ablation
+
+    return ablation.run(args)
+
+
+def run_fig7_table(args: argparse.Namespace) -> int:
+    from lens_core.evaluation import fig7
+
+    return fig7.run(args)

@@ -123,17 +123,6 @@ def plot(table: pd.DataFrame, path: Path, scored_on: str = "validation split") -
     plt.close(fig)
 
 
-def add_parser(sub) -> None:
-    p = sub.add_parser("fig7-table", help="Fig. 7: each single-type dataset alone vs joint, by training fraction",
-                       description=__doc__.splitlines()[0])
-    p.add_argument("--spec", required=True,
-                   help="JSON list of runs: {dataset, mode (alone|joint), fraction, seed, summary (summary.parquet)}")
-    p.add_argument("--scored-on", default="validation split",
-                   help="what the runs were scored on, for the title (e.g. 'held-out cohort, 24 scans per dataset')")
-    p.add_argument("--out", type=Path, required=True, help="folder for table.md, table.parquet, fig7.png")
-    p.set_defaults(func=run)
-
-
 def run(args) -> int:
     try:
         spec = json.loads(args.spec)

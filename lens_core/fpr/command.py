@@ -6,7 +6,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from lens_core.cli import add_torch_args, set_torch_threads
+from lens_core.arguments import add_torch_args, set_torch_threads
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ def _train(args: argparse.Namespace) -> int:
 
 def _score(args: argparse.Namespace) -> int:
     from lens_core.fpr.score import score_table
-    from lens_core.training.loop import resolve_device
+    from lens_core.runtime import resolve_device
 
     set_torch_threads(args)
     df = score_table(args.model, args.prep_dir, args.proposals3d, args.out, args.score, resolve_device(args.device))

@@ -33,6 +33,8 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import roi_align, sigmoid_focal_loss
 
+from lens_core.model.weights import load_torchvision_weights
+
 __all__ = ["FprPreset", "PRESETS", "FprNet", "roi_pool_3d", "focal_loss", "save_fpr", "load_fpr"]
 
 TORCHVISION_WIDTHS = (64, 128, 256, 512)
@@ -100,20 +102,8 @@ def _resnet18_2d(weights_path: str | None) -> nn.Module:
 
     net = resnet18(weights=None)
     if weights_path:
-        # ImageNet weights only ever come from a local file: a torchvision resnet18 state_dict
-        path = Path(weights_path)
-        if not path.is_file():
-            raise FileNotFoundError(f"FPR weights file not found: {path}")
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except (RuntimeError, EOFError, pickle.UnpicklingError) as e:
-            raise ValueError(f"{path}: cannot read ResNet-18 weights: {e}") from e
-        if not isinstance(state, dict):
-            raise ValueError(f"{path}: not a state_dict")
-        missing, _ = net.load_state_dict({k: v for k, v in state.items() if not k.startswith("fc.")}, strict=False)
-        missing = [k for k in missing if not k.startswith("fc.")]
-        if missing:
-            raise ValueError(f"{path}: not a torchvision resnet18 state_dict (missing {missing[:3]} ...)")
+        # the classifier (fc) is replaced by the FPR's own
+        load_torchvision_weights(net, weights_path, "resnet18", needed=lambda k: not k.startswith("fc."))
     return net
 
 

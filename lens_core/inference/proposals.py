@@ -11,9 +11,9 @@ import torch
 import torch.nn.functional as F
 
 from lens_core.inference.fusion import fuse_experts, fuse_models
+from lens_core.io import read_table
 from lens_core.model.lens import LENS
-from lens_core.training.data import PAD_MULTIPLE, normalize, read_table, stack_slices
-from lens_core.training.loop import autocast
+from lens_core.runtime import PAD_MULTIPLE, autocast, normalize, stack_slices
 
 ID_COLUMNS = ["volume_id", "patient_id", "study_id", "series_id"]
 
@@ -136,8 +136,8 @@ def propose(
 
 
 def stack_proposals_3d(df: pd.DataFrame, iou_threshold: float = 0.5) -> pd.DataFrame:
-    """2D -> 3D stacking (Sec. IV-C): lens_core.mining.tracklets.stack_to_3d on the fused score."""
-    from lens_core.mining.tracklets import stack_to_3d
+    """2D -> 3D stacking (Sec. IV-C): lens_core.tracklets.stack_to_3d on the fused score."""
+    from lens_core.tracklets import stack_to_3d
 
     if df.empty:
         return pd.DataFrame(columns=["volume_id", "x1", "y1", "z1", "x2", "y2", "z2", "score"])

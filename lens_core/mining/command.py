@@ -273,7 +273,7 @@ def _volume_dataset(path: Path, lesions) -> dict:
 
 def _build_tracklets(args) -> int:
     from ..io import write_parquet
-    from .tracklets import tracklets_from_table
+    from ..tracklets import tracklets_from_table
 
     props = _train_only(_read(args.proposals), args.volumes)
     props = props[props["score"] >= args.min_score].reset_index(drop=True)

@@ -21,7 +21,7 @@ ID_COLS = ["volume_id", "patient_id", "study_id", "series_id"]
 def mine_cross_slice(tracklets: pd.DataFrame, annotations: pd.DataFrame, iou_threshold: float = 0.5) -> pd.DataFrame:
     """Mined 2D boxes (``label_kind = mined_cross_slice``), one row per box, MINING_SCHEMA columns.
 
-    tracklets: 2D proposals with ``tracklet_id`` (:func:`lens_core.mining.tracklets.tracklets_from_table`).
+    tracklets: 2D proposals with ``tracklet_id`` (:func:`lens_core.tracklets.tracklets_from_table`).
     annotations: the lesions table; only ``label_kind == 'gt'`` rows are key slices (compared on
     their slice ``z``).
 

@@ -19,7 +19,7 @@ import pandas as pd
 import pyarrow as pa
 
 from lens_core.io import write_parquet
-from lens_core.prep_schema import LESION_SCHEMA
+from lens_core.preprocess.schema import LESION_SCHEMA
 
 MINING_EXTRA = [("source_rule", pa.string()), ("tracklet_id", pa.int64()), ("score", pa.float64()),
                 ("key_iou", pa.float64()), ("embedding_distance", pa.float64())]

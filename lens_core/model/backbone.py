@@ -10,13 +10,13 @@ Two presets behind one interface (input ``[B, S, H, W]`` with ``S`` a multiple o
 """
 from __future__ import annotations
 
-import pickle
 from collections import OrderedDict
-from pathlib import Path
 
 import torch
 from torch import nn
 from torchvision.ops import FeaturePyramidNetwork
+
+from lens_core.model.weights import load_torchvision_weights
 
 PRESETS = ("paper", "cpu")
 
@@ -45,6 +45,10 @@ class _CpuStages(nn.Module):
         return out
 
 
+MULAN_LAYERS = tuple(f"features.{m}." for m in ("conv0", "norm0", "denseblock1", "transition1", "denseblock2",
+                                                "transition2", "denseblock3"))
+
+
 class _DenseNetStages(nn.Module):
     """DenseNet-121 truncated after dense block 3 (MULAN); returns blocks 1-3 (strides 4, 8, 16)."""
 
@@ -52,24 +56,11 @@ class _DenseNetStages(nn.Module):
         super().__init__()
         from torchvision.models import densenet121
 
-        f = densenet121(weights=None).features
+        net = densenet121(weights=None)
         if weights_path:
-            # ImageNet weights only ever come from a local file (no download); the file is a
-            # torchvision densenet121 state_dict (keys 'features.*', 'classifier.*').
-            path = Path(weights_path)
-            if not path.is_file():
-                raise FileNotFoundError(f"backbone weights file not found: {path}")
-            try:
-                state = torch.load(path, map_location="cpu", weights_only=True)
-            except (RuntimeError, EOFError, pickle.UnpicklingError) as e:
-                raise ValueError(f"{path}: cannot read backbone weights: {e}") from e
-            if not isinstance(state, dict):
-                raise ValueError(f"{path}: not a state_dict")
-            state = {k[len("features."):]: v for k, v in state.items() if k.startswith("features.")}
-            missing, _ = f.load_state_dict(state, strict=False)
-            needed = [k for k in missing if k.split(".")[0] in ("conv0", "norm0", "denseblock1", "denseblock2", "denseblock3")]
-            if needed:
-                raise ValueError(f"{path}: not a densenet121 state_dict (missing {needed[:3]} ...)")
+            # MULAN's truncation uses dense blocks 1-3 only: the rest of the file may be anything
+            load_torchvision_weights(net, weights_path, "densenet121", needed=lambda k: k.startswith(MULAN_LAYERS))
+        f = net.features
         self.stem = nn.Sequential(f.conv0, f.norm0, f.relu0, f.pool0)
         self.block1 = f.denseblock1
         self.block2 = nn.Sequential(f.transition1, f.denseblock2)

@@ -5,7 +5,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from lens_core.cli import add_torch_args, set_torch_threads
+from lens_core.arguments import add_torch_args, set_torch_threads
 
 log = logging.getLogger(__name__)
 

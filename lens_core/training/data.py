@@ -13,39 +13,13 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from lens_core.io import read_table
 from lens_core.model.lens import ImageTargets
+from lens_core.runtime import PAD_MULTIPLE, normalize, stack_slices
 from lens_core.training.config import TrainConfig
 from lens_core.training.targets import batch_targets
 
 BOX_COLUMNS = ["volume_id", "dataset", "z", "x1", "y1", "x2", "y2", "z1", "z2", "kind", "label_kind"]
-PAD_MULTIPLE = 16  # coarsest backbone stride
-
-
-def normalize(slices: np.ndarray) -> torch.Tensor:
-    """uint8 window (-1024..3071 HU -> 0..255) -> float, air ~ -1, soft tissue ~ 0."""
-    return (torch.from_numpy(np.ascontiguousarray(slices)).float() - 64.0) / 64.0
-
-
-def stack_slices(volume, z: int, n: int) -> np.ndarray:
-    """The ``n`` slices centred on ``z`` (edge slices repeated past the volume's ends) ``[n, H, W]``.
-
-    ``volume`` is anything indexable like ``[z, y, x]`` (an h5py dataset or a numpy array)."""
-    depth = volume.shape[0]
-    idx = np.clip(np.arange(z - n // 2, z + n // 2 + 1), 0, depth - 1)
-    lo, hi = int(idx.min()), int(idx.max())
-    block = volume[lo:hi + 1]
-    return np.asarray(block)[idx - lo]
-
-
-def read_table(path: Path, columns: list[str]) -> pd.DataFrame:
-    try:
-        df = pd.read_parquet(path)
-    except (OSError, ValueError) as e:
-        raise ValueError(f"{path}: cannot read table: {e}") from e
-    missing = [c for c in columns if c not in df.columns]
-    if missing:
-        raise ValueError(f"{path}: missing columns {missing}")
-    return df
 
 
 @dataclass

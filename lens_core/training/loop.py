@@ -2,7 +2,6 @@
 checkpoint every epoch from which a killed run resumes with the same result as an uninterrupted one."""
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
 import os
@@ -14,30 +13,15 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
+from lens_core.io import read_table
 from lens_core.model.lens import LENS, save_lens, total_loss
+from lens_core.runtime import autocast, resolve_device
 from lens_core.training.config import TrainConfig
 from lens_core.training.curves import plot_losses, write_loss_table
-from lens_core.training.data import SliceReader, build_index, load_batch, read_table
+from lens_core.training.data import SliceReader, build_index, load_batch
 from lens_core.training.sampler import DatasetHomogeneousSampler
 
 log = logging.getLogger(__name__)
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda requested but CUDA is not available")
-    if device not in ("cpu", "cuda"):
-        raise ValueError(f"device must be auto, cpu or cuda, got {device!r}")
-    return torch.device(device)
-
-
-def autocast(device: torch.device):
-    """Mixed precision on CUDA (bfloat16: no loss scaling needed), full precision on the CPU."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 def build_model(cfg: TrainConfig) -> tuple[LENS, dict]:

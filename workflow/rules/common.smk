@@ -270,11 +270,9 @@ def main_paper_arg(wildcards):
     return " ".join(str(paper.get(s, "-")) for s in MAIN_STAGES)
 
 
-def mining_report_files(wildcards):
-    files = [f"results/{MAIN}/mining/audit.md", f"results/{MAIN}/mining/montage.png"]
-    if config["mining"]["delta"] == "auto":
-        files.append(f"results/{MAIN}/mining/delta.png")
-    return files
+def delta_plot(wildcards):
+    """The delta calibration plot of the main experiment, when delta is chosen on validation (auto)."""
+    return [f"results/{MAIN}/mining/delta.png"] if config["mining"]["delta"] == "auto" else []
 
 
 def ablation_summaries(wildcards):

@@ -36,6 +36,7 @@ rule froc_plot:
     output:
         plot=report("results/eval/froc.png", caption="../report/froc_all.rst", category="Evaluation"),
         table=report("results/eval/table.md", caption="../report/table.rst", category="Evaluation"),
+        parquet="results/eval/table.parquet",
     log:
         "results/logs/froc_plot.log",
     benchmark:

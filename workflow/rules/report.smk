@@ -1,11 +1,18 @@
-# The run's report (also: snakemake --report results/report.zip for the captioned Snakemake report).
+# The run's one page, rendered from the tables and plots below with the captions of workflow/report/*.rst
+# (also: snakemake --report results/report.zip for the captioned Snakemake report).
 
 
 rule html_report:
     input:
-        eval=["results/eval/froc.png", "results/eval/table.md"],
-        mining=mining_report_files,
-        training=expand("results/{exp}/{round}/losses.png", exp=MAIN, round=["round1", "round2"]),
+        table="results/eval/table.parquet",
+        froc="results/eval/froc.png",
+        audit=f"results/{MAIN}/mining/audit.parquet",
+        montage=f"results/{MAIN}/mining/montage.png",
+        delta=delta_plot,
+        losses=expand("results/{exp}/{round}/losses.png", exp=MAIN, round=["round1", "round2"]),
+        # the captions of `snakemake --report` (beside the Snakefile, whatever --directory says)
+        captions=expand(f"{workflow.basedir}/workflow/report/{{item}}.rst",
+                        item=["table", "froc_all", "audit", "montage", "delta", "losses"]),
     output:
         "results/report.html",
     log:
@@ -13,7 +20,9 @@ rule html_report:
     conda:
         ENV
     params:
-        results=parent_of(0),
+        captions=parent_of("captions"),
+        benchmarks="results/benchmarks",  # every job's benchmark file (not inputs: the folder fills as jobs run)
     shell:
-        "lens report --results {params.results} --section Evaluation {input.eval} --section Mining {input.mining} "
-        "--section Training {input.training} --out {output} 2> {log}"
+        "lens report --table {input.table} --froc {input.froc} --audit {input.audit} --montage {input.montage} "
+        "--delta {input.delta} --losses {input.losses} --benchmarks {params.benchmarks} --captions {params.captions} "
+        "--out {output} 2> {log}"

@@ -1,7 +1,7 @@
 """`lens detect`: a trained LENS (+ optional FPR) on one new CT scan (NIfTI, MetaImage or a DICOM
 folder), 3D lesion boxes in the scan's own voxel coordinates and in world millimetres.
 
-The scan goes through the pipeline's preprocessing (lens_core.preprocess.prepare: LPS orientation,
+The scan goes through the pipeline's preprocessing (lens_core.preprocess.volumes.prepare: LPS orientation,
 resampling, the -1024..3071 HU window, border clipping); LENS proposes on every slice, the experts'
 proposals are fused (Sec. IV-C), stacked to 3D, optionally re-scored by the FPR network (Eq. 4), and
 the boxes travel back through physical space to the original voxel grid (like ``map_boxes``), so
@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import SimpleITK as sitk
 
-from lens_core.preprocess import PrepParams, Prepared, map_boxes, prepare
+from lens_core.preprocess.volumes import PrepParams, Prepared, map_boxes, prepare
 
 log = logging.getLogger(__name__)
 

@@ -25,9 +25,9 @@ import pandas as pd
 import pyarrow as pa
 import SimpleITK as sitk
 
-from .io import write_parquet
+from ..io import write_parquet
 # the tables' schemas live apart so that the steps that only read the tables (mining, FPR) need no SimpleITK
-from .prep_schema import BOX, LESION_SCHEMA, TEST3D_SCHEMA, TRUTH_EXTRA, TRUTH_SCHEMA, VOLUME_SCHEMA  # noqa: F401
+from .schema import BOX, LESION_SCHEMA, TEST3D_SCHEMA, TRUTH_EXTRA, TRUTH_SCHEMA, VOLUME_SCHEMA  # noqa: F401
 
 HU_MIN, HU_MAX = -1024.0, 3071.0
 BORDER_HU = -900.0          # voxels above this count as body when clipping black borders
@@ -135,7 +135,7 @@ def preprocess_dataset(fmt: str, root: Path, out_dir: Path, params: PrepParams, 
     """
     from tqdm import tqdm
 
-    from .datasets import load_image, read_dataset
+    from ..datasets import load_image, read_dataset
 
     dataset = dataset or fmt
     root, out_dir = Path(root), Path(out_dir)

@@ -1,6 +1,6 @@
 """Schemas of the preprocessed tables (volumes.parquet, lesions.parquet, truth.parquet, test3d.parquet).
 
-Kept apart from `lens_core.preprocess` (which needs SimpleITK) so that the steps that only read these tables
+Kept apart from `lens_core.preprocess.volumes` (which needs SimpleITK) so that the steps that only read these tables
 -- mining, FPR, evaluation -- import no image I/O library. `docs/artifacts.md` describes the columns.
 """
 from __future__ import annotations

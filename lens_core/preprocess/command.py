@@ -1,0 +1,82 @@
+"""`lens preprocess` (one dataset, or one shard of it) and `lens gather-prep` (its shards into one folder)."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import time
+from pathlib import Path
+
+from ..arguments import positive_shard
+
+log = logging.getLogger("lens")
+
+
+def _number(text: str, minimum: float, strict: bool) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(v) or v < minimum or (strict and v == minimum):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a finite number {'>' if strict else '>='} {minimum:g}")
+    return v
+
+
+def positive_mm(text: str) -> float:
+    """A size in mm: finite and > 0 (0 or nan would resample to nothing or to garbage)."""
+    return _number(text, 0.0, strict=True)
+
+
+def nonnegative_px(text: str) -> float:
+    """A margin in pixels: finite and >= 0 (a negative one would turn boxes inside out)."""
+    return _number(text, 0.0, strict=False)
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("preprocess", help="orientation, HU window, resampling, border clipping -> HDF5 + Parquet",
+                       description="Preprocess one dataset (paper Sec. VI-A) into volumes.h5, volumes.parquet and "
+                                   "lesions.parquet (plus test3d.parquet / truth.parquet when present).")
+    p.add_argument("--format", required=True, choices=["deeplesion", "luna", "lits", "nihln"])
+    p.add_argument("--root", required=True, type=Path, help="the dataset's folder, as released")
+    p.add_argument("--out", required=True, type=Path, help="output folder")
+    p.add_argument("--dataset", help="dataset name in the tables (default: the format)")
+    p.add_argument("--pixel-mm", type=positive_mm, default=2.0, help="in-plane pixel size after resampling (paper 0.8)")
+    p.add_argument("--slice-mm", type=positive_mm, default=4.0, help="slice interval after resampling (paper 2)")
+    p.add_argument("--truth", type=Path, help="hidden_truth.parquet of the built-in corpus (audits only)")
+    p.add_argument("--shard", type=positive_shard, default=(0, 1), metavar="I/N", help="process volumes I::N")
+    p.add_argument("--split-seed", type=int, default=0, help="seed of the 80/20 split of single-type sets")
+    p.add_argument("--ln-diameter-mm", type=positive_mm, default=10.0,
+                   help="NIH-LN node box size when no sizes file is present")
+    p.add_argument("--dl-box-pad-px", type=nonnegative_px, default=5.0,
+                   help="DeepLesion box margin around the RECIST extent, original pixels (5 = Bounding_boxes)")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_preprocess)
+
+    p = sub.add_parser("gather-prep", help="merge preprocessing shards into one folder")
+    p.add_argument("shards", nargs="+", type=Path, help="shard folders (written by preprocess --shard)")
+    p.add_argument("--out", required=True, type=Path)
+    p.set_defaults(func=_gather)
+
+
+def _preprocess(args) -> int:
+    from .volumes import PrepParams, preprocess_dataset
+
+    t = time.perf_counter()
+    reader_opts = {"split_seed": args.split_seed}
+    if args.format == "nihln":
+        reader_opts["default_ln_diameter_mm"] = args.ln_diameter_mm
+    if args.format == "deeplesion":
+        reader_opts["dl_box_pad_px"] = args.dl_box_pad_px
+    res = preprocess_dataset(args.format, args.root, args.out, PrepParams(args.pixel_mm, args.slice_mm),
+                             dataset=args.dataset, shard=args.shard, truth=args.truth, reader_opts=reader_opts,
+                             progress=not args.no_progress)
+    log.info("preprocessed %s in %.1f s: %s", args.root, time.perf_counter() - t, json.dumps(res))
+    return 0
+
+
+def _gather(args) -> int:
+    from .shards import gather
+
+    gather(args.shards, args.out)
+    return 0

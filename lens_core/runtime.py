@@ -1,0 +1,43 @@
+"""What every network step shares, below training, inference and FPR alike: the device, the precision,
+and how a preprocessed slice becomes a network input (2.5D stack, normalisation, padding)."""
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+import torch
+
+PAD_MULTIPLE = 16  # coarsest backbone stride
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda requested but CUDA is not available")
+    if device not in ("cpu", "cuda"):
+        raise ValueError(f"device must be auto, cpu or cuda, got {device!r}")
+    return torch.device(device)
+
+
+def autocast(device: torch.device):
+    """Mixed precision on CUDA (bfloat16: no loss scaling needed), full precision on the CPU."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def normalize(slices: np.ndarray) -> torch.Tensor:
+    """uint8 window (-1024..3071 HU -> 0..255) -> float, air ~ -1, soft tissue ~ 0."""
+    return (torch.from_numpy(np.ascontiguousarray(slices)).float() - 64.0) / 64.0
+
+
+def stack_slices(volume, z: int, n: int) -> np.ndarray:
+    """The ``n`` slices centred on ``z`` (edge slices repeated past the volume's ends) ``[n, H, W]``.
+
+    ``volume`` is anything indexable like ``[z, y, x]`` (an h5py dataset or a numpy array)."""
+    depth = volume.shape[0]
+    idx = np.clip(np.arange(z - n // 2, z + n // 2 + 1), 0, depth - 1)
+    lo, hi = int(idx.min()), int(idx.max())
+    block = volume[lo:hi + 1]
+    return np.asarray(block)[idx - lo]

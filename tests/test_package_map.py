@@ -1,0 +1,174 @@
+"""The package map: imports run one way, down the pipeline; every step has one command module, named
+`<package>/command.py`; `lens --help` lists the steps in the order the pipeline runs them."""
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lens_core import cli
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGE = ROOT / "lens_core"
+
+# The pipeline, bottom up (DESIGN's package map): a module may import its own layer and those below.
+LAYERS = [
+    {"config", "io", "boxes", "runtime", "arguments", "tracklets"},  # shared by every step
+    {"datasets"},
+    {"preprocess"},
+    {"model"},
+    {"training"},
+    {"inference"},
+    {"mining"},
+    {"fpr"},
+    {"evaluation"},
+    {"report"},
+    {"cli", "__main__"},
+]
+# Imports up the pipeline that are the design, each with its reason.
+UPWARD = {
+    ("inference", "fpr"): "`lens detect` rescores its detections with a trained FPR (Eq. 4)",
+}
+
+# The steps in pipeline order, as the README's rule table lists them.
+PIPELINE = [
+    "synthesize", "preprocess", "gather-prep", "train", "propose", "concat",
+    "build-tracklets", "mine-cross-slice", "embed-lesions", "calibrate-delta", "mine-intra-patient",
+    "mine-cross-dataset", "merge-labels", "audit-mining", "train-fpr", "score-fpr",
+    "evaluate", "froc-plot", "ablation-table", "fig7-table", "report", "detect",
+]
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _is_module(name: str) -> bool:
+    rel = Path(*name.split("."))
+    return (ROOT / rel).with_suffix(".py").is_file() or (ROOT / rel / "__init__.py").is_file()
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Every lens_core module -> the lens_core modules it imports, at any depth of its code (the steps import
+    lazily inside functions), relative imports resolved."""
+    graph = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        name = _module_name(path)
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        targets = set()
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                targets |= {a.name for a in node.names}
+            elif isinstance(node, ast.ImportFrom):
+                if node.level:
+                    base = package.split(".")[: len(package.split(".")) - node.level + 1]
+                    module = ".".join(base + ([node.module] if node.module else []))
+                else:
+                    module = node.module
+                # `from lens_core import io` imports the module lens_core.io
+                subs = {f"{module}.{a.name}" for a in node.names if _is_module(f"{module}.{a.name}")}
+                targets |= subs or {module}
+        graph[name] = {t for t in targets if t == "lens_core" or t.startswith("lens_core.")}
+    return graph
+
+
+def _unit(module: str) -> str:
+    return module.split(".")[1] if module.count(".") else module
+
+
+def _layer(unit: str) -> int:
+    return next(i for i, layer in enumerate(LAYERS) if unit in layer)
+
+
+def test_import_graph_sees_lazy_and_relative_imports():
+    """The parser itself: the imports this test relies on are found (else every check below passes vacuously)."""
+    graph = import_graph()
+    assert "lens_core.tracklets" in graph["lens_core.mining.command"]  # `from ..tracklets import` in a function
+    assert "lens_core.tracklets" in graph["lens_core.inference.proposals"]
+    assert "lens_core.io" in graph["lens_core.evaluation.inputs"]  # `from lens_core import io`
+    assert "lens_core.fpr.model" in graph["lens_core.inference.command"]
+
+
+def test_every_unit_has_a_layer():
+    units = {_unit(m) for m in import_graph()} - {"lens_core"}
+    assert units <= set().union(*LAYERS), f"modules outside the package map: {units - set().union(*LAYERS)}"
+
+
+def test_imports_run_down_the_pipeline():
+    upward = []
+    for module, targets in import_graph().items():
+        for t in targets:
+            a, b = _unit(module), _unit(t)
+            if b == "lens_core" or a == b:
+                continue
+            if _layer(b) > _layer(a) and (a, b) not in UPWARD:
+                upward.append(f"{module} imports {t}")
+    assert not upward, "imports up the pipeline:\n" + "\n".join(sorted(upward))
+
+
+def test_no_step_imports_the_cli():
+    importers = sorted(m for m, targets in import_graph().items() if "lens_core.cli" in targets)
+    assert importers == ["lens_core.__main__"]
+
+
+def _reachable(graph: dict[str, set[str]], start: str) -> set[str]:
+    seen, todo = set(), [start]
+    while todo:
+        m = todo.pop()
+        for t in graph.get(m, ()):
+            if t not in seen:
+                seen.add(t)
+                todo.append(t)
+    return seen
+
+
+@pytest.mark.parametrize("forbidden", ["lens_core.mining", "lens_core.training", "lens_core.evaluation"])
+def test_inference_never_reaches_mining_or_training(forbidden):
+    """Not even through another package (detect -> fpr): proposals, fusion, stacking and `lens detect` run
+    without the mining or training code."""
+    graph = import_graph()
+    for module in (m for m in graph if m.startswith("lens_core.inference")):
+        reached = sorted(t for t in _reachable(graph, module) if t == forbidden or t.startswith(forbidden + "."))
+        assert not reached, f"{module} reaches {reached}"
+
+
+def test_command_modules_are_named_command_py():
+    """The modules that register steps (`def add_parser`) are exactly the `<package>/command.py` files, and
+    each step is registered by the module cli.STEPS names for it."""
+    registering = set()
+    for path in PACKAGE.rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        if any(isinstance(n, ast.FunctionDef) and n.name == "add_parser" for n in tree.body):
+            registering.add(_module_name(path))
+    assert registering == set(cli.STEPS.values())
+    assert all(m.endswith(".command") for m in registering)
+
+
+
+@pytest.mark.parametrize("step", PIPELINE)
+def test_each_step_comes_from_its_command_module(step, capsys):
+    """Built from the one module cli.STEPS names, the parser knows the step (argparse exits 2 on an unknown one)."""
+    with pytest.raises(SystemExit) as e:
+        cli.build_parser([step]).parse_args([step, "--help"])
+    assert e.value.code == 0
+    assert f"usage: lens {step}" in capsys.readouterr().out
+
+
+def test_help_lists_the_steps_in_pipeline_order():
+    out = subprocess.run([sys.executable, "-m", "lens_core", "--help"], capture_output=True, text=True,
+                         cwd=ROOT, check=True).stdout
+    listed = [line.split()[0] for line in out.splitlines() if line.startswith("    ") and not line.startswith("     ")]
+    assert listed == PIPELINE
+    assert list(cli.STEPS) == PIPELINE
+
+
+def test_a_step_imports_only_its_own_command_module():
+    """`lens train ...` does not import the dataset readers (SimpleITK, pydicom, scipy: ~1.5 s a job)."""
+    code = ("import sys; from lens_core.cli import build_parser; build_parser(['train', '--help']); "
+            "print(sorted(m for m in sys.modules if m.startswith('lens_core.')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True).stdout
+    loaded = set(eval(out))
+    assert "lens_core.training.command" in loaded
+    assert not loaded & {"lens_core.datasets", "lens_core.mining.command", "lens_core.evaluation.command"}
