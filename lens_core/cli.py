@@ -11,6 +11,8 @@ import logging
 import sys
 from pathlib import Path
 
+from lens_core.errors import InputError
+
 # modules that contribute subcommands through `add_parser(subparsers)`
 COMMAND_MODULES = [
     "lens_core.commands",
@@ -47,11 +49,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except (ValueError, FileNotFoundError) as e:
-        # bad input: one clear line naming the file/row (the exception says which), non-zero exit
-        logging.getLogger("lens").error("%s: %s", type(e).__name__, e)
+        # bad input (InputError, a ValueError, above all): one line naming the file and row (the exception
+        # says which), exit status 1; the traceback only with --verbose
+        name = "error" if isinstance(e, InputError) else type(e).__name__
+        logging.getLogger("lens").error("%s: %s", name, " ".join(str(e).split()))
         if args.verbose:
             raise
-        return 2
+        return 1
 
 
 def add_torch_args(p: argparse.ArgumentParser) -> None:

@@ -102,9 +102,10 @@ def _gather(args) -> int:
 def _concat(args) -> int:
     import pandas as pd
 
-    from .io import read_meta, write_parquet
+    from .io import check_output, read_meta, read_table, write_parquet
 
-    frames = [pd.read_parquet(p) for p in args.tables]
+    check_output(args.out)
+    frames = [read_table(p, [args.sort] if args.sort else [], "Parquet table to concatenate") for p in args.tables]
     nonempty = [f for f in frames if len(f)]
     df = pd.concat(nonempty, ignore_index=True) if nonempty else frames[0]
     if args.sort:

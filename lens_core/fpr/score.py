@@ -81,11 +81,10 @@ def score_table(model_path: Path, prep_dir: Path, proposals3d: Path, out: Path, 
                 device="cpu") -> pd.DataFrame:
     """`lens score-fpr`: read a 3D proposal table, add the FPR scores, write it atomically."""
     from lens_core.fpr.model import load_fpr
-    from lens_core.fpr.train import read_parquet
-    from lens_core.io import write_parquet, read_meta
+    from lens_core.io import read_meta, read_table, write_parquet
 
     model, meta = load_fpr(model_path, device)
-    props = read_parquet(proposals3d, ["volume_id", "score", *BOX3D], "3D proposal table")
+    props = read_table(proposals3d, ["volume_id", "score", *BOX3D], "3D proposal table")
     s = fpr_scores(model, props, h5_volumes(Path(prep_dir) / "volumes.h5"), device)
     df = with_fpr_scores(props, s, score)
     write_parquet(df, out, {**read_meta(proposals3d), "fpr_model": str(model_path), "score": score})

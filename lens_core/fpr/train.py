@@ -26,6 +26,7 @@ import torch
 from lens_core.fpr.model import FprNet, focal_loss, get_preset, save_fpr
 from lens_core.fpr.patches import BOX3D, augment, centre_window, crop_patches
 from lens_core.fpr.samples import FP, THETA, THETA_FP, TP, epoch_samples, label_proposals
+from lens_core.io import read_table
 
 log = logging.getLogger(__name__)
 
@@ -66,20 +67,6 @@ class FprTrainConfig:
         if unknown:
             raise ValueError(f"unknown FPR training options {unknown}; known: {sorted(known)}")
         return cls(**{**base, **{k: v for k, v in overrides.items() if v is not None}})
-
-
-def read_parquet(path: Path, columns: list[str], what: str) -> pd.DataFrame:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{what} not found: {path}")
-    try:
-        df = pd.read_parquet(path)
-    except (OSError, ValueError) as e:
-        raise ValueError(f"{path}: cannot read {what}: {e}") from e
-    missing = [c for c in columns if c not in df.columns]
-    if missing:
-        raise ValueError(f"{path}: {what} lacks columns {missing}")
-    return df
 
 
 def prep_meta(prep_dir: Path) -> dict:
@@ -163,10 +150,10 @@ def source_samples(src: SampleSource, split: str | None, theta: float, theta_fp:
     """The proposals of ``src`` on its ``split`` volumes (None: all) and their TP / FP / unused labels."""
     prep_dir = Path(src.prep_dir)
     props = src.proposals3d if isinstance(src.proposals3d, pd.DataFrame) else \
-        read_parquet(src.proposals3d, ["volume_id", *BOX3D], "3D proposal table")
+        read_table(src.proposals3d, ["volume_id", *BOX3D], "3D proposal table")
     labs = src.labels if isinstance(src.labels, pd.DataFrame) else \
-        read_parquet(src.labels, ["volume_id", "z", "x1", "y1", "x2", "y2", "label_kind"], "label table")
-    vols = read_parquet(prep_dir / "volumes.parquet", ["volume_id", "split"], "volume table")
+        read_table(src.labels, ["volume_id", "z", "x1", "y1", "x2", "y2", "label_kind"], "label table")
+    vols = read_table(prep_dir / "volumes.parquet", ["volume_id", "split"], "volume table")
     if split is not None:
         vols = vols[vols["split"] == split]
     props = props[props["volume_id"].isin(vols["volume_id"])].reset_index(drop=True)

@@ -12,7 +12,8 @@ import torch.nn.functional as F
 
 from lens_core.inference.fusion import fuse_experts, fuse_models
 from lens_core.model.lens import LENS
-from lens_core.training.data import PAD_MULTIPLE, normalize, read_table, stack_slices
+from lens_core.io import read_table
+from lens_core.training.data import PAD_MULTIPLE, normalize, stack_slices
 from lens_core.training.loop import autocast
 
 ID_COLUMNS = ["volume_id", "patient_id", "study_id", "series_id"]
@@ -115,7 +116,7 @@ def propose(
     from tqdm import tqdm
 
     ddir = Path(prep_dir) / dataset
-    vols = select_volumes(read_table(ddir / "volumes.parquet", ID_COLUMNS + ["split"]), split, shard)
+    vols = select_volumes(read_table(ddir / "volumes.parquet", ID_COLUMNS + ["split"], "volume table"), split, shard)
     parts = []
     with h5py.File(ddir / "volumes.h5", "r") as f:
         for row in tqdm(list(vols.itertuples(index=False)), desc=f"propose {dataset}", disable=not progress):

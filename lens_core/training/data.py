@@ -13,6 +13,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from lens_core.io import read_table
 from lens_core.model.lens import ImageTargets
 from lens_core.training.config import TrainConfig
 from lens_core.training.targets import batch_targets
@@ -35,17 +36,6 @@ def stack_slices(volume, z: int, n: int) -> np.ndarray:
     lo, hi = int(idx.min()), int(idx.max())
     block = volume[lo:hi + 1]
     return np.asarray(block)[idx - lo]
-
-
-def read_table(path: Path, columns: list[str]) -> pd.DataFrame:
-    try:
-        df = pd.read_parquet(path)
-    except (OSError, ValueError) as e:
-        raise ValueError(f"{path}: cannot read table: {e}") from e
-    missing = [c for c in columns if c not in df.columns]
-    if missing:
-        raise ValueError(f"{path}: missing columns {missing}")
-    return df
 
 
 @dataclass
@@ -140,7 +130,7 @@ def build_index(
     index = {}
     for name in [*cfg.datasets, *cfg.pool]:
         ddir = prep_dir / name
-        vols = read_table(ddir / "volumes.parquet", ["volume_id", "split", "n_slices"])
+        vols = read_table(ddir / "volumes.parquet", ["volume_id", "split", "n_slices"], "volume table")
         vols = vols[vols["split"] == split]
         if split == "train" and name in cfg.volume_fraction:
             vols = vols[vols["volume_id"].isin(volume_subset(vols["volume_id"], cfg.volume_fraction[name], name))]
@@ -148,7 +138,7 @@ def build_index(
             lab, src = labels[labels["dataset"] == name], "labels table"
         else:
             src = ddir / "lesions.parquet"
-            lab = read_table(src, BOX_COLUMNS)
+            lab = read_table(src, BOX_COLUMNS, "lesion table")
         depth = dict(zip(vols["volume_id"], vols["n_slices"].astype(int)))
         lab = lab[lab["volume_id"].isin(depth)]
         per_slice: dict = {}
