@@ -51,8 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as e:
         # bad input (InputError, a ValueError, above all): one line naming the file and row (the exception
         # says which), exit status 1; the traceback only with --verbose
-        name = "error" if isinstance(e, InputError) else type(e).__name__
-        logging.getLogger("lens").error("%s: %s", name, " ".join(str(e).split()))
+        msg = " ".join(str(e).split())
+        logging.getLogger("lens").error("%s", msg if isinstance(e, InputError) else f"{type(e).__name__}: {msg}")
         if args.verbose:
             raise
         return 1

@@ -72,7 +72,7 @@ def _where(path, what: str) -> str:
 
 
 def read_table(path, columns=(), what: str = "table", *, boxes=None, empty_boxes: bool = False) -> pd.DataFrame:
-    """The Parquet table at ``path`` (CSV when it ends in ``.csv``), checked; ``attrs["source"]`` = path.
+    """The Parquet table at ``path`` (CSV when it ends in ``.csv``), checked.
 
     ``columns``: names that must be present, or a ``{name: kind}`` mapping (``KINDS``) whose values are
     checked too. ``boxes``: box columns ``(x1, y1[, z1], x2, y2[, z2])`` whose upper bounds must exceed the
@@ -94,31 +94,36 @@ def read_table(path, columns=(), what: str = "table", *, boxes=None, empty_boxes
         detail = " ".join(str(exc).split())[:200]
         raise InputError(f"{path}: not a readable {kind} table; expected {what} ({type(exc).__name__}: {detail})") \
             from exc
-    df.attrs["source"] = str(path)
-    check_table(df, columns, what, boxes=boxes, empty_boxes=empty_boxes)
+    # the path is not kept in df.attrs: pyarrow would write it into every table derived from this one
+    check_table(df, columns, what, boxes=boxes, empty_boxes=empty_boxes, source=path)
     return df
 
 
-def require_columns(df: pd.DataFrame, columns, what: str = "table") -> None:
-    """Raise :class:`InputError` (naming ``df.attrs["source"]`` when known) if ``columns`` are missing."""
+def require_columns(df: pd.DataFrame, columns, what: str = "table", source=None) -> None:
+    """Raise :class:`InputError` if ``columns`` are missing, naming ``source`` (default
+    ``df.attrs["source"]``, where the evaluator keeps it) when known."""
     missing = [c for c in columns if c not in df.columns]
     if missing:
-        raise InputError(f"{_where(df.attrs.get('source'), what)}: missing column(s) {missing}; "
+        raise InputError(f"{_where(source or df.attrs.get('source'), what)}: missing column(s) {missing}; "
                          f"has {list(df.columns)}")
 
 
-def check_table(df: pd.DataFrame, columns=(), what: str = "table", *, boxes=None, empty_boxes: bool = False) -> None:
-    """The checks of :func:`read_table` on a table already in memory."""
+def check_table(df: pd.DataFrame, columns=(), what: str = "table", *, boxes=None, empty_boxes: bool = False,
+                source=None) -> None:
+    """The checks of :func:`read_table` on a table already in memory (``source``: its file, for messages)."""
     import numpy as np
 
     spec = dict(columns) if isinstance(columns, dict) else dict.fromkeys(columns, "any")
-    require_columns(df, list(spec) + [c for c in (boxes or ()) if c not in spec], what)
-    src = _where(df.attrs.get("source"), what)
+    require_columns(df, list(spec) + [c for c in (boxes or ()) if c not in spec], what, source)
+    src = _where(source or df.attrs.get("source"), what)
 
     def fail(mask, col, expected):
         row = int(np.flatnonzero(mask)[0])
-        raise InputError(f"{src}: row {row}: {col} = {df[col].iloc[row]!r}, expected {expected} "
-                         f"({int(np.count_nonzero(mask))} bad row(s))")
+        value = df[col].iloc[row]
+        value = value.item() if isinstance(value, np.generic) else value
+        n = int(np.count_nonzero(mask))
+        raise InputError(f"{src}: row {row}: {col} = {value!r}, expected {expected}"
+                         + (f" ({n} bad rows)" if n > 1 else ""))
 
     for col, kind in spec.items():
         if kind not in KINDS:
@@ -151,8 +156,10 @@ def check_table(df: pd.DataFrame, columns=(), what: str = "table", *, boxes=None
         if bad.any():
             row = int(np.flatnonzero(bad)[0])
             order = "upper >= lower" if empty_boxes else "upper > lower"
-            raise InputError(f"{src}: row {row}: inverted or empty box {dict(zip(boxes, b[row].tolist()))}, "
-                             f"expected {order} bounds ({int(bad.sum())} bad row(s))")
+            n = int(bad.sum())
+            raise InputError(f"{src}: row {row}: {'inverted' if empty_boxes else 'inverted or empty'} box "
+                             f"{dict(zip(boxes, b[row].tolist()))}, "
+                             f"expected {order} bounds" + (f" ({n} bad rows)" if n > 1 else ""))
 
 
 def check_output(path, flag: str = "--out") -> None:

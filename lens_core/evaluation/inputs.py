@@ -25,8 +25,13 @@ def read_table(path, what: str = "table") -> pd.DataFrame:
     metadata -> ``attrs["units"]``."""
     df = io.read_table(path, (), what)
     path = Path(path)
-    if path.suffix == ".csv":
-        return df
+    if path.suffix != ".csv":
+        _units_from_metadata(df, path)
+    df.attrs["source"] = str(path)  # messages about its rows name the file
+    return df
+
+
+def _units_from_metadata(df: pd.DataFrame, path: Path) -> None:
     meta = pq.read_schema(path).metadata or {}
     # the list of evaluated sub-volumes (those without lesions included) travels in the metadata,
     # either top-level or inside the pipeline's JSON "lens" entry (preprocess.py)
@@ -44,7 +49,6 @@ def read_table(path, what: str = "table") -> pd.DataFrame:
                 df.attrs["units_by_split"] = {k: list(v) for k, v in value.items()}
                 value = sorted({u for v in value.values() for u in v})
             df.attrs["units"] = list(value)
-    return df
 
 
 def where(df: pd.DataFrame, what: str) -> str:

@@ -22,14 +22,14 @@ def _volumes(path: Path, columns=None) -> "pd.DataFrame":  # noqa: F821
     from ..io import read_table
     from .schema import VOLUMES
 
-    return read_table(path, {**VOLUMES, **(columns or {})}, "volume table (a preprocessed volumes.parquet)")
+    return read_table(path, {**VOLUMES, **(columns or {})}, "volume table, a preprocessed volumes.parquet")
 
 
 def _lesions(path: Path, columns=None) -> "pd.DataFrame":  # noqa: F821
     from ..io import read_table
     from .schema import ANNOTATIONS, BOX
 
-    return read_table(path, {**ANNOTATIONS, **(columns or {})}, "lesion table (a preprocessed lesions.parquet)",
+    return read_table(path, {**ANNOTATIONS, **(columns or {})}, "lesion table, a preprocessed lesions.parquet",
                       boxes=BOX)
 
 
@@ -38,7 +38,7 @@ def _tracklets(path: Path, patient: bool = False) -> "pd.DataFrame":  # noqa: F8
     from .schema import BOX, TRACKLETS, TRACKLETS_WITH_PATIENT
 
     return read_table(path, TRACKLETS_WITH_PATIENT if patient else TRACKLETS,
-                      "tracklet table (from lens build-tracklets)", boxes=BOX)
+                      "tracklet table of lens build-tracklets", boxes=BOX)
 
 
 def _mined(path: Path, what: str, kinds) -> "pd.DataFrame":  # noqa: F821
@@ -233,7 +233,7 @@ def _calibrate(args) -> int:
         raise InputError(f"{truth_path}: calibration needs the built-in corpus's truth; "
                          "set mining.delta to a number for real data")
     lesions, ann_emb, centres, trk_emb, trk = _val_tables(args, args.split)
-    truth = read_table(truth_path, {**TRUTH, "split": "text"}, "hidden truth table (truth.parquet)", boxes=BOX)
+    truth = read_table(truth_path, {**TRUTH, "split": "text"}, "hidden truth table, truth.parquet", boxes=BOX)
     truth = truth[truth["split"] == args.split]
     delta, curve = calibrate_delta(lesions, ann_emb, centres, trk_emb, trk, truth,
                                    min_precision=args.min_precision, pad_px=annotation_pad_px(args.prep_dir),
@@ -307,11 +307,11 @@ def _audit(args) -> int:
     check_output(args.out_parquet, "--out-parquet")
     check_output(args.montage, "--montage")
     lesions = _lesions(args.prep_dir / "lesions.parquet")
-    truth = read_table(args.prep_dir / "truth.parquet", TRUTH, "hidden truth table (truth.parquet)", boxes=BOX)
+    truth = read_table(args.prep_dir / "truth.parquet", TRUTH, "hidden truth table, truth.parquet", boxes=BOX)
     volumes = _volumes(args.prep_dir / "volumes.parquet")
     mined = {"cross_slice": _mined(args.cross_slice, "cross-slice mining table", ["mined_cross_slice"]),
              "intra_patient": _mined(args.intra_patient, "intra-patient mining table", ["mined_intra_patient"]),
-             "uncertain": _mined(args.uncertain, "uncertain table (from lens mine-cross-dataset)", ["uncertain"])}
+             "uncertain": _mined(args.uncertain, "uncertain table of lens mine-cross-dataset", ["uncertain"])}
     pad = annotation_pad_px(args.prep_dir)
     table = audit_mining(lesions, mined, truth, volumes=volumes, split="train", pad_px=pad)
     review = sample_for_review(pd.concat([m for m in mined.values() if len(m)] or [mined["cross_slice"]],
@@ -345,7 +345,7 @@ def _build_tracklets(args) -> int:
     frames = []
     for path in args.proposals:
         # a box clipped at the image border may be empty; one that is kept must not be (the kernel's IoU)
-        df = read_table(path, PROPOSALS_2D, "2D proposal table (from lens propose)", boxes=BOX, empty_boxes=True)
+        df = read_table(path, PROPOSALS_2D, "2D proposal table of lens propose", boxes=BOX, empty_boxes=True)
         empty = ((df["score"] >= args.min_score) & ((df["x2"] <= df["x1"]) | (df["y2"] <= df["y1"]))).to_numpy()
         if empty.any():
             i = int(empty.argmax())
@@ -398,9 +398,9 @@ def _cross_dataset(args) -> int:
     # a box clipped at the image border may be empty, never inverted: an inverted one would become an
     # uncertain region that covers nothing
     props = _train_only(_concat([read_table(p, {**PROPOSALS_2D, **dict.fromkeys(experts, "number")},
-                                            "2D proposal table (from lens propose)", boxes=BOX, empty_boxes=True)
+                                            "2D proposal table of lens propose", boxes=BOX, empty_boxes=True)
                                  for p in args.proposals]), args.volumes)
-    labels = _concat([read_table(p, MINED, "label table (annotations or mined boxes)", boxes=BOX)
+    labels = _concat([read_table(p, MINED, "label table: annotations or mined boxes", boxes=BOX)
                       for p in args.labels])
     if not experts:  # a single-dataset model has no single-type expert to mine with
         write_mining_table(props.iloc[:0].assign(label_kind="uncertain"), args.out,
@@ -424,8 +424,8 @@ def _merge(args) -> int:
     if bad.any():
         i = int(bad.argmax())
         raise InputError(f"{args.lesions}: row {i}: unknown label_kind {lesions['label_kind'].iloc[i]!r}")
-    mined = [_mined(p, "mining table (cross-slice or intra-patient)", GT_LIKE_KINDS) for p in args.mined]
-    unc = _mined(args.uncertain, "uncertain table (from lens mine-cross-dataset)", ["uncertain"]) \
+    mined = [_mined(p, "cross-slice or intra-patient mining table", GT_LIKE_KINDS) for p in args.mined]
+    unc = _mined(args.uncertain, "uncertain table of lens mine-cross-dataset", ["uncertain"]) \
         if args.uncertain else None
     labels = merge_round2(lesions, mined, unc, args.theta)
     # round-2 training takes a dataset's rows by their `dataset` column: boxes mined from proposals
