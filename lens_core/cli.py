@@ -10,6 +10,8 @@ import importlib
 import logging
 import sys
 
+from lens_core.errors import InputError
+
 # every step, in the order the pipeline runs them (the order of `lens --help`), and the command module
 # (one `command.py` per package) whose `add_parser(subparsers)` registers it
 STEPS = {
@@ -65,11 +67,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except (ValueError, FileNotFoundError) as e:
-        # bad input: one clear line naming the file/row (the exception says which), non-zero exit
-        logging.getLogger("lens").error("%s: %s", type(e).__name__, e)
+        # bad input (InputError, a ValueError, above all): one line naming the file and row (the exception
+        # says which), exit status 1; the traceback only with --verbose
+        msg = " ".join(str(e).split())
+        logging.getLogger("lens").error("%s", msg if isinstance(e, InputError) else f"{type(e).__name__}: {msg}")
         if args.verbose:
             raise
-        return 2
+        return 1
 
 
 if __name__ == "__main__":

@@ -16,6 +16,8 @@ import numpy as np
 import pandas as pd
 from numba import njit
 
+from lens_core.io import InputError, require_columns
+
 __all__ = ["build_tracklets", "tracklets_from_table", "stack_to_3d"]
 
 
@@ -97,24 +99,24 @@ def _validate(volume_idx, z, boxes, iou_threshold):
     z = np.asarray(z)
     boxes = np.asarray(boxes)
     if volume_idx.ndim != 1 or z.ndim != 1:
-        raise ValueError(f"volume_idx and z must be 1-D, got shapes {volume_idx.shape} and {z.shape}")
+        raise InputError(f"volume_idx and z must be 1-D, got shapes {volume_idx.shape} and {z.shape}")
     n = volume_idx.shape[0]
     if z.shape[0] != n or boxes.shape != (n, 4):
-        raise ValueError(f"expected volume_idx [N], z [N], boxes [N, 4] with one N, got "
+        raise InputError(f"expected volume_idx [N], z [N], boxes [N, 4] with one N, got "
                          f"{volume_idx.shape}, {z.shape}, {boxes.shape}")
     for name, arr in (("volume_idx", volume_idx), ("z", z)):
         if not np.issubdtype(arr.dtype, np.integer):
-            raise TypeError(f"{name} must be an integer array, got {arr.dtype}")
+            raise InputError(f"{name} must be an integer array, got {arr.dtype}")
     if not np.issubdtype(boxes.dtype, np.floating):
-        raise TypeError(f"boxes must be a float array, got {boxes.dtype}")
+        raise InputError(f"boxes must be a float array, got {boxes.dtype}")
     boxes = np.ascontiguousarray(boxes, dtype=np.float32)
     bad = ~np.isfinite(boxes).all(axis=1)
     if bad.any():
-        raise ValueError(f"boxes has non-finite coordinates at row {int(np.flatnonzero(bad)[0])}")
+        raise InputError(f"boxes has non-finite coordinates at row {int(np.flatnonzero(bad)[0])}")
     bad = (boxes[:, 2] <= boxes[:, 0]) | (boxes[:, 3] <= boxes[:, 1])
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
-        raise ValueError(f"boxes must have x2 > x1 and y2 > y1 (x1, y1, x2, y2); row {i} is {boxes[i].tolist()}")
+        raise InputError(f"boxes must have x2 > x1 and y2 > y1 (x1, y1, x2, y2); row {i} is {boxes[i].tolist()}")
     if not (0.0 <= float(iou_threshold) < 1.0):
         raise ValueError(f"iou_threshold must be in [0, 1), got {iou_threshold}")
     return (np.ascontiguousarray(volume_idx, dtype=np.int64), np.ascontiguousarray(z, dtype=np.int64),
@@ -156,9 +158,7 @@ BOX_COLS = ["x1", "y1", "x2", "y2"]
 
 def tracklets_from_table(df: pd.DataFrame, iou_threshold: float = 0.5) -> pd.DataFrame:
     """A copy of a 2D proposal table (docs/artifacts.md) with an int64 ``tracklet_id`` column."""
-    missing = [c for c in ["volume_id", "z", *BOX_COLS] if c not in df.columns]
-    if missing:
-        raise KeyError(f"proposal table lacks columns {missing}")
+    require_columns(df, ["volume_id", "z", *BOX_COLS], "proposal table")
     volume_idx, _ = pd.factorize(df["volume_id"], sort=True)
     ids = build_tracklets(volume_idx.astype(np.int64), df["z"].to_numpy(dtype=np.int64),
                           df[BOX_COLS].to_numpy(dtype=np.float32), iou_threshold)
@@ -178,13 +178,12 @@ def stack_to_3d(df: pd.DataFrame, iou_threshold: float = 0.5, score_col: str = "
     most confident box (the "key slice"), ``n_slices`` the number of distinct slices. Identifier
     columns (``patient_id``, ``study_id``, ``series_id``) are carried over when present.
     """
-    if score_col not in df.columns:
-        raise KeyError(f"detection table lacks the score column {score_col!r}")
+    require_columns(df, [score_col], "detection table")
     trk = tracklets_from_table(df, iou_threshold).reset_index(drop=True)
     score_cols = [c for c in trk.columns if c.startswith("score")]
     w = trk[score_col].to_numpy(dtype=np.float64)
     if (w < 0).any() or not np.isfinite(w).all():
-        raise ValueError(f"column {score_col!r} must be finite and >= 0 to weight box coordinates")
+        raise InputError(f"column {score_col!r} must be finite and >= 0 to weight box coordinates")
     g = trk.groupby("tracklet_id", sort=True)
     wsum = g[score_col].transform("sum").to_numpy(dtype=np.float64)
     count = g[score_col].transform("size").to_numpy(dtype=np.float64)

@@ -4,6 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from lens_core.io import InputError
 from lens_core.mining import audit, calibrate, montage
 from lens_core.mining.cross_slice import mine_cross_slice
 from lens_core.tracklets import tracklets_from_table
@@ -67,7 +68,7 @@ def test_split_filter_and_missing_split_column():
     t = _truth().assign(split=["val", "val"])
     res = audit.audit_mining(_annotations(), {}, t, split="train")
     assert res.attrs["truth_lesions"] == 0
-    with pytest.raises(KeyError, match="split"):
+    with pytest.raises(InputError, match="split"):
         audit.audit_mining(_annotations(), {}, _truth().drop(columns="split"))
 
 
@@ -140,6 +141,6 @@ def test_montage_png_of_mined_boxes(dl_prep, tmp_path):
     assert "FP" in verdict and "TP" in verdict
     montage.write_montage(sample, dl_prep, tmp_path / "montage.png", verdict=verdict)
     assert (tmp_path / "montage.png").read_bytes()[:4] == b"\x89PNG"
-    with pytest.raises(KeyError, match="no volume"):
+    with pytest.raises(InputError, match="no volume"):
         montage.write_montage(sample.assign(volume_id="nope"), dl_prep, tmp_path / "bad.png")
     assert not (tmp_path / "bad.png").exists()

@@ -120,4 +120,4 @@ def test_propose_fuses_several_models_proposals(prep, alone_models, tmp_path):
     pd.testing.assert_frame_equal(dl_only.drop(columns="score_luna"), single)
     # two models with the same expert cannot share its score column
     rc, _ = _propose(prep, [alone_models["luna"], alone_models["luna"]], tmp_path / "dup.parquet")
-    assert rc == 2 and not (tmp_path / "dup.parquet").exists()
+    assert rc == 1 and not (tmp_path / "dup.parquet").exists()

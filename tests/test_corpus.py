@@ -138,7 +138,7 @@ def test_bad_input_fails_cleanly_and_leaves_no_artifact(tiny_corpus, tmp_path, c
     png = sorted((broken / "Images_png").glob("*/*.png"))[3]
     png.write_bytes(png.read_bytes()[:40])
     out = tmp_path / "out"
-    assert main(["preprocess", "--format", "deeplesion", "--root", str(broken), "--out", str(out), "--no-progress"]) == 2
+    assert main(["preprocess", "--format", "deeplesion", "--root", str(broken), "--out", str(out), "--no-progress"]) == 1
     assert png.name in caplog.text and png.parent.name in caplog.text
     assert not any(out.glob("*")), list(out.glob("*"))
 

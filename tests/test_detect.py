@@ -143,7 +143,7 @@ def test_unreadable_scans_fail_with_the_file_named_and_no_output(tmp_path, lens_
                          (tmp_path / "missing.mhd", "not found"), (flat, "3D")):
         caplog.clear()
         rc = lens_main(["detect", "--model", str(model), "--input", str(bad), "--out", str(tmp_path / "det.csv")])
-        assert rc == 2
+        assert rc == 1
         assert str(bad) in caplog.text and message in caplog.text
         assert not (tmp_path / "det.csv").exists()
     with pytest.raises(ValueError, match="broken.nii"):

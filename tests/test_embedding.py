@@ -5,6 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from lens_core.io import InputError
 from lens_core.mining import calibrate, embedding
 from lens_core.mining.audit import annotation_pad_px, match_truth, truth_slices
 from lens_core.mining.embed_model import EncoderTraining, load_encoder, save_encoder
@@ -62,9 +63,9 @@ def test_user_embedding_table_is_used_by_box(tmp_path):
     wide = user.drop(columns="embedding").assign(emb_0=[2.0, 0.0, 1.0, 9.0], emb_1=[0.0, 0.0, 1.0, 9.0])
     wide.to_parquet(tmp_path / "wide.parquet")
     assert embedding.embed(boxes, None, tmp_path / "wide.parquet")[1].tolist() == emb.tolist()
-    with pytest.raises(KeyError, match=r"mine\.parquet.*box row 0"):
+    with pytest.raises(InputError, match=r"mine\.parquet.*box row 0"):
         embedding.embed(boxes.assign(z=7), None, str(path))
-    with pytest.raises(FileNotFoundError, match="nothere"):
+    with pytest.raises(InputError, match="nothere"):
         embedding.embed(boxes, None, str(tmp_path / "nothere.parquet"))
 
 

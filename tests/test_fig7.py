@@ -55,7 +55,7 @@ def test_table_averages_seeds_and_puts_alone_beside_joint(spec, tmp_path):
 def test_missing_runs_and_other_protocols_are_refused(spec, tmp_path):
     out = tmp_path / "fig7"
     missing = spec[:1] + [dict(spec[1], summary=str(tmp_path / "nope" / "summary.parquet"))]
-    assert main(["fig7-table", "--spec", json.dumps(missing), "--out", str(out)]) == 2
+    assert main(["fig7-table", "--spec", json.dumps(missing), "--out", str(out)]) == 1
     lens3d = [dict(spec[0], summary=summary(tmp_path / "lens3d" / "summary.parquet", 0.5, protocol="lens3d"))]
     with pytest.raises(ValueError, match="luna protocol"):
         main(["-v", "fig7-table", "--spec", json.dumps(lens3d), "--out", str(out)])

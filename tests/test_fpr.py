@@ -367,7 +367,7 @@ def test_train_fpr_names_the_file_of_a_bad_table(blob_prep, tmp_path, lens_main)
     rc = lens_main(["train-fpr", "--prep-dir", str(blob_prep / "train" / "deeplesion"), "--proposals3d",
                     str(tmp_path / "p.parquet"), "--labels", str(tmp_path / "labels.parquet"), "--out",
                     str(tmp_path / "fpr.pt")])
-    assert rc == 2 and not (tmp_path / "fpr.pt").exists()
+    assert rc == 1 and not (tmp_path / "fpr.pt").exists()
     with pytest.raises(ValueError, match="labels.parquet"):
         train_fpr(FprTrainConfig.for_preset("cpu"), blob_prep / "train" / "deeplesion", props,
                   tmp_path / "labels.parquet", tmp_path / "fpr.pt")

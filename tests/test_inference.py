@@ -109,8 +109,8 @@ def test_bad_inputs_fail_with_the_file_named(trained, tmp_path):
     bad.write_bytes(b"nope")
     rc = main(["propose", "--model", str(bad), "--prep-dir", str(prep), "--dataset", "deeplesion",
                "--out", str(tmp_path / "x.parquet"), "--device", "cpu"])
-    assert rc == 2 and not (tmp_path / "x.parquet").exists()
+    assert rc == 1 and not (tmp_path / "x.parquet").exists()
     cfg = tmp_path / "c.yaml"
     cfg.write_text("datasets: [deeplesion]\nepochs: 1\nbogus: 3\n")
     rc = main(["train", "--prep-dir", str(prep), "--config", str(cfg), "--out", str(tmp_path / "o"), "--device", "cpu"])
-    assert rc == 2 and not (tmp_path / "o" / "lens.pt").exists()
+    assert rc == 1 and not (tmp_path / "o" / "lens.pt").exists()

@@ -4,6 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from lens_core.io import InputError
 from lens_core.mining.cross_dataset import mine_uncertain
 from lens_core.mining.merge import merge_round2, training_slices
 from lens_core.mining.schema import MINING_SCHEMA
@@ -56,7 +57,7 @@ def test_proposal_touching_an_annotation_or_a_mined_box_is_not_uncertain():
 def test_expert_columns_are_configurable_and_must_exist():
     props = proposals([("v", 5, 10, 10, 20, 20, 0.0, 0.0, 0.0, 0.9)])
     assert len(mine_uncertain(props, pd.DataFrame(), expert_cols=("score_deeplesion",))) == 1
-    with pytest.raises(KeyError, match="expert columns"):
+    with pytest.raises(InputError, match="expert columns"):
         mine_uncertain(props, pd.DataFrame(), expert_cols=("score_kits",))
 
 

@@ -6,6 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from lens_core.io import InputError
 from lens_core.tracklets import build_tracklets, stack_to_3d, tracklets_from_table
 from reference_tracklets import reference_tracklets
 
@@ -92,7 +93,7 @@ def test_bad_boxes_are_rejected_with_the_row(boxes, match):
 
 
 def test_float_slice_index_is_rejected():
-    with pytest.raises(TypeError, match="z must be an integer"):
+    with pytest.raises(InputError, match="z must be an integer"):
         build_tracklets(np.zeros(1, np.int64), np.zeros(1), np.array([[0, 0, 1, 1]], np.float32))
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from lens_core.io import atomic_path, write_parquet
+from lens_core.io import atomic_path, read_table, write_parquet
 
 
 def collect(spec: dict, eval_dir: Path) -> pd.DataFrame:
@@ -22,7 +22,7 @@ def collect(spec: dict, eval_dir: Path) -> pd.DataFrame:
             path = Path(eval_dir) / exp / r["stage"] / "summary.parquet"
             if not path.exists():
                 raise FileNotFoundError(f"{path}: evaluation of row {label!r} missing")
-            s = pd.read_parquet(path)
+            s = read_table(path, (), "evaluation summary of lens evaluate")
             overall = s[s["stratum"] == "all"] if "stratum" in s.columns else s.iloc[:0]
             if overall.empty or "average" not in s.columns:
                 raise ValueError(f"{path}: no 'all' row with an average; was it written by `lens evaluate`?")

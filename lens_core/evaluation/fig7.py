@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from lens_core.io import atomic_path, write_parquet, write_text
+from lens_core.io import atomic_path, read_table, write_parquet, write_text
 
 MODES = ("alone", "joint")
 TITLES = {"deeplesion": "DeepLesion", "luna": "LUNA", "lits": "LiTS", "nihln": "NIH-LN"}
@@ -34,7 +34,7 @@ def collect(spec: list[dict]) -> pd.DataFrame:
         if not path.exists():
             raise FileNotFoundError(f"{path}: evaluation of {run['dataset']} {run['mode']} "
                                     f"{run['fraction']:g} seed {run['seed']} missing")
-        s = pd.read_parquet(path)
+        s = read_table(path, (), "evaluation summary of lens evaluate")
         overall = s[s["stratum_by"] == "all"]
         if overall.empty or "average" not in s.columns:
             raise ValueError(f"{path}: no 'all' row with an average; was it written by `lens evaluate`?")

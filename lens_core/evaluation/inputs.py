@@ -1,7 +1,7 @@
 """Reading and checking the evaluator's tables; atomic writing of its outputs.
 
-Bad input raises ``ValueError`` naming the file (when known) and the first offending row, before
-anything is written.
+Bad input raises :class:`lens_core.io.InputError` (a ``ValueError``) naming the file (when known) and the
+first offending row, before anything is written.
 """
 
 from __future__ import annotations
@@ -20,19 +20,19 @@ BOX2D = ["x1", "y1", "x2", "y2"]
 BOX3D = ["x1", "y1", "z1", "x2", "y2", "z2"]
 
 
-def read_table(path) -> pd.DataFrame:
-    """A Parquet or CSV table (by extension); a ``subvolumes`` list in its metadata -> ``attrs["units"]``."""
+def read_table(path, what: str = "table") -> pd.DataFrame:
+    """A Parquet or CSV table (by extension, :func:`lens_core.io.read_table`); a ``subvolumes`` list in its
+    metadata -> ``attrs["units"]``."""
+    df = io.read_table(path, (), what)
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file")
-    try:
-        if path.suffix == ".csv":
-            return pd.read_csv(path)
-        table = pq.read_table(path)
-    except Exception as exc:  # pyarrow / pandas errors do not always name the file
-        raise ValueError(f"{path}: cannot read table: {exc}") from exc
-    df = table.to_pandas()
-    meta = table.schema.metadata or {}
+    if path.suffix != ".csv":
+        _units_from_metadata(df, path)
+    df.attrs["source"] = str(path)  # messages about its rows name the file
+    return df
+
+
+def _units_from_metadata(df: pd.DataFrame, path: Path) -> None:
+    meta = pq.read_schema(path).metadata or {}
     # the list of evaluated sub-volumes (those without lesions included) travels in the metadata,
     # either top-level or inside the pipeline's JSON "lens" entry (preprocess.py)
     entries = {k.decode(errors="replace"): v for k, v in meta.items()}
@@ -49,8 +49,6 @@ def read_table(path) -> pd.DataFrame:
                 df.attrs["units_by_split"] = {k: list(v) for k, v in value.items()}
                 value = sorted({u for v in value.values() for u in v})
             df.attrs["units"] = list(value)
-    df.attrs["source"] = str(path)
-    return df
 
 
 def where(df: pd.DataFrame, what: str) -> str:
@@ -58,10 +56,7 @@ def where(df: pd.DataFrame, what: str) -> str:
     return f"{src} ({what})" if src else what
 
 
-def require_columns(df: pd.DataFrame, columns, what: str) -> None:
-    missing = [c for c in columns if c not in df.columns]
-    if missing:
-        raise ValueError(f"{where(df, what)}: missing column(s) {missing}; has {list(df.columns)}")
+require_columns = io.require_columns
 
 
 def numeric(df: pd.DataFrame, columns, what: str) -> np.ndarray:
@@ -70,11 +65,11 @@ def numeric(df: pd.DataFrame, columns, what: str) -> np.ndarray:
     try:
         arr = df[list(columns)].to_numpy(dtype=np.float64)
     except (TypeError, ValueError) as exc:
-        raise ValueError(f"{where(df, what)}: non-numeric value in {list(columns)}: {exc}") from exc
+        raise io.InputError(f"{where(df, what)}: non-numeric value in {list(columns)}: {exc}") from exc
     bad = ~np.isfinite(arr).all(axis=1)
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
-        raise ValueError(f"{where(df, what)}: row {row}: non-finite value in {list(columns)}")
+        raise io.InputError(f"{where(df, what)}: row {row}: non-finite value in {list(columns)}")
     return arr
 
 
@@ -85,7 +80,7 @@ def boxes(df: pd.DataFrame, columns, what: str) -> np.ndarray:
     bad = (arr[:, d:] <= arr[:, :d]).any(axis=1)
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
-        raise ValueError(
+        raise io.InputError(
             f"{where(df, what)}: row {row}: empty or inverted box {dict(zip(columns, arr[row]))} "
             "(upper bounds are exclusive and must exceed lower bounds)"
         )

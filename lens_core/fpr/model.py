@@ -34,6 +34,7 @@ from torch import nn
 from torchvision.ops import roi_align, sigmoid_focal_loss
 
 from lens_core.model.weights import load_torchvision_weights
+from lens_core.errors import InputError
 
 __all__ = ["FprPreset", "PRESETS", "FprNet", "roi_pool_3d", "focal_loss", "save_fpr", "load_fpr"]
 
@@ -232,6 +233,6 @@ def load_fpr(path, device="cpu") -> tuple[FprNet, dict]:
         meta = blob["meta"]
         model = FprNet(meta["preset"])
         model.load_state_dict(blob["state_dict"])
-    except (OSError, RuntimeError, KeyError, TypeError, EOFError, pickle.UnpicklingError) as e:
-        raise ValueError(f"{path}: not an FPR model file: {e}") from e
+    except Exception as e:  # noqa: BLE001 - whatever the file holds instead, name it
+        raise InputError(f"{path}: not an FPR model file ({type(e).__name__}: {e})") from e
     return model.to(device).eval(), meta

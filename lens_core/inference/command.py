@@ -7,6 +7,7 @@ import logging
 import os
 from pathlib import Path
 
+from lens_core.argtypes import iou_threshold, positive_int, probability
 from lens_core.arguments import add_torch_args, positive_shard, set_torch_threads
 
 log = logging.getLogger(__name__)
@@ -26,10 +27,10 @@ def add_parser(subparsers) -> None:
     p.add_argument("--out3d", type=Path, default=None, help="3D boxes stacked from the fused 2D proposals")
     p.add_argument("--experts", default=None,
                    help="comma-separated experts to fuse (default: each model's fuse_experts, i.e. all)")
-    p.add_argument("--min-score", type=float, default=0.01, help="drop proposals below this fused score")
-    p.add_argument("--max-per-slice", type=int, default=20, help="fused proposals kept per slice")
-    p.add_argument("--stack-iou", type=float, default=0.5, help="theta of the 2D->3D stacking")
-    p.add_argument("--batch-slices", type=int, default=None, help="slices per forward pass (16 CPU, 64 CUDA)")
+    p.add_argument("--min-score", type=probability, default=0.01, help="drop proposals below this fused score")
+    p.add_argument("--max-per-slice", type=positive_int, default=20, help="fused proposals kept per slice")
+    p.add_argument("--stack-iou", type=iou_threshold, default=0.5, help="theta of the 2D->3D stacking")
+    p.add_argument("--batch-slices", type=positive_int, default=None, help="slices per forward pass (16 CPU, 64 CUDA)")
     add_torch_args(p)
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run)
@@ -71,9 +72,13 @@ def _write(df, path: Path) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from lens_core.inference.proposals import expert_names, propose, stack_proposals_3d
+    from lens_core.io import check_output
     from lens_core.model.lens import load_lens
     from lens_core.runtime import resolve_device
 
+    check_output(args.out)
+    if args.out3d:
+        check_output(args.out3d, "--out3d")
     set_torch_threads(args)
     dev = resolve_device(args.device)
     loaded = [load_lens(path, dev) for path in args.model]
@@ -104,9 +109,10 @@ def run(args: argparse.Namespace) -> int:
 def run_concat(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from lens_core.io import read_meta, write_parquet
+    from lens_core.io import check_output, read_meta, read_table, write_parquet
 
-    frames = [pd.read_parquet(p) for p in args.tables]
+    check_output(args.out)
+    frames = [read_table(p, [args.sort] if args.sort else [], "Parquet table to concatenate") for p in args.tables]
     nonempty = [f for f in frames if len(f)]
     df = pd.concat(nonempty, ignore_index=True) if nonempty else frames[0]
     if args.sort:

@@ -115,7 +115,7 @@ def propose(
     from tqdm import tqdm
 
     ddir = Path(prep_dir) / dataset
-    vols = select_volumes(read_table(ddir / "volumes.parquet", ID_COLUMNS + ["split"]), split, shard)
+    vols = select_volumes(read_table(ddir / "volumes.parquet", ID_COLUMNS + ["split"], "volume table"), split, shard)
     parts = []
     with h5py.File(ddir / "volumes.h5", "r") as f:
         for row in tqdm(list(vols.itertuples(index=False)), desc=f"propose {dataset}", disable=not progress):

@@ -26,7 +26,7 @@ import h5py
 import numpy as np
 import pandas as pd
 
-from lens_core.io import write_parquet, write_text
+from lens_core.io import InputError, require_columns, write_parquet, write_text
 
 from lens_core.mining.merge import merge_round2, training_slices
 from lens_core.mining.overlap import same_slice_iou
@@ -52,10 +52,13 @@ def annotation_pad_px(prep_dir: str | Path, orig_pad_px: float | None = None) ->
         orig_pad_px = float(meta.get("reader", {}).get("dl_box_pad_px", RECIST_PAD_ORIG_PX))
     path = Path(prep_dir) / "volumes.h5"
     out = {}
-    with h5py.File(path, "r") as f:
-        for vid, g in f.items():
-            orig, new = np.asarray(g.attrs["orig_spacing"], float), np.asarray(g.attrs["spacing"], float)
-            out[vid] = float(orig_pad_px * orig[2] / new[2])
+    try:
+        with h5py.File(path, "r") as f:
+            for vid, g in f.items():
+                orig, new = np.asarray(g.attrs["orig_spacing"], float), np.asarray(g.attrs["spacing"], float)
+                out[vid] = float(orig_pad_px * orig[2] / new[2])
+    except (OSError, KeyError) as e:
+        raise InputError(f"{path}: not readable as preprocessed volumes with their spacings ({e})") from e
     return out
 
 
@@ -66,10 +69,7 @@ def truth_slices(truth: pd.DataFrame, pad_px: float | Mapping[str, float] = 0.0,
     The 2D box is the ellipsoid's cross-section at the slice centre (semi-axes scaled by
     ``sqrt(1 - dz^2)``, at least ``min_scale``), padded by ``pad_px`` (one number or per volume_id).
     """
-    need = ["volume_id", "z", "x1", "y1", "z1", "x2", "y2", "z2", "instance_id"]
-    missing = [c for c in need if c not in truth.columns]
-    if missing:
-        raise KeyError(f"truth table lacks columns {missing}")
+    require_columns(truth, ["volume_id", "z", "x1", "y1", "z1", "x2", "y2", "z2", "instance_id"], "truth table")
     t = truth.reset_index(drop=True)
     z1 = np.floor(t["z1"].to_numpy(float)).astype(np.int64)
     z2 = np.ceil(t["z2"].to_numpy(float)).astype(np.int64)
@@ -162,7 +162,7 @@ def audit_mining(annotations: pd.DataFrame, mined: Mapping[str, pd.DataFrame], t
     if split is not None:
         src = volumes if volumes is not None else truth
         if "split" not in src.columns:
-            raise KeyError("audit needs a split column (in volumes or truth) or split=None")
+            raise InputError("audit needs a split column (in volumes or truth) or split=None")
         vols = set(src.loc[src["split"] == split, "volume_id"].astype(str))
     truth = _in_split(truth, vols)
     ann = _in_split(conform(annotations), vols)

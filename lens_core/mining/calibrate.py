@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from lens_core.io import read_table
 from lens_core.mining.audit import annotation_pad_px, match_truth, truth_slices
 from lens_core.mining.intra_patient import match_intra_patient
 from lens_core.mining.overlap import same_slice_iou
@@ -45,7 +46,7 @@ def proposals_from_truth(truth: pd.DataFrame, prep_dir: str | Path, *, jitter_px
     """
     rng = np.random.default_rng(seed)
     prep_dir = Path(prep_dir)
-    vols = pd.read_parquet(prep_dir / "volumes.parquet")
+    vols = read_table(prep_dir / "volumes.parquet", ["volume_id", "n_slices", "width", "height"], "volume table")
     pad = annotation_pad_px(prep_dir)
     sl = truth_slices(truth, pad)
     sl = sl[sl["volume_id"].isin(set(vols["volume_id"]))].reset_index(drop=True)

@@ -5,24 +5,61 @@ import json
 import logging
 from pathlib import Path
 
+from ..argtypes import iou_threshold, non_negative_int, positive_float, positive_int, probability
+
 log = logging.getLogger("lens.mining")
 
 
-def _read(paths) -> "pd.DataFrame":  # noqa: F821
+def _concat(frames) -> "pd.DataFrame":  # noqa: F821
+    """Tables read one by one (each checked, errors naming its own file and row), as one table."""
     import pandas as pd
 
-    frames = [pd.read_parquet(p) for p in paths]
-    frames = [f for f in frames if len(f)]
-    return pd.concat(frames, ignore_index=True) if frames else pd.read_parquet(paths[0])
+    nonempty = [f for f in frames if len(f)]
+    return pd.concat(nonempty, ignore_index=True) if nonempty else frames[0]
+
+
+def _volumes(path: Path, columns=None) -> "pd.DataFrame":  # noqa: F821
+    from ..io import read_table
+    from .schema import VOLUMES
+
+    return read_table(path, {**VOLUMES, **(columns or {})}, "volume table, a preprocessed volumes.parquet")
+
+
+def _lesions(path: Path, columns=None) -> "pd.DataFrame":  # noqa: F821
+    from ..io import read_table
+    from .schema import ANNOTATIONS, BOX
+
+    return read_table(path, {**ANNOTATIONS, **(columns or {})}, "lesion table, a preprocessed lesions.parquet",
+                      boxes=BOX)
+
+
+def _tracklets(path: Path, patient: bool = False) -> "pd.DataFrame":  # noqa: F821
+    from ..io import read_table
+    from .schema import BOX, TRACKLETS, TRACKLETS_WITH_PATIENT
+
+    return read_table(path, TRACKLETS_WITH_PATIENT if patient else TRACKLETS,
+                      "tracklet table of lens build-tracklets", boxes=BOX)
+
+
+def _mined(path: Path, what: str, kinds) -> "pd.DataFrame":  # noqa: F821
+    """A mining table whose every ``label_kind`` is one of ``kinds``."""
+    from ..io import InputError, read_table
+    from .schema import BOX, MINED
+
+    df = read_table(path, MINED, what, boxes=BOX)
+    bad = ~df["label_kind"].isin(kinds).to_numpy()
+    if bad.any():
+        i = int(bad.argmax())
+        raise InputError(f"{path} ({what}): row {i}: label_kind {df['label_kind'].iloc[i]!r}, expected one of "
+                         f"{list(kinds)}")
+    return df
 
 
 def _train_only(df, volumes_path: Path | None):
     """Mining runs on the training split only (the paper mines DeepLesion's training set)."""
-    import pandas as pd
-
     if volumes_path is None:
         return df
-    vols = pd.read_parquet(volumes_path)
+    vols = _volumes(volumes_path)
     keep = set(vols.loc[vols["split"] == "train", "volume_id"])
     return df[df["volume_id"].isin(keep)].reset_index(drop=True)
 
@@ -33,8 +70,8 @@ def add_parser(sub) -> None:
                                    "tracklets (numba kernel); a box that joins nothing is a tracklet of one.")
     p.add_argument("--proposals", nargs="+", type=Path, required=True, help="2D proposal tables (shards)")
     p.add_argument("--volumes", type=Path, help="volumes.parquet: keep the training split only")
-    p.add_argument("--theta", type=float, default=0.5)
-    p.add_argument("--min-score", type=float, default=0.3, help="proposals below this fused score are dropped")
+    p.add_argument("--theta", type=iou_threshold, default=0.5)
+    p.add_argument("--min-score", type=probability, default=0.3, help="proposals below this fused score are dropped")
     p.add_argument("--out", type=Path, required=True)
     p.set_defaults(func=_build_tracklets)
 
@@ -42,8 +79,8 @@ def add_parser(sub) -> None:
     p.add_argument("--tracklets", type=Path, required=True)
     p.add_argument("--lesions", type=Path, required=True, help="the dataset's lesions.parquet")
     p.add_argument("--volumes", type=Path, help="volumes.parquet: keep the training split only")
-    p.add_argument("--theta", type=float, default=0.5)
-    p.add_argument("--extent-ratio", type=float, default=None,
+    p.add_argument("--theta", type=iou_threshold, default=0.5)
+    p.add_argument("--extent-ratio", type=positive_float, default=None,
                    help="a lesion spans at most this x its long axis in z: slices farther from the key slice "
                         "are not mined (needs --volumes for the spacing; default: no limit)")
     p.add_argument("--out", type=Path, required=True)
@@ -58,7 +95,7 @@ def add_parser(sub) -> None:
     p.add_argument("--labels", nargs="+", type=Path, required=True, help="annotations and mined tables")
     p.add_argument("--experts", default="luna,lits,nihln",
                    help="single-type experts (score_<name> columns); 'none' when the model has none")
-    p.add_argument("--sigma", type=float, default=0.5)
+    p.add_argument("--sigma", type=probability, default=0.5)
     p.add_argument("--out", type=Path, required=True)
     p.set_defaults(func=_cross_dataset)
 
@@ -66,7 +103,7 @@ def add_parser(sub) -> None:
     p.add_argument("--lesions", type=Path, required=True)
     p.add_argument("--mined", nargs="*", type=Path, default=[], help="mined tables, highest priority first")
     p.add_argument("--uncertain", type=Path)
-    p.add_argument("--theta", type=float, default=0.5)
+    p.add_argument("--theta", type=iou_threshold, default=0.5)
     p.add_argument("--out", type=Path, required=True)
     p.set_defaults(func=_merge)
     add_embedding_parsers(sub)
@@ -81,10 +118,10 @@ def add_embedding_parsers(sub) -> None:
     p.add_argument("--prep-dir", type=Path, required=True, help="the dataset's preprocessed folder")
     p.add_argument("--tracklets", type=Path, required=True)
     p.add_argument("--source", default="learned", help="learned | position | appearance | PATH.parquet")
-    p.add_argument("--steps", type=int, default=300, help="encoder training steps (learned)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--theta", type=float, default=0.5)
+    p.add_argument("--steps", type=positive_int, default=300, help="encoder training steps (learned)")
+    p.add_argument("--seed", type=non_negative_int, default=0)
+    p.add_argument("--threads", type=positive_int, default=None)
+    p.add_argument("--theta", type=iou_threshold, default=0.5)
     p.add_argument("--encoder-out", type=Path, help="where to keep the trained encoder (learned)")
     p.add_argument("--out", type=Path, required=True, help="embeddings.h5")
     p.set_defaults(func=_embed)
@@ -97,13 +134,13 @@ def add_embedding_parsers(sub) -> None:
     p.add_argument("--tracklets", type=Path, required=True)
     p.add_argument("--embeddings", type=Path, required=True)
     p.add_argument("--split", default="val")
-    p.add_argument("--min-precision", type=float, default=0.9)
-    p.add_argument("--fallback", type=float, default=0.15,
+    p.add_argument("--min-precision", type=probability, default=0.9)
+    p.add_argument("--fallback", type=positive_float, default=0.15,
                    help="delta when the split has fewer than --min-pairs pairs to calibrate on")
-    p.add_argument("--min-pairs", type=int, default=20,
+    p.add_argument("--min-pairs", type=non_negative_int, default=20,
                    help="findable pairs (a lesion annotated in one volume, detected in another) needed to trust "
                         "the curve: a precision measured on a handful of pairs says little")
-    p.add_argument("--theta", type=float, default=0.5)
+    p.add_argument("--theta", type=iou_threshold, default=0.5)
     p.add_argument("--out", type=Path, required=True, help="delta.json (+ .parquet curve and .png plot beside it)")
     p.set_defaults(func=_calibrate)
 
@@ -112,7 +149,7 @@ def add_embedding_parsers(sub) -> None:
     p.add_argument("--tracklets", type=Path, required=True)
     p.add_argument("--embeddings", type=Path, required=True)
     p.add_argument("--delta", required=True, help="a number, or delta.json from calibrate-delta")
-    p.add_argument("--theta", type=float, default=0.5)
+    p.add_argument("--theta", type=iou_threshold, default=0.5)
     p.add_argument("--out", type=Path, required=True)
     p.set_defaults(func=_intra_patient)
 
@@ -124,26 +161,28 @@ def add_embedding_parsers(sub) -> None:
     p.add_argument("--out-md", type=Path, required=True)
     p.add_argument("--out-parquet", type=Path, required=True)
     p.add_argument("--montage", type=Path, required=True)
-    p.add_argument("--n-review", type=int, default=24)
+    p.add_argument("--n-review", type=non_negative_int, default=24)
     p.set_defaults(func=_audit)
 
 
 def _split_volumes(prep_dir: Path, split: str) -> set:
-    import pandas as pd
-
-    vols = pd.read_parquet(prep_dir / "volumes.parquet")
+    vols = _volumes(prep_dir / "volumes.parquet")
     return set(vols.loc[vols["split"] == split, "volume_id"])
 
 
 def _embed(args) -> int:
     import pandas as pd
 
+    from ..io import check_output
     from .embedding import (box_keys, embed, fit_encoder, training_groups, tracklet_centres,
                             write_embeddings_h5)
 
-    lesions = pd.read_parquet(args.prep_dir / "lesions.parquet")
+    check_output(args.out)
+    if args.encoder_out:
+        check_output(args.encoder_out, "--encoder-out")
+    lesions = _lesions(args.prep_dir / "lesions.parquet")
     lesions = lesions[lesions["label_kind"] == "gt"]
-    trk = pd.read_parquet(args.tracklets)
+    trk = _tracklets(args.tracklets, patient=True)
     centres = tracklet_centres(trk) if len(trk) else trk
     boxes = pd.concat([lesions, centres], ignore_index=True)
     config = {"source": str(args.source), "theta": args.theta}
@@ -167,15 +206,13 @@ def _embed(args) -> int:
 
 def _val_tables(args, split):
     """Annotations, tracklet centres and tracklet boxes of one split, with their embeddings."""
-    import pandas as pd
-
     from .embedding import lookup, read_embeddings_h5, tracklet_centres
 
     keys, emb, _ = read_embeddings_h5(args.embeddings)
     vols = _split_volumes(args.prep_dir, split)
-    lesions = pd.read_parquet(args.prep_dir / "lesions.parquet")
+    lesions = _lesions(args.prep_dir / "lesions.parquet")
     lesions = lesions[(lesions["label_kind"] == "gt") & lesions["volume_id"].isin(vols)].reset_index(drop=True)
-    trk = pd.read_parquet(args.tracklets)
+    trk = _tracklets(args.tracklets, patient=True)
     trk = trk[trk["volume_id"].isin(vols)].reset_index(drop=True)
     centres = tracklet_centres(trk).reset_index(drop=True) if len(trk) else trk
     return (lesions, lookup(keys, emb, lesions, str(args.embeddings)), centres,
@@ -183,18 +220,20 @@ def _val_tables(args, split):
 
 
 def _calibrate(args) -> int:
-    import pandas as pd
-
-    from ..io import atomic_path, write_parquet
+    from ..io import InputError, atomic_path, check_output, read_table, write_parquet
     from .audit import annotation_pad_px
     from .calibrate import calibrate_delta, plot_calibration
+    from .schema import BOX, TRUTH
 
+    base = args.out.with_suffix("")
+    for path in (args.out, base.with_suffix(".parquet"), base.with_suffix(".png")):
+        check_output(path)
     truth_path = args.prep_dir / "truth.parquet"
     if not truth_path.exists():
-        raise FileNotFoundError(f"{truth_path}: calibration needs the built-in corpus's truth; "
-                                "set mining.delta to a number for real data")
+        raise InputError(f"{truth_path}: calibration needs the built-in corpus's truth; "
+                         "set mining.delta to a number for real data")
     lesions, ann_emb, centres, trk_emb, trk = _val_tables(args, args.split)
-    truth = pd.read_parquet(truth_path)
+    truth = read_table(truth_path, {**TRUTH, "split": "text"}, "hidden truth table, truth.parquet", boxes=BOX)
     truth = truth[truth["split"] == args.split]
     delta, curve = calibrate_delta(lesions, ann_emb, centres, trk_emb, trk, truth,
                                    min_precision=args.min_precision, pad_px=annotation_pad_px(args.prep_dir),
@@ -206,7 +245,6 @@ def _calibrate(args) -> int:
         log.warning("the %s split has %d findable pairs (< %d): delta falls back to %.3f (calibrated %.3f)",
                     args.split, n_pairs, args.min_pairs, args.fallback, delta)
         delta = args.fallback
-    base = args.out.with_suffix("")
     write_parquet(curve, base.with_suffix(".parquet"), {"split": args.split})
     plot_calibration(curve, delta, base.with_suffix(".png"),
                      title=f"intra-patient matching on the {args.split} split (delta = {delta:.3f})")
@@ -219,14 +257,36 @@ def _calibrate(args) -> int:
     return 0
 
 
+def _delta(text: str) -> float:
+    """--delta: a positive number, or delta.json as `lens calibrate-delta` writes it."""
+    import math
+
+    from ..io import InputError
+
+    try:
+        value, source = float(text), f"--delta {text}"
+    except ValueError:
+        path, source = Path(text), f"{text} (delta file from lens calibrate-delta)"
+        if not path.is_file():
+            raise InputError(f"{source}: no such file; --delta takes a number or a delta.json") from None
+        try:
+            value = json.loads(path.read_text())["delta"]
+        except (ValueError, UnicodeDecodeError) as e:
+            raise InputError(f"{source}: not JSON ({e})") from None
+        except (KeyError, TypeError):
+            raise InputError(f"{source}: no 'delta' entry") from None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise InputError(f"{source}: delta = {value!r}, expected a positive distance")
+    return float(value)
+
+
 def _intra_patient(args) -> int:
+    from ..io import check_output
     from .intra_patient import mine_intra_patient
     from .schema import write_mining_table
 
-    try:
-        delta = float(args.delta)
-    except ValueError:
-        delta = float(json.loads(Path(args.delta).read_text())["delta"])
+    check_output(args.out)
+    delta = _delta(args.delta)
     lesions, ann_emb, centres, trk_emb, trk = _val_tables(args, "train")
     mined = mine_intra_patient(lesions, ann_emb, centres, trk_emb, trk, delta, args.theta)
     write_mining_table(mined, args.out, {"delta": delta, "theta": args.theta, "rule": "mine_intra_patient"})
@@ -238,44 +298,61 @@ def _intra_patient(args) -> int:
 def _audit(args) -> int:
     import pandas as pd
 
+    from ..io import check_output, read_table
     from .audit import _labeled_slice_mask, annotation_pad_px, audit_mining, classify_boxes, truth_slices, write_audit
     from .montage import sample_for_review, write_montage
+    from .schema import BOX, TRUTH
 
-    lesions = pd.read_parquet(args.prep_dir / "lesions.parquet")
-    truth = pd.read_parquet(args.prep_dir / "truth.parquet")
-    volumes = pd.read_parquet(args.prep_dir / "volumes.parquet")
-    mined = {"cross_slice": pd.read_parquet(args.cross_slice), "intra_patient": pd.read_parquet(args.intra_patient),
-             "uncertain": pd.read_parquet(args.uncertain)}
+    check_output(args.out_md, "--out-md")
+    check_output(args.out_parquet, "--out-parquet")
+    check_output(args.montage, "--montage")
+    lesions = _lesions(args.prep_dir / "lesions.parquet")
+    truth = read_table(args.prep_dir / "truth.parquet", TRUTH, "hidden truth table, truth.parquet", boxes=BOX)
+    volumes = _volumes(args.prep_dir / "volumes.parquet")
+    mined = {"cross_slice": _mined(args.cross_slice, "cross-slice mining table", ["mined_cross_slice"]),
+             "intra_patient": _mined(args.intra_patient, "intra-patient mining table", ["mined_intra_patient"]),
+             "uncertain": _mined(args.uncertain, "uncertain table of lens mine-cross-dataset", ["uncertain"])}
     pad = annotation_pad_px(args.prep_dir)
     table = audit_mining(lesions, mined, truth, volumes=volumes, split="train", pad_px=pad)
-    write_audit(table, args.out_md, args.out_parquet)
     review = sample_for_review(pd.concat([m for m in mined.values() if len(m)] or [mined["cross_slice"]],
                                          ignore_index=True), n=args.n_review)
     slices = truth_slices(truth, pad)
     verdict = (classify_boxes(review, slices, _labeled_slice_mask(lesions, slices, 0.3))["verdict"].to_numpy()
                if len(review) else None)
+    # the montage first: it reads the images and is the step that can still fail on bad input
     write_montage(review, args.prep_dir, args.montage, verdict=verdict,
                   title="mined lesions for review (green: a real missed lesion, orange: already labeled, red: FP)")
+    write_audit(table, args.out_md, args.out_parquet)
     log.info("mining audit:\n%s", table.to_string(index=False))
     return 0
 
 
 def _volume_dataset(path: Path, lesions) -> dict:
     """volume_id -> dataset name, from the prep folder's volumes.parquet beside lesions.parquet."""
-    import pandas as pd
-
     vols = Path(path).with_name("volumes.parquet")
     if vols.exists():
-        v = pd.read_parquet(vols, columns=["volume_id", "dataset"])
+        v = _volumes(vols, {"dataset": "text"})
         return dict(zip(v["volume_id"], v["dataset"]))
     return dict(zip(lesions["volume_id"], lesions["dataset"]))
 
 
 def _build_tracklets(args) -> int:
-    from ..io import write_parquet
+    from ..io import InputError, check_output, read_table, write_parquet
+    from .schema import BOX, PROPOSALS_2D
     from ..tracklets import tracklets_from_table
 
-    props = _train_only(_read(args.proposals), args.volumes)
+    check_output(args.out)
+    frames = []
+    for path in args.proposals:
+        # a box clipped at the image border may be empty; one that is kept must not be (the kernel's IoU)
+        df = read_table(path, PROPOSALS_2D, "2D proposal table of lens propose", boxes=BOX, empty_boxes=True)
+        empty = ((df["score"] >= args.min_score) & ((df["x2"] <= df["x1"]) | (df["y2"] <= df["y1"]))).to_numpy()
+        if empty.any():
+            i = int(empty.argmax())
+            raise InputError(f"{path}: row {i}: empty box {df.loc[i, BOX].tolist()} scores "
+                             f"{df['score'].iloc[i]} >= --min-score {args.min_score}")
+        frames.append(df)
+    props = _train_only(_concat(frames), args.volumes)
     props = props[props["score"] >= args.min_score].reset_index(drop=True)
     trk = tracklets_from_table(props, args.theta)
     write_parquet(trk, args.out, {"theta": args.theta, "min_score": args.min_score})
@@ -285,18 +362,24 @@ def _build_tracklets(args) -> int:
 
 def _cross_slice(args) -> int:
     import numpy as np
-    import pandas as pd
 
+    from ..io import InputError, check_output
     from .cross_slice import mine_cross_slice
     from .schema import write_mining_table
 
-    tracklets = _train_only(pd.read_parquet(args.tracklets), args.volumes)
-    lesions = pd.read_parquet(args.lesions)
+    check_output(args.out)
+    if args.extent_ratio is not None and args.volumes is None:
+        raise InputError("--extent-ratio needs --volumes (pixel and slice spacing)")
+    tracklets = _train_only(_tracklets(args.tracklets), args.volumes)
+    lesions = _lesions(args.lesions)
     if args.extent_ratio is not None:
-        if args.volumes is None:
-            raise ValueError("--extent-ratio needs --volumes (pixel and slice spacing)")
-        sp = pd.read_parquet(args.volumes).set_index("volume_id")[["spacing_x", "spacing_z"]]
-        sp = sp.loc[lesions["volume_id"]].to_numpy()
+        sp = _volumes(args.volumes, {"spacing_x": "number", "spacing_z": "number"}).set_index("volume_id")
+        unknown = ~lesions["volume_id"].isin(sp.index).to_numpy()
+        if unknown.any():
+            i = int(unknown.argmax())
+            raise InputError(f"{args.lesions}: row {i}: volume {lesions['volume_id'].iloc[i]!r} is not in "
+                             f"{args.volumes}")
+        sp = sp[["spacing_x", "spacing_z"]].loc[lesions["volume_id"]].to_numpy()
         long_mm = np.maximum(lesions["x2"] - lesions["x1"], lesions["y2"] - lesions["y1"]).to_numpy() * sp[:, 0]
         lesions = lesions.assign(max_dz=np.ceil(args.extent_ratio * long_mm / sp[:, 1]))
     mined = mine_cross_slice(tracklets, lesions, args.theta)
@@ -306,21 +389,24 @@ def _cross_slice(args) -> int:
 
 
 def _cross_dataset(args) -> int:
+    from ..io import check_output, read_table
     from .cross_dataset import mine_uncertain
-    from .schema import write_mining_table
+    from .schema import BOX, MINED, PROPOSALS_2D, write_mining_table
 
-    props = _train_only(_read(args.proposals), args.volumes)
-    labels = _read(args.labels)
+    check_output(args.out)
     experts = tuple(f"score_{e}" for e in args.experts.split(",") if e and e != "none")
+    # a box clipped at the image border may be empty, never inverted: an inverted one would become an
+    # uncertain region that covers nothing
+    props = _train_only(_concat([read_table(p, {**PROPOSALS_2D, **dict.fromkeys(experts, "number")},
+                                            "2D proposal table of lens propose", boxes=BOX, empty_boxes=True)
+                                 for p in args.proposals]), args.volumes)
+    labels = _concat([read_table(p, MINED, "label table: annotations or mined boxes", boxes=BOX)
+                      for p in args.labels])
     if not experts:  # a single-dataset model has no single-type expert to mine with
         write_mining_table(props.iloc[:0].assign(label_kind="uncertain"), args.out,
                            {"sigma": args.sigma, "experts": [], "rule": "mine_cross_dataset"})
         log.info("cross-dataset mining: no single-type expert in this model, nothing mined")
         return 0
-    missing = [c for c in experts if c not in props.columns]
-    if missing:
-        raise ValueError(f"{args.proposals[0]}: no column(s) {missing}; the model's experts are "
-                         f"{[c for c in props.columns if c.startswith('score_')]}")
     unc = mine_uncertain(props, labels, experts, args.sigma)
     write_mining_table(unc, args.out, {"sigma": args.sigma, "experts": list(experts), "rule": "mine_cross_dataset"})
     log.info("cross-dataset mining: %d uncertain boxes", len(unc))
@@ -328,14 +414,19 @@ def _cross_dataset(args) -> int:
 
 
 def _merge(args) -> int:
-    import pandas as pd
-
+    from ..io import InputError, check_output
     from .merge import merge_round2, training_slices
-    from .schema import write_mining_table
+    from .schema import GT_LIKE_KINDS, IGNORE_KINDS, write_mining_table
 
-    lesions = pd.read_parquet(args.lesions)
-    mined = [pd.read_parquet(p) for p in args.mined]
-    unc = pd.read_parquet(args.uncertain) if args.uncertain else None
+    check_output(args.out)
+    lesions = _lesions(args.lesions, {"dataset": "any"})
+    bad = ~lesions["label_kind"].isin(GT_LIKE_KINDS + IGNORE_KINDS).to_numpy()
+    if bad.any():
+        i = int(bad.argmax())
+        raise InputError(f"{args.lesions}: row {i}: unknown label_kind {lesions['label_kind'].iloc[i]!r}")
+    mined = [_mined(p, "cross-slice or intra-patient mining table", GT_LIKE_KINDS) for p in args.mined]
+    unc = _mined(args.uncertain, "uncertain table of lens mine-cross-dataset", ["uncertain"]) \
+        if args.uncertain else None
     labels = merge_round2(lesions, mined, unc, args.theta)
     # round-2 training takes a dataset's rows by their `dataset` column: boxes mined from proposals
     # (uncertain ones above all) carry the dataset of the volume they were found in
@@ -343,7 +434,7 @@ def _merge(args) -> int:
     labels["dataset"] = known.fillna(labels["volume_id"].map(_volume_dataset(args.lesions, lesions)))
     if labels["dataset"].isna().any():
         bad = labels.loc[labels["dataset"].isna(), "volume_id"].iloc[0]
-        raise ValueError(f"{args.lesions}: no dataset known for volume {bad!r} of the mined labels")
+        raise InputError(f"{args.lesions}: no dataset known for volume {bad!r} of the mined labels")
     write_mining_table(labels, args.out, {"theta": args.theta, "mined": [str(p) for p in args.mined],
                                           "uncertain": str(args.uncertain) if args.uncertain else None})
     counts = labels["label_kind"].value_counts().to_dict()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from lens_core.io import InputError
 from lens_core.mining.overlap import overlaps_any
 from lens_core.mining.schema import conform
 
@@ -38,14 +39,15 @@ def mine_uncertain(proposals: pd.DataFrame, labels: pd.DataFrame,
     """
     present = [c for c in expert_cols if c in proposals.columns]
     if not present:
-        raise KeyError(f"proposal table has none of the single-type expert columns {list(expert_cols)}")
+        src = f"{proposals.attrs['source']}: " if proposals.attrs.get("source") else ""
+        raise InputError(f"{src}proposal table has none of the single-type expert columns {list(expert_cols)}")
     if not 0.0 <= overlap_iou < 1.0:
         raise ValueError(f"overlap_iou must be in [0, 1), got {overlap_iou}")
     props = proposals.reset_index(drop=True)
     scores = props[present].to_numpy(dtype=np.float64)
     if len(props) and not np.isfinite(scores).all():
         row = int(np.flatnonzero(~np.isfinite(scores).all(axis=1))[0])
-        raise ValueError(f"proposal row {row} has a non-finite expert score")
+        raise InputError(f"proposal row {row} has a non-finite expert score")
     best = scores.argmax(axis=1) if len(props) else np.zeros(0, np.int64)
     best_score = scores[np.arange(len(props)), best] if len(props) else np.zeros(0)
     keep = best_score > sigma

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from lens_core.io import require_columns
 from lens_core.mining.overlap import one_box_per_slice, overlaps_any, same_slice_iou
 from lens_core.mining.schema import conform
 
@@ -33,11 +34,8 @@ def mine_cross_slice(tracklets: pd.DataFrame, annotations: pd.DataFrame, iou_thr
     - a tracklet that branches keeps one box per slice, the highest-scoring one: a lesion has one box
       on a slice.
     """
-    for name, df, cols in (("tracklets", tracklets, ["tracklet_id", "volume_id", "z", "x1", "y1", "x2", "y2"]),
-                           ("annotations", annotations, ["volume_id", "lesion_id", "z", "x1", "y1", "x2", "y2"])):
-        missing = [c for c in cols if c not in df.columns]
-        if missing:
-            raise KeyError(f"{name} table lacks columns {missing}")
+    require_columns(tracklets, ["tracklet_id", "volume_id", "z", "x1", "y1", "x2", "y2"], "tracklet table")
+    require_columns(annotations, ["volume_id", "lesion_id", "z", "x1", "y1", "x2", "y2"], "annotation table")
     trk = tracklets.reset_index(drop=True)
     ann = annotations.reset_index(drop=True)
     gt = ann[ann["label_kind"] == "gt"].reset_index(drop=True) if "label_kind" in ann.columns else ann

@@ -35,6 +35,7 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 
+from lens_core.io import InputError, read_table, require_columns
 from lens_core.mining.overlap import same_slice_iou
 
 __all__ = ["EmbeddingWeights", "box_keys", "body_extents", "position_features", "extract_patches",
@@ -70,9 +71,7 @@ def box_keys(df: pd.DataFrame) -> np.ndarray:
 
 
 def _require(df: pd.DataFrame, cols: list[str], name: str) -> None:
-    missing = [c for c in cols if c not in df.columns]
-    if missing:
-        raise KeyError(f"{name} lacks columns {missing}")
+    require_columns(df, cols, name)
 
 
 class _Volumes:
@@ -81,12 +80,15 @@ class _Volumes:
     def __init__(self, prep_dir: str | Path):
         self.path = Path(prep_dir) / "volumes.h5"
         if not self.path.exists():
-            raise FileNotFoundError(f"{self.path}: no preprocessed volumes (run `lens preprocess`)")
-        self.file = h5py.File(self.path, "r")
+            raise InputError(f"{self.path}: no preprocessed volumes (run `lens preprocess`)")
+        try:
+            self.file = h5py.File(self.path, "r")
+        except OSError as e:
+            raise InputError(f"{self.path}: cannot open the preprocessed volumes ({e})") from e
 
     def get(self, volume_id: str) -> tuple[np.ndarray, np.ndarray]:
         if volume_id not in self.file:
-            raise KeyError(f"{self.path}: no volume {volume_id!r}")
+            raise InputError(f"{self.path}: no volume {volume_id!r}")
         g = self.file[volume_id]
         return g["image"][()], np.asarray(g.attrs["spacing"], dtype=np.float64)
 
@@ -274,16 +276,8 @@ def embed(boxes: pd.DataFrame, prep_dir: str | Path | None, source: str | Path =
 
 
 def _user_embeddings(boxes: pd.DataFrame, path: Path, min_iou: float = 0.9) -> np.ndarray:
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: embedding table not found (source must be 'learned', 'position', "
-                                f"'appearance' or the path of a Parquet table)")
-    try:
-        table = pd.read_parquet(path)
-    except Exception as exc:  # noqa: BLE001
-        raise ValueError(f"{path}: not a readable Parquet table ({exc})") from exc
-    missing = [c for c in ["volume_id", "z", *BOX_COLS] if c not in table.columns]
-    if missing:
-        raise KeyError(f"{path}: embedding table lacks columns {missing}")
+    what = "embedding table (--source must be 'learned', 'position', 'appearance' or a Parquet table's path)"
+    table = read_table(path, {"volume_id": "text", "z": "integer", **dict.fromkeys(BOX_COLS, "number")}, what)
     if "embedding" in table.columns:
         lens = table["embedding"].map(len).to_numpy()
         if len(table) and (lens != lens[0]).any():
@@ -293,7 +287,7 @@ def _user_embeddings(boxes: pd.DataFrame, path: Path, min_iou: float = 0.9) -> n
     else:
         cols = sorted((c for c in table.columns if c.startswith("emb_")), key=lambda c: int(c[4:]))
         if not cols:
-            raise KeyError(f"{path}: embedding table has neither an 'embedding' column nor emb_0.. columns")
+            raise InputError(f"{path}: embedding table has neither an 'embedding' column nor emb_0.. columns")
         vec = table[cols].to_numpy(dtype=np.float32)
     bad = ~np.isfinite(vec).all(axis=1)
     if bad.any():
@@ -306,7 +300,7 @@ def _user_embeddings(boxes: pd.DataFrame, path: Path, min_iou: float = 0.9) -> n
     if not found.all():
         i = int(np.flatnonzero(~found)[0])
         r = b.iloc[i]
-        raise KeyError(f"{path}: no embedding for box row {i} (volume {r['volume_id']}, slice {int(r['z'])}, "
+        raise InputError(f"{path}: no embedding for box row {i} (volume {r['volume_id']}, slice {int(r['z'])}, "
                        f"box {[round(float(r[c]), 2) for c in BOX_COLS]}); {int((~found).sum())} boxes lack one")
     out = np.empty((len(b), vec.shape[1]), np.float32)
     out[pairs["a_row"].to_numpy()] = vec[pairs["b_row"].to_numpy()]
@@ -323,7 +317,7 @@ def lookup(keys: np.ndarray, emb: np.ndarray, boxes: pd.DataFrame, source: str =
     pos = index.get_indexer(want)
     if (pos < 0).any():
         i = int(np.flatnonzero(pos < 0)[0])
-        raise KeyError(f"{source}: no embedding for box row {i} ({want[i]})")
+        raise InputError(f"{source}: no embedding for box row {i} ({want[i]})")
     return emb[pos]
 
 
@@ -357,7 +351,7 @@ def read_embeddings_h5(path: str | Path) -> tuple[np.ndarray, np.ndarray, dict]:
             emb = f["embedding"][()].astype(np.float32)
             config = json.loads(f.attrs.get("config", "{}"))
     except (OSError, KeyError) as exc:
-        raise ValueError(f"{path}: not an embeddings file ({exc})") from exc
+        raise InputError(f"{path}: not an embeddings file ({exc})") from exc
     if len(keys) != len(emb):
-        raise ValueError(f"{path}: {len(keys)} keys but {len(emb)} embeddings")
+        raise InputError(f"{path}: {len(keys)} keys but {len(emb)} embeddings")
     return keys, emb, config

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 from numba import njit
 
+from lens_core.io import InputError, require_columns
 from lens_core.mining.overlap import one_box_per_slice, same_slice_iou
 from lens_core.mining.schema import conform
 
@@ -89,11 +90,11 @@ def _check(name, patient, volume, emb):
         raise ValueError(f"{name}_patient and {name}_volume must be 1-D of one length, got "
                          f"{patient.shape} and {volume.shape}")
     if not (np.issubdtype(patient.dtype, np.integer) and np.issubdtype(volume.dtype, np.integer)):
-        raise TypeError(f"{name}_patient and {name}_volume must be integer ids (factorise strings first)")
+        raise InputError(f"{name}_patient and {name}_volume must be integer ids (factorise strings first)")
     if emb.ndim != 2 or emb.shape[0] != patient.shape[0]:
         raise ValueError(f"{name}_emb must be [{patient.shape[0]}, d], got {emb.shape}")
     if not np.issubdtype(emb.dtype, np.floating):
-        raise TypeError(f"{name}_emb must be a float array, got {emb.dtype}")
+        raise InputError(f"{name}_emb must be a float array, got {emb.dtype}")
     emb = np.asarray(emb, dtype=np.float32)
     bad = ~np.isfinite(emb).all(axis=1)
     if bad.any():
@@ -151,12 +152,9 @@ def mine_intra_patient(annotations: pd.DataFrame, ann_emb: np.ndarray, tracklets
       are copied; the lesion is the same instance seen at another time point or in another series);
     - one box per slice, the highest-scoring one, as in cross-slice propagation.
     """
-    for name, df, cols in (("annotations", annotations, ["volume_id", "patient_id", "lesion_id"]),
-                           ("tracklets", tracklets, ["tracklet_id", "volume_id", "patient_id"]),
-                           ("tracklet_boxes", tracklet_boxes, ["tracklet_id", "volume_id", "z", "x1", "y1", "x2", "y2"])):
-        missing = [c for c in cols if c not in df.columns]
-        if missing:
-            raise KeyError(f"{name} table lacks columns {missing}")
+    require_columns(annotations, ["volume_id", "patient_id", "lesion_id"], "annotation table")
+    require_columns(tracklets, ["tracklet_id", "volume_id", "patient_id"], "tracklet table")
+    require_columns(tracklet_boxes, ["tracklet_id", "volume_id", "z", "x1", "y1", "x2", "y2"], "tracklet boxes")
     ann = annotations.reset_index(drop=True)
     trk = tracklets.reset_index(drop=True)
     boxes = tracklet_boxes.reset_index(drop=True)

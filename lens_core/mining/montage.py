@@ -12,6 +12,8 @@ import h5py
 import numpy as np
 import pandas as pd
 
+from lens_core.io import InputError, require_columns
+
 __all__ = ["sample_for_review", "write_montage"]
 
 BOX_COLS = ["x1", "y1", "x2", "y2"]
@@ -20,6 +22,13 @@ BOX_COLS = ["x1", "y1", "x2", "y2"]
 _U8 = lambda hu: (hu + 1024) / 4095 * 255  # noqa: E731
 WINDOWS = {"soft_tissue": (_U8(-160), _U8(240)), "lung": (_U8(-1350), _U8(150)), "full": (0, 255)}
 VERDICT_COLOUR = {"TP": "#1a9850", "duplicate": "#fdae61", "FP": "#d73027", "": "#4575b4"}
+
+
+def _open_h5(path: Path) -> h5py.File:
+    try:
+        return h5py.File(path, "r")
+    except OSError as e:
+        raise InputError(f"{path}: cannot open the preprocessed volumes ({e})") from e
 
 
 def sample_for_review(mined: pd.DataFrame, n: int = 24, seed: int = 0, by: str = "source_rule") -> pd.DataFrame:
@@ -52,9 +61,7 @@ def write_montage(boxes: pd.DataFrame, prep_dir: str | Path, path: str | Path, *
     import matplotlib.pyplot as plt
     from matplotlib.patches import Rectangle
 
-    missing = [c for c in ["volume_id", "z", *BOX_COLS] if c not in boxes.columns]
-    if missing:
-        raise KeyError(f"montage boxes lack columns {missing}")
+    require_columns(boxes, ["volume_id", "z", *BOX_COLS], "montage boxes")
     b = boxes.reset_index(drop=True)
     verdict = np.full(len(b), "", object) if verdict is None else np.asarray(verdict, object)
     if len(verdict) != len(b):
@@ -64,7 +71,7 @@ def write_montage(boxes: pd.DataFrame, prep_dir: str | Path, path: str | Path, *
     rows = int(np.ceil(n / cols))
     fig, axes = plt.subplots(rows, cols, figsize=(2.2 * cols, 2.4 * rows), dpi=100, squeeze=False)
     h5 = Path(prep_dir) / "volumes.h5"
-    with h5py.File(h5, "r") as f:
+    with _open_h5(h5) as f:
         for k, ax in enumerate(axes.ravel()):
             ax.set_axis_off()
             if k >= len(b):
@@ -72,7 +79,7 @@ def write_montage(boxes: pd.DataFrame, prep_dir: str | Path, path: str | Path, *
             r = b.iloc[k]
             vid, z = str(r["volume_id"]), int(r["z"])
             if vid not in f:
-                raise KeyError(f"{h5}: no volume {vid!r} (montage row {k})")
+                raise InputError(f"{h5}: no volume {vid!r} (montage row {k})")
             img = f[vid]["image"][z]
             x1, y1, x2, y2 = (float(r[c]) for c in BOX_COLS)
             half = max(context * max(x2 - x1, y2 - y1), min_side_px) / 2

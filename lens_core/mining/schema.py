@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from lens_core.io import write_parquet
+from lens_core.io import InputError, write_parquet
 from lens_core.preprocess.schema import LESION_SCHEMA
 
 MINING_EXTRA = [("source_rule", pa.string()), ("tracklet_id", pa.int64()), ("score", pa.float64()),
@@ -32,6 +32,19 @@ IGNORE_KINDS = ("uncertain", "excluded")
 _DEFAULTS = {"source_rule": "annotation", "tracklet_id": -1, "score": np.nan, "key_iou": np.nan,
              "embedding_distance": np.nan, "lesion_type": "unknown", "lesion_id": "", "dataset": "",
              "patient_id": "", "study_id": -1, "series_id": -1, "kind": "2d"}
+
+
+# What the mining steps read (lens_core.io.read_table specs): the columns they use and what each must hold.
+BOX = ["x1", "y1", "x2", "y2"]
+_BOX_KINDS = dict.fromkeys(BOX, "number")
+PROPOSALS_2D = {"volume_id": "text", "z": "integer", **_BOX_KINDS, "score": "number"}
+TRACKLETS = {**PROPOSALS_2D, "tracklet_id": "integer"}
+TRACKLETS_WITH_PATIENT = {**TRACKLETS, "patient_id": "text"}
+LESIONS = {"volume_id": "text", "z": "integer", **_BOX_KINDS, "label_kind": "text"}
+ANNOTATIONS = {**LESIONS, "patient_id": "text", "lesion_id": "any"}
+MINED = LESIONS  # a mining table as the merge, the audit and cross-dataset mining read it
+VOLUMES = {"volume_id": "text", "split": "text"}
+TRUTH = {"volume_id": "text", "z": "integer", **_BOX_KINDS, "z1": "number", "z2": "number", "instance_id": "text"}
 
 
 def conform(df: pd.DataFrame) -> pd.DataFrame:
@@ -52,7 +65,8 @@ def conform(df: pd.DataFrame) -> pd.DataFrame:
         elif name in _DEFAULTS:
             out[name] = _DEFAULTS[name]
         else:
-            raise KeyError(f"mining table lacks required column {name!r}")
+            where = f"{df.attrs['source']}: " if df.attrs.get("source") else ""
+            raise InputError(f"{where}mining table lacks required column {name!r}")
     types = {f.name: ("int64" if pa.types.is_integer(f.type) else "float64" if pa.types.is_floating(f.type)
                       else str) for f in MINING_SCHEMA}
     return out.astype(types)

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 from torchvision.ops import batched_nms
 
+from lens_core.errors import InputError
 from lens_core.model import boxes as box_coding
 from lens_core.model.afp import AfpTargets, AnchorFreeProposalNetwork
 from lens_core.model.backbone import build_backbone
@@ -206,13 +207,11 @@ def save_lens(path, model: LENS, meta: dict) -> None:
 
 def load_lens(path, device="cpu") -> tuple[LENS, dict]:
     """Inverse of :func:`save_lens`: the model in eval mode on ``device`` and its meta."""
-    import pickle
-
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
         meta = blob["meta"]
         model = LENS(**{k: meta[k] for k in MODEL_ARGS})
         model.load_state_dict(blob["state_dict"])
-    except (OSError, RuntimeError, KeyError, TypeError, EOFError, pickle.UnpicklingError) as e:
-        raise ValueError(f"{path}: not a LENS model file: {e}") from e
+    except Exception as e:  # noqa: BLE001 - whatever the file holds instead, name it
+        raise InputError(f"{path}: not a LENS model file ({type(e).__name__}: {e})") from e
     return model.to(device).eval(), meta

@@ -114,7 +114,7 @@ def build_index(
     index = {}
     for name in [*cfg.datasets, *cfg.pool]:
         ddir = prep_dir / name
-        vols = read_table(ddir / "volumes.parquet", ["volume_id", "split", "n_slices"])
+        vols = read_table(ddir / "volumes.parquet", ["volume_id", "split", "n_slices"], "volume table")
         vols = vols[vols["split"] == split]
         if split == "train" and name in cfg.volume_fraction:
             vols = vols[vols["volume_id"].isin(volume_subset(vols["volume_id"], cfg.volume_fraction[name], name))]
@@ -122,7 +122,7 @@ def build_index(
             lab, src = labels[labels["dataset"] == name], "labels table"
         else:
             src = ddir / "lesions.parquet"
-            lab = read_table(src, BOX_COLUMNS)
+            lab = read_table(src, BOX_COLUMNS, "lesion table")
         depth = dict(zip(vols["volume_id"], vols["n_slices"].astype(int)))
         lab = lab[lab["volume_id"].isin(depth)]
         per_slice: dict = {}
