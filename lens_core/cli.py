@@ -40,10 +40,18 @@ STEPS = {
 }
 
 
+class LensParser(argparse.ArgumentParser):
+    """Usage errors (a bad flag value, a missing argument) are bad input like any other: one line naming the
+    step and the argument, exit status 1 (argparse's default is the usage text and status 2)."""
+
+    def error(self, message: str):
+        self.exit(1, f"{self.prog}: error: {' '.join(message.split())} (see {self.prog} --help)\n")
+
+
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     """The `lens` parser. Given the command line, only the named step's module is imported: a step does
     not pay for importing the others (`lens synthesize`'s readers need SimpleITK, pydicom, scipy)."""
-    p = argparse.ArgumentParser(prog="lens", description=__doc__.splitlines()[0])
+    p = LensParser(prog="lens", description=__doc__.splitlines()[0])
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = p.add_subparsers(dest="command", required=True, metavar="STEP")
     step = next((a for a in argv or [] if not a.startswith("-")), None)

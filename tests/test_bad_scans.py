@@ -211,7 +211,7 @@ def test_corrupt_scan_is_refused_by_preprocess(tiny_corpus, tmp_path, caplog, fm
     bad, message = corrupt(root)
     out = tmp_path / "prep" / "nested" / fmt
     rc, errors = _run(["preprocess", "--format", fmt, "--root", str(root), "--out", str(out), *PREP], caplog)
-    assert rc != 0
+    assert rc == 1
     assert len(errors) == 1 and "\n" not in errors[0], errors
     assert str(bad) in errors[0], errors[0]
     assert re.search(message, errors[0]), errors[0]
@@ -229,7 +229,7 @@ def test_failed_rerun_keeps_the_previous_outputs(tiny_corpus, tmp_path, caplog):
     assert sorted(before) == ["lesions.parquet", "test3d.parquet", "truth.parquet", "volumes.h5", "volumes.parquet"]
     nifti_truncated(root)
     rc, errors = _run(argv, caplog)
-    assert rc != 0 and "truncated NIfTI" in errors[0]
+    assert rc == 1 and "truncated NIfTI" in errors[0]
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
@@ -239,7 +239,7 @@ def test_out_that_is_a_file_is_refused(tiny_corpus, tmp_path, caplog):
     out.write_text("not a folder")
     rc, errors = _run(["preprocess", "--format", "lits", "--root", str(tiny_corpus / "lits"), "--out", str(out),
                        *PREP], caplog)
-    assert rc != 0 and len(errors) == 1 and f"{out}: --out exists and is not a folder" in errors[0], errors
+    assert rc == 1 and len(errors) == 1 and f"{out}: --out exists and is not a folder" in errors[0], errors
     assert out.read_text() == "not a folder" and sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
 
@@ -257,7 +257,7 @@ def test_bad_preprocess_numbers_are_refused(tiny_corpus, tmp_path, capsys, flag,
             *PREP, flag, value]
     with pytest.raises(SystemExit) as e:
         main(argv)
-    assert e.value.code != 0
+    assert e.value.code == 1
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert f"argument {flag}: '{value}'" in err and expected in err, err
     assert not out.exists()
@@ -271,7 +271,7 @@ def test_gather_of_shards_of_two_datasets_is_refused(tiny_corpus, tmp_path, capl
         assert _run(argv, caplog)[0] == 0
     out = tmp_path / "gathered"
     rc, errors = _run(["gather-prep", str(s0), str(s1), "--out", str(out)], caplog)
-    assert rc != 0 and len(errors) == 1
+    assert rc == 1 and len(errors) == 1
     assert f"{s1 / 'volumes.h5'}: dataset 'lits' differs from {s0 / 'volumes.h5'}'s 'luna'" in errors[0], errors[0]
     assert not out.exists()
     # one dataset's shards, but not all of them (shard 1/2 twice, 0/2 never)
@@ -280,7 +280,7 @@ def test_gather_of_shards_of_two_datasets_is_refused(tiny_corpus, tmp_path, capl
             "--shard", "1/2", *PREP]
     assert _run(argv, caplog)[0] == 0
     rc, errors = _run(["gather-prep", str(s1), str(s2), "--out", str(out)], caplog)
-    assert rc != 0 and "not shards 0..n-1 of one run, each once" in errors[0], errors
+    assert rc == 1 and "not shards 0..n-1 of one run, each once" in errors[0], errors
     assert not out.exists()
 
 

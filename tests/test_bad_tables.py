@@ -305,8 +305,9 @@ def test_text_file_as_model_is_named(valid, tmp_path, caplog):
 def test_bad_numeric_flags_are_usage_errors(argv, capsys):
     with pytest.raises(SystemExit) as exc:
         main(argv)
-    assert exc.value.code == 2
-    assert f"argument {argv[1]}" in capsys.readouterr().err
+    assert exc.value.code == 1
+    err = capsys.readouterr().err
+    assert f"argument {argv[1]}" in err and err.count("\n") == 1 and err.startswith(f"lens {argv[0]}: error:")
 
 
 def test_read_table_checks_each_kind_and_names_the_row(tmp_path):

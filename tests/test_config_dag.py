@@ -216,5 +216,5 @@ def test_the_training_config_given_inline_is_the_config_files_section(tmp_path):
 def test_a_bad_inline_config_is_one_line_and_writes_nothing(tmp_path, argv, message):
     res = subprocess.run([sys.executable, "-m", "lens_core", *argv], cwd=tmp_path, capture_output=True, text=True,
                          timeout=120)
-    assert res.returncode != 0 and message in res.stderr, res.stderr  # the CLI's input-error status
+    assert res.returncode == 1 and message in res.stderr, res.stderr  # the CLI's input-error status
     assert len(res.stderr.strip().splitlines()) == 1 and not list(tmp_path.iterdir())

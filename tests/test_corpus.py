@@ -126,7 +126,7 @@ def test_heldout_cohort_has_only_the_asked_scans_and_new_patients(tiny_corpus, t
                                        ("luna=3", "corpus.luna: must be a mapping"), ("lunar.cases=3", "['lunar']")])
 def test_synthesize_set_rejects_malformed_overrides(tmp_path, bad, says, caplog):
     """A typo in a corpus override is an error naming it, not a silently ignored key; nothing is written."""
-    assert main(["synthesize", "--out", str(tmp_path / "c"), "--set", bad, "--no-progress"]) != 0
+    assert main(["synthesize", "--out", str(tmp_path / "c"), "--set", bad, "--no-progress"]) == 1
     assert says in caplog.text
     assert not (tmp_path / "c").exists() and not (tmp_path / "c.tmp").exists()
 

@@ -104,7 +104,7 @@ def test_extra_columns_of_the_main_table_are_shown(run):
 def test_a_missing_caption_is_an_error_naming_it(run, tmp_path, caplog):
     captions = tmp_path / "captions"
     captions.mkdir()
-    assert _report(run, "--captions", str(captions)) != 0
+    assert _report(run, "--captions", str(captions)) == 1
     assert "table.rst" in caplog.text
     assert not (run / "report.html").exists()
 
