@@ -12,7 +12,6 @@ header's direction matrix are handled in one place.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,10 +21,11 @@ import pandas as pd
 import pyarrow as pa
 import SimpleITK as sitk
 
-from .io import write_parquet
+from .io import atomic_folder, write_parquet
 # the tables' schemas live apart so that the steps that only read the tables (mining, FPR) need no SimpleITK
 from .prep_schema import BOX, LESION_SCHEMA, TEST3D_SCHEMA, TRUTH_EXTRA, TRUTH_SCHEMA, VOLUME_SCHEMA  # noqa: F401
 
+PREP_FILES = ("volumes.h5", "volumes.parquet", "lesions.parquet", "truth.parquet", "test3d.parquet")
 HU_MIN, HU_MAX = -1024.0, 3071.0
 BORDER_HU = -900.0          # voxels above this count as body when clipping black borders
 BORDER_MARGIN_PX = 2
@@ -127,7 +127,8 @@ def preprocess_dataset(fmt: str, root: Path, out_dir: Path, params: PrepParams, 
 
     Writes volumes.h5, volumes.parquet, lesions.parquet, and when present test3d.parquet (DeepLesion's
     fully annotated 3D test set) and truth.parquet (the built-in corpus's hidden truth). All files are
-    written under temporary names and renamed at the end: a failure leaves no partial artifact.
+    written into a fresh temporary folder that replaces `out_dir` as a whole at the end: a failure leaves
+    no partial artifact, and a reader never sees tables without their volumes.h5 (or of another run).
     """
     from tqdm import tqdm
 
@@ -144,12 +145,10 @@ def preprocess_dataset(fmt: str, root: Path, out_dir: Path, params: PrepParams, 
     meta = {"dataset": dataset, "format": fmt, "root": str(root), "shard": list(shard), **params.as_meta(),
             "reader": reader_opts or {}}
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    h5_tmp = out_dir / "volumes.h5.tmp"
     vol_rows, les_parts, truth_parts, test_parts = [], [], [], []
     raw_bytes = 0
-    try:
-        with h5py.File(h5_tmp, "w") as h5:
+    with atomic_folder(out_dir, own=PREP_FILES) as tmp_dir:
+        with h5py.File(tmp_dir / "volumes.h5", "w") as h5:
             h5.attrs["lens"] = json.dumps(meta)
             for _, v in tqdm(volumes.iterrows(), total=len(volumes), desc=f"preprocess {dataset}",
                              disable=not progress, unit="vol"):
@@ -180,22 +179,18 @@ def preprocess_dataset(fmt: str, root: Path, out_dir: Path, params: PrepParams, 
                         test_parts.append(_to_prep(t.assign(kind="3d"), img, pre, v, dataset))
         vol_df = pd.DataFrame(vol_rows, columns=[f.name for f in VOLUME_SCHEMA])
         les_df = pd.concat(les_parts, ignore_index=True) if les_parts else _empty(LESION_SCHEMA)
-        write_parquet(vol_df, out_dir / "volumes.parquet", meta, VOLUME_SCHEMA)
-        write_parquet(les_df, out_dir / "lesions.parquet", meta, LESION_SCHEMA)
+        write_parquet(vol_df, tmp_dir / "volumes.parquet", meta, VOLUME_SCHEMA)
+        write_parquet(les_df, tmp_dir / "lesions.parquet", meta, LESION_SCHEMA)
         # truth.parquet and test3d.parquet always exist (empty where the data has none) so that the
         # workflow's file graph is the same for the built-in corpus and for real data
         tdf = pd.concat(truth_parts, ignore_index=True) if truth_parts else _empty(TRUTH_SCHEMA)
-        write_parquet(tdf, out_dir / "truth.parquet", meta, TRUTH_SCHEMA)
+        write_parquet(tdf, tmp_dir / "truth.parquet", meta, TRUTH_SCHEMA)
         subs = index.test3d_subvolumes if test3d is not None else pd.DataFrame(columns=["volume_id", "split", "subvolume"])
         subs = subs[subs["volume_id"].isin(vol_df["volume_id"])]
         tdf = pd.concat(test_parts, ignore_index=True) if test_parts else _empty(TEST3D_SCHEMA)
         # every sub-volume counts for FPs per sub-volume, also those without lesions (Sec. VI-C)
         m = {**meta, "subvolumes": {sp: sorted(g["subvolume"]) for sp, g in subs.groupby("split")}}
-        write_parquet(tdf, out_dir / "test3d.parquet", m, TEST3D_SCHEMA)
-        os.replace(h5_tmp, out_dir / "volumes.h5")
-    finally:
-        if h5_tmp.exists():
-            h5_tmp.unlink()
+        write_parquet(tdf, tmp_dir / "test3d.parquet", m, TEST3D_SCHEMA)
     return {"volumes": len(vol_df), "slices": int(vol_df["n_slices"].sum()), "lesions": len(les_df),
             "raw_bytes": int(raw_bytes)}
 

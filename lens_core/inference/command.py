@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 from pathlib import Path
 
 from lens_core.cli import add_torch_args, positive_shard, set_torch_threads
+from lens_core.io import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -35,10 +35,8 @@ def add_parser(subparsers) -> None:
 
 
 def _write(df, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    df.to_parquet(tmp, index=False)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        df.to_parquet(tmp, index=False)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -5,7 +5,6 @@ a sample at a glance (the paper checked 100 intra-patient matches by hand, Sec. 
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import h5py
@@ -52,6 +51,8 @@ def write_montage(boxes: pd.DataFrame, prep_dir: str | Path, path: str | Path, *
     import matplotlib.pyplot as plt
     from matplotlib.patches import Rectangle
 
+    from lens_core.io import atomic_path
+
     missing = [c for c in ["volume_id", "z", *BOX_COLS] if c not in boxes.columns]
     if missing:
         raise KeyError(f"montage boxes lack columns {missing}")
@@ -93,9 +94,6 @@ def write_montage(boxes: pd.DataFrame, prep_dir: str | Path, path: str | Path, *
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp)
     plt.close(fig)
-    os.replace(tmp, path)
