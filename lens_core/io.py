@@ -14,6 +14,21 @@ from pathlib import Path
 import pandas as pd
 
 
+def _make_parents(folder: Path, made: list[Path]) -> None:
+    """mkdir -p that notes the folders it created (``made``), so that a failed step can remove them."""
+    new = [d for d in (folder, *folder.parents) if not d.exists()]
+    folder.mkdir(parents=True, exist_ok=True)
+    made.extend(reversed(new))
+
+
+def _remove_made(made: list[Path]) -> None:
+    for d in reversed(made):  # deepest first; a folder that something else now uses stays
+        try:
+            d.rmdir()
+        except OSError:
+            pass
+
+
 def _publishable(path: Path) -> None:
     """mkdtemp makes 0700, mkstemp 0600: an artifact gets the usual permissions instead."""
     umask = os.umask(0)
@@ -34,10 +49,12 @@ def atomic_paths(*paths):
     if len({t.resolve() for t in targets}) != len(targets):
         raise ValueError(f"the same output named twice: {[str(t) for t in targets]}")
     folders: dict[Path, Path] = {}
+    made: list[Path] = []
+    published = False
     try:
         for t in targets:
             if t.parent not in folders:
-                t.parent.mkdir(parents=True, exist_ok=True)
+                _make_parents(t.parent, made)
                 folders[t.parent] = Path(tempfile.mkdtemp(prefix=f".{t.name}.", suffix=".tmp", dir=t.parent))
         temps = [folders[t.parent] / t.name for t in targets]
         yield temps
@@ -47,9 +64,12 @@ def atomic_paths(*paths):
         for tmp, t in zip(temps, targets):
             _publishable(tmp)
             os.replace(tmp, t)
+        published = True
     finally:
         for folder in folders.values():
             shutil.rmtree(folder, ignore_errors=True)
+        if not published:  # a failed step leaves no empty output folder either
+            _remove_made(made)
 
 
 @contextmanager
@@ -87,8 +107,10 @@ def atomic_folder(path, own: Iterable[str] | Callable[[str], object] | None = No
                              f"{' ...' if len(other) > 5 else ''}); give it a folder of its own")
 
     check()
-    path.parent.mkdir(parents=True, exist_ok=True)
+    made: list[Path] = []
+    _make_parents(path.parent, made)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    published = False
     try:
         yield tmp
         check()  # again: something may have appeared while the step ran
@@ -108,8 +130,11 @@ def atomic_folder(path, own: Iterable[str] | Callable[[str], object] | None = No
                 except FileNotFoundError:
                     pass
                 shutil.rmtree(old, ignore_errors=True)
+        published = True
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        if not published:
+            _remove_made(made)
 
 
 def write_parquet(df: pd.DataFrame, path, meta: dict | None = None, schema=None) -> None:

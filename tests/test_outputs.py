@@ -43,22 +43,22 @@ def pixel_mm_of_each_file(folder: Path) -> dict[str, float]:
 
 
 def test_files_published_together_or_not_at_all(tmp_path):
-    a, b = tmp_path / "t.csv", tmp_path / "sub" / "t.json"
+    a, b = tmp_path / "t.csv", tmp_path / "sub" / "deeper" / "t.json"
     with pytest.raises(RuntimeError):
         with atomic_paths(a, b) as (ta, tb):
             ta.write_text("a")
             tb.write_text("b")
             raise RuntimeError("the step fails after writing both")
-    assert listing(tmp_path) == ["sub"]  # nothing published, no temporary file left
+    assert listing(tmp_path) == []  # nothing published, no temporary file, no empty folder left
     with pytest.raises(FileNotFoundError, match="t.json"):
         with atomic_paths(a, b) as (ta, tb):
             ta.write_text("a")  # a step that forgets an output publishes none
-    assert listing(tmp_path) == ["sub"]
+    assert listing(tmp_path) == []
     with atomic_paths(a, b) as (ta, tb):
         assert ta.name == a.name and ta.parent != a.parent  # the target's own name, in a private folder
         ta.write_text("a")
         tb.write_text("b")
-    assert listing(tmp_path) == ["sub", "sub/t.json", "t.csv"] and a.read_text() == "a"
+    assert listing(tmp_path) == ["sub", "sub/deeper", "sub/deeper/t.json", "t.csv"] and a.read_text() == "a"
 
 
 def test_metaimage_header_and_data_file_are_one_unit(tmp_path):
