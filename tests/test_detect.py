@@ -1,5 +1,11 @@
-"""`lens detect` (issue 6): a trained LENS (+ FPR) on one scan written as NIfTI, MetaImage or a DICOM
-folder finds the lesion planted in it, in the scan's own voxels and in world millimetres."""
+"""`lens detect`: a trained LENS (+ FPR) on one scan written as NIfTI, MetaImage, a DICOM folder or
+DeepLesion PNGs finds the lesion planted in it, in the scan's own voxels and in world millimetres; the
+boxes also open in 3D Slicer (ROI markups) and as a label map on the scan's grid. The scan is read by
+the dataset readers preprocessing uses, with their checks; bad flags and bad outputs are refused."""
+import json
+import re
+import shutil
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -8,9 +14,10 @@ import torch
 
 from lens_core import cli
 from lens_core.boxes import iobb
+from lens_core.datasets import load_image, read_dataset
 from lens_core.datasets.common import atomic_write_image, make_image
 from lens_core.datasets.nihln import write_dicom_series
-from lens_core.inference.detect import BOX, WORLD, read_scan, to_scan_coordinates
+from lens_core.inference.detect import BOX, CENTRE, WORLD, read_scan, to_scan_coordinates, write_label_map, write_markups
 from lens_core.fpr.train import FprTrainConfig, train_fpr
 from lens_core.inference.proposals import propose, stack_proposals_3d
 from lens_core.preprocess.volumes import PrepParams, map_boxes, prepare
@@ -116,6 +123,92 @@ def test_detect_finds_the_planted_lesion_in_a_scan_of_each_format(fmt, models, t
         assert len(pngs) == min(2, len(det)) and all(p.stat().st_size > 0 for p in pngs)
     else:
         np.testing.assert_allclose(det["score"], det["score_lens"], atol=1e-5)
+    # the same boxes open in 3D Slicer and as a label map on the scan's own grid
+    check_slicer_and_label_map(det, scan, tmp_path / "det.mrk.json", tmp_path / "det.labels.nii.gz")
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("det")) == \
+        ["det.csv", "det.labels.nii.gz", "det.mrk.json"]
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def box_corners(centre, orientation, size) -> np.ndarray:
+    """The 8 corners of a Slicer ROI (columns of `orientation` are the box axes)."""
+    r = np.asarray(orientation, float).reshape(3, 3)
+    half = np.asarray(size, float) / 2
+    signs = np.array([[sx, sy, sz] for sx in (-1, 1) for sy in (-1, 1) for sz in (-1, 1)], float)
+    return np.asarray(centre, float) + (signs * half) @ r.T
+
+
+def check_slicer_and_label_map(det: pd.DataFrame, scan: sitk.Image, mrk_path, lab_path) -> None:
+    """Every detection of the table, read back from the Slicer markups file and from the label map."""
+    doc = json.loads(mrk_path.read_text())
+    assert doc["@schema"] == ("https://raw.githubusercontent.com/slicer/slicer/main/Modules/Loadable/Markups/"
+                              "Resources/Schema/markups-schema-v1.0.3.json#")
+    rois = doc["markups"]
+    assert len(rois) == len(det)
+    lab = sitk.ReadImage(str(lab_path))
+    assert lab.GetSize() == scan.GetSize() and lab.GetPixelID() in (sitk.sitkUInt16, sitk.sitkUInt32)
+    for got, want in ((lab.GetOrigin(), scan.GetOrigin()), (lab.GetSpacing(), scan.GetSpacing()),
+                      (lab.GetDirection(), scan.GetDirection())):
+        np.testing.assert_allclose(got, want, atol=1e-4)
+    arr = sitk.GetArrayFromImage(lab)  # [z, y, x]
+    assert set(np.unique(arr).tolist()) <= {0, *range(1, len(det) + 1)}
+    for roi, r in zip(rois, det.itertuples(index=False)):
+        rank = int(r.detection_id) + 1
+        world = np.array([getattr(r, c) for c in WORLD])
+        centre = np.array([getattr(r, c) for c in CENTRE])
+        # Slicer: an LPS ROI whose corners are the table's box
+        assert roi["type"] == "ROI" and roi["coordinateSystem"] == "LPS" and roi["coordinateUnits"] == "mm"
+        point = roi["controlPoints"][0]
+        mm = {"rtol": 1e-5, "atol": 1e-3}  # the table prints 6 significant digits
+        np.testing.assert_allclose(point["position"], centre, **mm)
+        np.testing.assert_allclose(roi["center"], centre, **mm)
+        rot = np.asarray(roi["orientation"], float).reshape(3, 3)
+        np.testing.assert_allclose(rot @ rot.T, np.eye(3), atol=1e-6)
+        assert np.linalg.det(rot) == pytest.approx(1.0)
+        corners = box_corners(point["position"], roi["orientation"], roi["size"])
+        np.testing.assert_allclose(corners.min(0), world[:3], **mm)
+        np.testing.assert_allclose(corners.max(0), world[3:], **mm)
+        said = re.fullmatch(r"rank (\d+), score ([0-9.]+)", point["description"])
+        assert int(said[1]) == rank and float(said[2]) == pytest.approx(r.score, abs=1e-4)
+        # label map: the voxels labelled with the rank have their centres inside the table's world box,
+        # and every voxel centre inside its voxel box carries this rank or a better one
+        # (a box wholly under better-ranked ones has no voxel of its own left)
+        # (voxel centres within 1e-3 voxel of an edge may go either way: the table is rounded to 6 digits)
+        zyx = np.argwhere(arr == rank)
+        b = np.array([getattr(r, c) for c in BOX])
+        lo, hi = np.ceil(b[:3] - 0.5 + 1e-3).astype(int), np.ceil(b[3:] - 0.5 - 1e-3).astype(int)
+        if (hi <= lo).any():  # no voxel centre clearly inside: the voxel holding the box's centre is marked
+            c = np.floor((b[:3] + b[3:]) / 2).astype(int)
+            assert 1 <= arr[c[2], c[1], c[0]] <= rank
+            continue
+        pts = np.array([lab.TransformIndexToPhysicalPoint([int(i) for i in v[::-1]]) for v in zyx]).reshape(-1, 3)
+        assert (pts >= world[:3] - 5e-3).all() and (pts <= world[3:] + 5e-3).all()
+        inside = arr[max(lo[2], 0):hi[2], max(lo[1], 0):hi[1], max(lo[0], 0):hi[0]]
+        assert inside.size and ((inside >= 1) & (inside <= rank)).all()
+    if len(det):
+        assert (arr == 1).any()  # the best detection is always there
+
+
+def test_slicer_markups_and_label_map_hold_every_box_of_the_table(tmp_path):
+    """On an oblique, mirrored, anisotropic grid: three boxes (two overlapping, one thinner than a voxel)."""
+    c, s_ = np.cos(np.pi / 6), np.sin(np.pi / 6)
+    direction = (c, -s_, 0, s_, c, 0, 0, 0, -1)  # rotated in-plane, slices running feet-ward (det -1)
+    img = make_image(np.zeros((12, 40, 30), np.int16), (2.5, 0.8, 0.7), (10.0, -20.0, 35.0), direction)
+    boxes = np.array([[3, 4, 2, 12, 15, 7], [10, 12, 5, 20, 25, 9], [25.2, 30.1, 10.4, 25.6, 30.3, 10.45]])
+    rows = []
+    for k, b in enumerate(boxes):
+        w = world_box(img, b)
+        ctr = img.TransformContinuousIndexToPhysicalPoint(((b[:3] + b[3:]) / 2 - 0.5).tolist())
+        rows.append({"detection_id": k, **dict(zip(BOX, b)), **dict(zip(WORLD, w)), **dict(zip(CENTRE, ctr)),
+                     "score": 0.9 - 0.2 * k})
+    det = pd.DataFrame(rows)
+    write_markups(det, img, tmp_path / "d.mrk.json")
+    write_label_map(det, img, tmp_path / "d.nii.gz")
+    check_slicer_and_label_map(det, img, tmp_path / "d.mrk.json", tmp_path / "d.nii.gz")
+    arr = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "d.nii.gz")))
+    assert set(np.unique(arr).tolist()) == {0, 1, 2, 3}
+    assert arr[5:7, 12:15, 10:12].max() == 1  # the overlap belongs to the better-ranked box
+    assert (arr == 3).sum() == 1 and arr[10, 30, 25] == 3  # a sub-voxel box marks the voxel of its centre
 
 
 def test_detections_map_back_to_the_scans_voxels_and_world_mm():
@@ -148,3 +241,142 @@ def test_unreadable_scans_fail_with_the_file_named_and_no_output(tmp_path, lens_
         assert not (tmp_path / "det.csv").exists()
     with pytest.raises(ValueError, match="broken.nii"):
         read_scan(tmp_path / "broken.nii")
+
+
+# ------------------------------------------------------------------ DeepLesion PNG folders, bad inputs
+def single_run_series(root):
+    """A DeepLesion series folder of the tiny corpus holding one slice run, and that run's volume row."""
+    index = read_dataset("deeplesion", root)
+    counts = index.volumes["source"].value_counts()
+    row = index.volumes[index.volumes["source"].map(counts) == 1].iloc[0]
+    return root / row["source"], row
+
+
+def test_a_deeplesion_png_folder_is_read_as_preprocessing_reads_it(tiny_corpus):
+    root = tiny_corpus / "deeplesion"
+    folder, row = single_run_series(root)
+    want = load_image(row, root)  # the volume preprocessing sees
+    for got in (read_scan(folder, dl_info=root / "DL_info.csv"),  # spacing from DL_info.csv
+                read_scan(folder),  # ... found beside Images_png/
+                read_scan(folder, spacing=(row["spacing_x"], row["spacing_y"], row["spacing_z"]))):
+        np.testing.assert_array_equal(sitk.GetArrayFromImage(got), sitk.GetArrayFromImage(want))
+        for a, b in ((got.GetSpacing(), want.GetSpacing()), (got.GetOrigin(), want.GetOrigin()),
+                     (got.GetDirection(), want.GetDirection())):
+            np.testing.assert_allclose(a, b)
+    loose = tiny_corpus.parent / "loose_series"  # PNGs outside the release layout: no DL_info.csv to find
+    shutil.copytree(folder, loose)
+    with pytest.raises(ValueError, match="--dl-info DL_info.csv or --spacing"):
+        read_scan(loose)
+
+
+def test_detect_refuses_an_8bit_png_and_other_bad_deeplesion_input(tiny_corpus, tmp_path, lens_main, caplog):
+    from PIL import Image
+
+    root = tiny_corpus / "deeplesion"
+    folder, _ = single_run_series(root)
+    bad = tmp_path / "Images_png" / folder.name
+    shutil.copytree(folder, bad)
+    shutil.copy(root / "DL_info.csv", tmp_path / "DL_info.csv")
+    png = sorted(bad.glob("*.png"))[1]
+    with Image.open(png) as im:
+        Image.fromarray((np.asarray(im) // 256).astype(np.uint8)).save(png)  # 8-bit: would read as all air
+    two_runs = tmp_path / "two" / folder.name
+    shutil.copytree(folder, two_runs)
+    sorted(two_runs.glob("*.png"))[2].unlink()
+    model = tmp_path / "lens.pt"  # never reached: the scan is read first
+    for args, message in ((["--input", str(bad)], f"{png}: not a 16-bit grayscale PNG"),
+                          (["--input", str(two_runs), "--spacing", "1,1,2"], "separate slice runs"),
+                          (["--input", str(folder), "--spacing", "1,0,2"], "--spacing 1,0,2"),
+                          (["--input", str(folder), "--dl-info", str(tmp_path / "none.csv")], "none.csv"),
+                          (["--input", str(tiny_corpus / "lits" / "volume-0.nii"), "--spacing", "1,1,1"],
+                           "DeepLesion PNG folder only")):
+        caplog.clear()
+        out = tmp_path / "det.csv"
+        assert lens_main(["detect", "--model", str(model), *args, "--out", str(out)]) != 0
+        assert message in caplog.text
+        assert len([r for r in caplog.records if r.levelname == "ERROR"]) == 1
+        assert not [p for p in tmp_path.iterdir() if p.name.startswith(("det", ".det"))]
+
+
+def test_detect_refuses_a_dicom_folder_with_a_missing_or_foreign_slice(tmp_path, lens_main, caplog):
+    hu, _ = planted_scan()
+    write_dicom_series(tmp_path / "gap", "gap", hu, (2.0, 1.0, 1.0), ORIGIN, DIRECTION)
+    (tmp_path / "gap" / "CT" / "000008.dcm").unlink()
+    write_dicom_series(tmp_path / "mixed", "mixed", hu, (2.0, 1.0, 1.0), ORIGIN, DIRECTION)
+    write_dicom_series(tmp_path / "other", "other", hu[:4], (2.0, 1.0, 1.0), ORIGIN, DIRECTION)
+    shutil.copy(tmp_path / "other" / "CT" / "000002.dcm", tmp_path / "mixed" / "CT" / "foreign.dcm")
+    for case, message in (("gap", "missing slice"), ("mixed", "2 DICOM series")):
+        caplog.clear()
+        rc = lens_main(["detect", "--model", str(tmp_path / "lens.pt"), "--input", str(tmp_path / case),
+                        "--out", str(tmp_path / "det.csv")])
+        assert rc != 0 and message in caplog.text and case in caplog.text
+        assert not [p for p in tmp_path.iterdir() if p.name.startswith(("det", ".det"))]
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("--max-detections", "-1", "--max-detections -1: must be a whole number >= 1"),
+    ("--overlay-top", "-1", "--overlay-top -1: must be a whole number >= 0"),
+    ("--min-score", "nan", "--min-score nan: must be a score between 0 and 1"),
+    ("--stack-iou", "0", "--stack-iou 0.0: must be an IoU in (0, 1]"),
+    ("--pixel-mm", "0", "--pixel-mm 0.0: must be a positive number"),
+    ("--slices", "9-3", "--slices 9-3: expected FIRST-LAST"),
+])
+def test_detect_refuses_out_of_range_flags_before_reading_anything(flag, value, message, tmp_path, lens_main,
+                                                                   caplog):
+    rc = lens_main(["detect", "--model", str(tmp_path / "lens.pt"), "--input", str(tmp_path / "missing.nii"),
+                    "--out", str(tmp_path / "det.csv"), "--overlays", str(tmp_path / "png"), flag, value])
+    assert rc != 0 and message in caplog.text and "missing.nii" not in caplog.text
+    assert [p.name for p in tmp_path.iterdir()] == []
+
+
+def test_detect_refuses_outputs_that_are_folders_or_under_a_file(tmp_path, lens_main, caplog):
+    hu, _ = planted_scan()
+    scan = write_scan("nifti", hu, tmp_path)
+    (tmp_path / "a_folder").mkdir()
+    (tmp_path / "a_file").write_text("")
+    (tmp_path / "png").mkdir()
+    (tmp_path / "png" / "my_notes.txt").write_text("")
+    for args, message in ((["--out", str(tmp_path / "a_folder")], "is a folder"),
+                          (["--out", str(tmp_path / "a_file" / "det.csv")], "is a file, not a folder"),
+                          (["--out", str(tmp_path / "d.csv"), "--label-map", str(tmp_path / "d.png")], ".nii.gz"),
+                          (["--out", str(tmp_path / "d.csv"), "--overlays", str(tmp_path / "a_file")], "is a file"),
+                          (["--out", str(tmp_path / "d.csv"), "--overlays", str(tmp_path / "png")], "my_notes.txt")):
+        caplog.clear()
+        assert lens_main(["detect", "--model", str(tmp_path / "lens.pt"), "--input", str(scan), *args]) != 0
+        assert message in caplog.text
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "a_folder", "png", scan.name]
+        assert [p.name for p in (tmp_path / "png").iterdir()] == ["my_notes.txt"]
+
+
+@pytest.mark.slow
+def test_detect_on_a_deeplesion_png_folder_writes_all_three_outputs(models, tiny_corpus, tmp_path, lens_main):
+    lens_path, _ = models
+    root = tiny_corpus / "deeplesion"
+    folder, row = single_run_series(root)
+    out = tmp_path / "det.csv"
+    assert lens_main(["detect", "--model", str(lens_path), "--input", str(folder), "--dl-info",
+                      str(root / "DL_info.csv"), "--out", str(out), "--min-score", "0", *GRID]) == 0
+    det = pd.read_csv(out)
+    assert len(det) >= 1
+    scan = load_image(row, root)  # the geometry preprocessing gives this volume
+    assert ((det[BOX[3:]].to_numpy() <= np.array(scan.GetSize()) + 1e-3).all()
+            and (det[BOX[:3]].to_numpy() >= -1e-3).all())
+    check_slicer_and_label_map(det, scan, tmp_path / "det.mrk.json", tmp_path / "det.labels.nii.gz")
+
+
+@pytest.mark.slow
+def test_the_overlay_folder_holds_the_pngs_of_the_last_scan_only(models, tmp_path, lens_main):
+    lens_path, _ = models
+    pngs = tmp_path / "png"
+    names = []
+    for seed, top in ((14, 3), (5, 1)):
+        hu, _ = planted_scan(seed)
+        scan = write_scan("nifti", hu, tmp_path)
+        assert lens_main(["detect", "--model", str(lens_path), "--input", str(scan), "--out",
+                          str(tmp_path / "det.csv"), "--overlays", str(pngs), "--overlay-top", str(top),
+                          "--min-score", "0", *GRID]) == 0
+        det = pd.read_csv(tmp_path / "det.csv").head(top)
+        names.append(sorted(f"detection_{r.detection_id:03d}_slice{r.key_slice}.png" for r in det.itertuples()))
+        assert sorted(p.name for p in pngs.iterdir()) == names[-1]
+    assert len(names[0]) == 3 and len(names[1]) == 1
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]

@@ -9,8 +9,6 @@ integers, hence the `+ 0.5` in `world_to_box_coords`.
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -180,44 +178,23 @@ def _first_line(e: Exception) -> str:
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    """Write a text file via a temporary sibling + os.replace (no partial file on failure)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
+    """Write a text file atomically (lens_core.io.atomic_path: no partial file on failure)."""
+    from ..io import atomic_path
+
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", newline="") as f:
             f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def atomic_write_image(image: sitk.Image, path: Path, compress: bool = False) -> None:
-    """sitk.WriteImage to a temporary name, then rename. For .mhd the .raw is renamed too."""
+    """sitk.WriteImage, atomically. A .mhd header and its .raw are published together (the header names
+    the data file, so both are written under their final names in a temporary folder)."""
+    from ..io import atomic_paths
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.suffix == ".mhd":
-        # the header names its data file, so write under the final names inside a temp dir, then move
-        tmpdir = Path(tempfile.mkdtemp(dir=path.parent, prefix=".tmp-"))
-        try:
-            sitk.WriteImage(image, str(tmpdir / path.name), compress)
-            os.replace(tmpdir / path.with_suffix(".raw").name, path.with_suffix(".raw"))
-            os.replace(tmpdir / path.name, path)
-        finally:
-            for p in tmpdir.iterdir():
-                p.unlink()
-            tmpdir.rmdir()
-        return
-    tmp = path.with_name(f".{path.stem}.tmp{''.join(path.suffixes)}")
-    try:
-        sitk.WriteImage(image, str(tmp), compress)
-        os.replace(tmp, path)
-    except BaseException:
-        if tmp.exists():
-            tmp.unlink()
-        raise
+    pair = [path.with_suffix(".zraw" if compress else ".raw"), path] if path.suffix == ".mhd" else [path]
+    with atomic_paths(*pair) as tmps:
+        sitk.WriteImage(image, str(tmps[-1]), compress)
 
 
 def fmt_g(v: float) -> str:

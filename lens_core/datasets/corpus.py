@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -246,23 +244,18 @@ def corpus_stats(truth: pd.DataFrame, scans: list[Scan]) -> pd.DataFrame:
 
 
 def write_corpus(out: Path, cfg: dict | None = None, progress: bool = True) -> pd.DataFrame:
-    """Write the whole corpus under `out` atomically (built in `out.tmp`, then renamed)."""
+    """Write the whole corpus under `out` atomically (built in a temporary folder that replaces `out`)."""
+    from ..io import atomic_folder
     from . import writers  # the format writers
 
     out = Path(out)
     cfg = corpus_config(cfg)  # a bad key fails here, before anything is written
-    tmp = out.with_name(out.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    scans = generate_scans(cfg)
-    writers.write_all(tmp, scans, progress=progress)
-    truth = truth_table(scans)
-    truth.to_parquet(tmp / "hidden_truth.parquet", index=False)
-    stats = corpus_stats(truth, scans)
-    (tmp / "corpus.json").write_text(json.dumps({"config": corpus_config(cfg),
-                                                 "stats": stats.to_dict("records")}, indent=1, default=str))
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
+    with atomic_folder(out) as tmp:
+        scans = generate_scans(cfg)
+        writers.write_all(tmp, scans, progress=progress)
+        truth = truth_table(scans)
+        truth.to_parquet(tmp / "hidden_truth.parquet", index=False)
+        stats = corpus_stats(truth, scans)
+        (tmp / "corpus.json").write_text(json.dumps({"config": corpus_config(cfg),
+                                                     "stats": stats.to_dict("records")}, indent=1, default=str))
     return stats

@@ -38,6 +38,7 @@ import pandas as pd
 import SimpleITK as sitk
 from PIL import Image
 
+from ..io import atomic_path
 from .common import DatasetError, DatasetIndex, atomic_write_text, check_inside, clip_box, describe_folder, fmt_g, \
     lesions_frame, volumes_frame, _first_line
 from .scans import HU_OFFSET, _runs, png_numbers, png_volume  # noqa: F401  (HU_OFFSET: the writer's too)
@@ -118,10 +119,8 @@ def write_volume(root: Path, patient: int, study: int, series: int, first_slice:
     folder.mkdir(parents=True, exist_ok=True)
     png = (np.clip(hu.astype(np.int32), -HU_OFFSET, 65535 - HU_OFFSET) + HU_OFFSET).astype(np.uint16)
     for k in range(png.shape[0]):
-        path = folder / f"{int(first_slice) + k:03d}.png"
-        tmp = path.with_name(f".{path.name}.tmp")
-        Image.fromarray(png[k]).save(tmp, format="PNG", compress_level=1)
-        tmp.replace(path)
+        with atomic_path(folder / f"{int(first_slice) + k:03d}.png") as tmp:
+            Image.fromarray(png[k]).save(tmp, format="PNG", compress_level=1)
     return folder
 
 

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +36,7 @@ import SimpleITK as sitk
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
+from ..io import atomic_folder
 from .common import (DatasetError, DatasetIndex, ImageInfo, assign_splits, atomic_write_text, centre_box,
                      check_inside, clip_box, describe_folder, fmt_g, lesions_frame, volumes_frame, _first_line)
 
@@ -125,10 +125,14 @@ def write_dicom_series(case_dir: Path, case_id: str, hu: np.ndarray, spacing_zyx
     origin = np.asarray(origin_xyz, float)
     uid = {k: generate_uid(entropy_srcs=["lens-nihln", case_id, k]) for k in ("study", "series", "frame")}
     case_dir = Path(case_dir)
-    tmp = case_dir.with_name(f".{case_dir.name}.tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    (tmp / "CT").mkdir(parents=True)
+    with atomic_folder(case_dir) as tmp:
+        _write_slices(tmp / "CT", case_id, hu, sz, sy, sx, origin, row_dir, col_dir, normal, uid)
+    return case_dir / "CT"
+
+
+def _write_slices(folder: Path, case_id: str, hu: np.ndarray, sz, sy, sx, origin, row_dir, col_dir, normal,
+                  uid: dict) -> None:
+    folder.mkdir(parents=True)
     for k in range(hu.shape[0]):
         sop = generate_uid(entropy_srcs=["lens-nihln", case_id, "slice", str(k)])
         meta = FileMetaDataset()
@@ -156,11 +160,7 @@ def write_dicom_series(case_dir: Path, case_id: str, hu: np.ndarray, spacing_zyx
         ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
         ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = 0, 1, "HU"
         ds.PixelData = hu[k].tobytes()
-        ds.save_as(tmp / "CT" / f"{k + 1:06d}.dcm", enforce_file_format=True)
-    if case_dir.exists():
-        shutil.rmtree(case_dir)
-    os.replace(tmp, case_dir)
-    return case_dir / "CT"
+        ds.save_as(folder / f"{k + 1:06d}.dcm", enforce_file_format=True)
 
 
 # ---------------------------------------------------------------------------------------------- reader

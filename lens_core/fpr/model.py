@@ -23,7 +23,6 @@ patch cover ``context`` x its side in-plane, resampled to the patch size (lens_c
 from __future__ import annotations
 
 import copy
-import os
 import pickle
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -213,14 +212,11 @@ def save_fpr(path, model: FprNet, meta: dict) -> None:
     """``{"state_dict", "meta"}`` with plain types only (loadable with weights_only=True), atomically."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    from lens_core.io import atomic_path
+
     meta = {**meta, "preset": model.preset.as_dict()}
-    tmp = path.with_name(path.name + ".tmp")
-    try:
+    with atomic_path(path) as tmp:
         torch.save({"state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}, "meta": meta}, tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def load_fpr(path, device="cpu") -> tuple[FprNet, dict]:

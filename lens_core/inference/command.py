@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
-import os
+import math
 from pathlib import Path
 
 from lens_core.argtypes import iou_threshold, positive_int, probability
 from lens_core.arguments import add_torch_args, positive_shard, set_torch_threads
+from lens_core.io import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -41,15 +43,28 @@ def add_parser(subparsers) -> None:
     p.add_argument("--out", required=True, type=Path)
     p.set_defaults(func=run_concat)
 
-    p = subparsers.add_parser("detect", help="detect lesions in one CT scan (NIfTI, .mhd or DICOM folder)",
+    p = subparsers.add_parser("detect", help="detect lesions in one CT scan (NIfTI, .mhd, DICOM or DeepLesion PNGs)",
                               description="Detect lesions in one CT scan with a trained LENS (optionally + FPR, "
-                                          "Eq. 4): 3D boxes in the scan's voxel coordinates and in world mm.")
+                                          "Eq. 4): 3D boxes in the scan's voxel coordinates and in world mm, "
+                                          "a 3D Slicer markups file and a label map on the scan's grid.")
     p.add_argument("--model", type=Path, required=True, help="lens.pt from `lens train`")
     p.add_argument("--fpr", type=Path, default=None, help="fpr.pt from `lens train-fpr` (score = Eq. 4)")
     p.add_argument("--input", type=Path, required=True,
-                   help="NIfTI / MetaImage file, or a folder holding one DICOM series")
+                   help="NIfTI (.nii, .nii.gz) or MetaImage (.mhd) file, a folder holding one DICOM series, or a "
+                        "DeepLesion series folder of 16-bit PNGs (HU + 32768)")
+    p.add_argument("--dl-info", type=Path, default=None,
+                   help="DeepLesion PNGs: DL_info.csv with the series' spacing (default: the one beside Images_png/)")
+    p.add_argument("--spacing", default=None, metavar="X,Y,Z",
+                   help="DeepLesion PNGs: pixel spacing x, y and slice interval in mm (instead of DL_info.csv)")
+    p.add_argument("--slices", default=None, metavar="FIRST-LAST",
+                   help="DeepLesion PNGs: the slice run to read when the folder holds several")
     p.add_argument("--out", type=Path, required=True, help="detections table (.csv; .parquet also works)")
-    p.add_argument("--overlays", type=Path, default=None, help="folder for PNGs of the top detections")
+    p.add_argument("--markups", type=Path, default=None,
+                   help="3D Slicer markups file of the boxes (default: OUT with .mrk.json)")
+    p.add_argument("--label-map", type=Path, default=None,
+                   help="NIfTI label map of the boxes on the scan's grid, voxel = rank (default: OUT with .labels.nii.gz)")
+    p.add_argument("--overlays", type=Path, default=None,
+                   help="folder for PNGs of the top detections (replaced as a whole on every run)")
     p.add_argument("--overlay-top", type=int, default=10, help="how many detections get an overlay")
     p.add_argument("--min-score", type=float, default=0.05, help="drop detections whose final score is below")
     p.add_argument("--max-detections", type=int, default=100)
@@ -64,10 +79,8 @@ def add_parser(subparsers) -> None:
 
 
 def _write(df, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    df.to_parquet(tmp, index=False)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        df.to_parquet(tmp, index=False)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -121,30 +134,99 @@ def run_concat(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_flags(args: argparse.Namespace) -> tuple[tuple[float, float, float] | None, tuple[int, int] | None]:
+    """Every numeric flag in its range, before anything is read or written; returns --spacing, --slices."""
+    if args.max_detections < 1:
+        raise ValueError(f"--max-detections {args.max_detections}: must be a whole number >= 1")
+    if args.overlay_top < 0:
+        raise ValueError(f"--overlay-top {args.overlay_top}: must be a whole number >= 0")
+    if not (math.isfinite(args.min_score) and 0.0 <= args.min_score <= 1.0):
+        raise ValueError(f"--min-score {args.min_score}: must be a score between 0 and 1")
+    if not (math.isfinite(args.stack_iou) and 0.0 < args.stack_iou <= 1.0):
+        raise ValueError(f"--stack-iou {args.stack_iou}: must be an IoU in (0, 1]")
+    for flag, v in (("--pixel-mm", args.pixel_mm), ("--slice-mm", args.slice_mm)):
+        if v is not None and not (math.isfinite(v) and v > 0):
+            raise ValueError(f"{flag} {v}: must be a positive number of millimetres")
+    spacing = slices = None
+    if args.spacing is not None:
+        try:
+            spacing = tuple(float(v) for v in args.spacing.split(","))
+        except ValueError:
+            spacing = ()
+        if len(spacing) != 3 or not all(math.isfinite(v) and v > 0 for v in spacing):
+            raise ValueError(f"--spacing {args.spacing}: expected three positive millimetre values X,Y,Z")
+    if args.slices is not None:
+        try:
+            first, last = (int(v) for v in args.slices.split("-"))
+        except ValueError:
+            first, last = 0, -1
+        if not 0 <= first <= last:
+            raise ValueError(f"--slices {args.slices}: expected FIRST-LAST PNG numbers, FIRST <= LAST")
+        slices = (first, last)
+    return spacing, slices
+
+
+def output_paths(args: argparse.Namespace) -> tuple[Path, Path, Path]:
+    """Label map, markups and table: the defaults sit beside --out; each must be a file name whose folders
+    are folders."""
+    out = args.out
+    stem = out.name[: -len(out.suffix)] if out.suffix in (".csv", ".parquet") else out.name
+    markups = args.markups or out.with_name(stem + ".mrk.json")
+    label_map = args.label_map or out.with_name(stem + ".labels.nii.gz")
+    checks = (("--out", out, None), ("--markups", markups, (".json",)),
+              ("--label-map", label_map, (".nii", ".nii.gz")))
+    for flag, path, suffixes in checks:
+        if path.is_dir():
+            raise ValueError(f"{flag} {path}: is a folder; give a file name")
+        blocker = next((d for d in path.parents if d.exists() and not d.is_dir()), None)
+        if blocker is not None:
+            raise ValueError(f"{flag} {path}: {blocker} is a file, not a folder")
+        if suffixes and not path.name.endswith(suffixes):
+            raise ValueError(f"{flag} {path}: expected a name ending in {' or '.join(suffixes)}")
+    if args.overlays is not None and args.overlays.exists() and not args.overlays.is_dir():
+        raise ValueError(f"--overlays {args.overlays}: is a file; give a folder")
+    return label_map, markups, out
+
+
 def run_detect(args: argparse.Namespace) -> int:
-    from lens_core.inference.detect import detect_scan, prep_params, read_scan, write_overlays, write_table
+    from lens_core.inference.detect import (OVERLAY_RE, detect_scan, prep_params, read_scan, write_label_map,
+                                  write_markups, write_overlays, write_table)
+    from lens_core.io import atomic_folder, atomic_paths
     from lens_core.model.lens import load_lens
     from lens_core.runtime import resolve_device
 
+    spacing, slices = _check_flags(args)
+    paths = output_paths(args)
     set_torch_threads(args)
     dev = resolve_device(args.device)
-    img = read_scan(args.input)  # first: a bad scan fails before any model is loaded
-    if not args.model.is_file():
-        raise FileNotFoundError(f"LENS model file not found: {args.model}")
-    lens, lens_meta = load_lens(args.model, dev)
-    fpr = None
-    if args.fpr is not None:
-        from lens_core.fpr.model import load_fpr
+    with contextlib.ExitStack() as publish:
+        # the outputs are one unit: written under temporary names, published only when all are written
+        # (overlays first, the table last); an overlay folder is replaced as a whole, so PNGs of two
+        # scans never mix, and one holding other files is refused (here, before any work) rather than emptied
+        label_tmp, markups_tmp, table_tmp = publish.enter_context(atomic_paths(*paths))
+        overlay_tmp = None
+        if args.overlays is not None:
+            overlay_tmp = publish.enter_context(atomic_folder(args.overlays, own=OVERLAY_RE.fullmatch))
+        # the scan next: a bad scan fails before any model is loaded
+        img = read_scan(args.input, spacing=spacing, dl_info=args.dl_info, slices=slices)
+        if not args.model.is_file():
+            raise FileNotFoundError(f"LENS model file not found: {args.model}")
+        lens, lens_meta = load_lens(args.model, dev)
+        fpr = None
+        if args.fpr is not None:
+            from lens_core.fpr.model import load_fpr
 
-        fpr = load_fpr(args.fpr, dev)
-    params = prep_params(args.pixel_mm, args.slice_mm, fpr[1] if fpr else {}, lens_meta)
-    det = detect_scan(lens, lens_meta, img, params, dev, fpr=fpr,
-                      experts=args.experts.split(",") if args.experts else None, min_score=args.min_score,
-                      stack_iou=args.stack_iou, max_detections=args.max_detections,
-                      batch_slices=64 if dev.type == "cuda" else 16, volume_id=args.input.name)
-    write_table(det, args.out)
-    if args.overlays is not None:
-        write_overlays(img, det, args.overlays, args.overlay_top)
-    log.info("%s: %d detections -> %s (resampled at %.2f mm / %.2f mm)", args.input, len(det), args.out,
+            fpr = load_fpr(args.fpr, dev)
+        params = prep_params(args.pixel_mm, args.slice_mm, fpr[1] if fpr else {}, lens_meta)
+        det = detect_scan(lens, lens_meta, img, params, dev, fpr=fpr,
+                          experts=args.experts.split(",") if args.experts else None, min_score=args.min_score,
+                          stack_iou=args.stack_iou, max_detections=args.max_detections,
+                          batch_slices=64 if dev.type == "cuda" else 16, volume_id=args.input.name)
+        write_label_map(det, img, label_tmp)
+        write_markups(det, img, markups_tmp)
+        write_table(det, table_tmp)
+        if overlay_tmp is not None:
+            write_overlays(img, det, overlay_tmp, args.overlay_top)
+    log.info("%s: %d detections -> %s, %s, %s (resampled at %.2f mm / %.2f mm)", args.input, len(det), *paths[::-1],
              params.pixel_mm, params.slice_mm)
     return 0

@@ -1,5 +1,7 @@
-"""`lens detect`: a trained LENS (+ optional FPR) on one new CT scan (NIfTI, MetaImage or a DICOM
-folder), 3D lesion boxes in the scan's own voxel coordinates and in world millimetres.
+"""`lens detect`: a trained LENS (+ optional FPR) on one new CT scan (NIfTI, MetaImage, a DICOM folder or
+a DeepLesion PNG folder, read by the dataset readers preprocessing uses), 3D lesion boxes in the scan's
+own voxel coordinates and in world millimetres; also as 3D Slicer ROI markups and as a label map on the
+scan's own grid.
 
 The scan goes through the pipeline's preprocessing (lens_core.preprocess.volumes.prepare: LPS orientation,
 resampling, the -1024..3071 HU window, border clipping); LENS proposes on every slice, the experts'
@@ -9,7 +11,9 @@ direction flips and resampling are undone in one place.
 """
 from __future__ import annotations
 
+import json
 import logging
+import re
 from pathlib import Path
 
 import numpy as np
@@ -24,42 +28,24 @@ BOX = ["x1", "y1", "z1", "x2", "y2", "z2"]
 WORLD = ["world_x1", "world_y1", "world_z1", "world_x2", "world_y2", "world_z2"]
 CENTRE = ["center_x_mm", "center_y_mm", "center_z_mm"]
 DISPLAY_HU = (-360.0, 440.0)  # overlay window (soft tissue, level 40 width 800)
+SLICER_SCHEMA = ("https://raw.githubusercontent.com/slicer/slicer/main/Modules/Loadable/Markups/Resources/Schema/"
+                 "markups-schema-v1.0.3.json#")
 
 
-def _first_line(e: Exception) -> str:
-    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-    return lines[-1] if lines else type(e).__name__
+def read_scan(path: str | Path, *, spacing: tuple[float, float, float] | None = None,
+              dl_info: str | Path | None = None, slices: tuple[int, int] | None = None) -> sitk.Image:
+    """A CT volume in HU (float32), read by :func:`lens_core.datasets.read_scan`: the same readers and
+    checks that preprocessing uses (NIfTI, MetaImage, one DICOM series at any depth, a DeepLesion folder
+    of 16-bit PNGs with its spacing from ``spacing`` or DL_info.csv), no patient fields kept."""
+    from lens_core.datasets import read_scan as read_checked
 
-
-def read_scan(path: str | Path) -> sitk.Image:
-    """A CT volume in HU: a NIfTI / MetaImage (/ any SimpleITK-readable) file, or a folder with one
-    DICOM series in it or in one of its subfolders (read with GDCM, rescale slope/intercept applied).
-    Raises FileNotFoundError or ValueError naming the file."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"scan not found: {path}")
-    try:
-        if path.is_dir():
-            from lens_core.datasets.nihln import find_series_dir
-
-            series_dir = find_series_dir(path)  # the one folder below `path` holding a series
-            ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(series_dir))
-            if len(ids) > 1:
-                raise ValueError(f"{series_dir}: {len(ids)} DICOM series in this folder ({', '.join(ids)}); "
-                                 "give a folder holding one")
-            reader = sitk.ImageSeriesReader()
-            reader.SetFileNames(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(series_dir), ids[0]))
-        else:
-            reader = sitk.ImageFileReader()
-            reader.SetFileName(str(path))
-        img = reader.Execute()
-    except RuntimeError as e:
-        raise ValueError(f"{path}: cannot read the scan ({_first_line(e)})") from None
+    img = read_checked(path, spacing=spacing, dl_info=dl_info, slices=slices)
     if img.GetDimension() != 3 or img.GetNumberOfComponentsPerPixel() != 1:
         raise ValueError(f"{path}: expected a 3D single-channel CT volume, got a {img.GetDimension()}D image "
                          f"with {img.GetNumberOfComponentsPerPixel()} component(s) per voxel")
-    if min(img.GetSize()) < 1:
-        raise ValueError(f"{path}: empty image {img.GetSize()}")
     return sitk.Cast(img, sitk.sitkFloat32)
 
 
@@ -152,11 +138,10 @@ def detect_scan(lens, lens_meta: dict, img: sitk.Image, params: PrepParams, devi
 
 
 def write_overlays(img: sitk.Image, det: pd.DataFrame, out_dir: Path, top: int = 10) -> list[Path]:
-    """PNG of each of the ``top`` detections: its key slice of the original scan (soft-tissue window)
+    """PNG of each of the ``top`` detections into ``out_dir`` (a fresh folder: detect publishes it as a
+    whole, so the PNGs of two scans never mix): its key slice of the original scan (soft-tissue window)
     with the box drawn and its rank and score written."""
     from PIL import Image, ImageDraw
-
-    from lens_core.io import atomic_path
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -172,20 +157,92 @@ def write_overlays(img: sitk.Image, det: pd.DataFrame, out_dir: Path, top: int =
         draw.rectangle([r.x1 * up, r.y1 * up, r.x2 * up - 1, r.y2 * up - 1], outline=(255, 40, 40), width=2)
         label = f"#{r.detection_id} {r.score:.2f}"
         draw.text((min(r.x1 * up, w * up - 7 * len(label)), max(0, r.y1 * up - 12)), label, fill=(255, 255, 0))
-        path = out_dir / f"detection_{int(r.detection_id):03d}_slice{int(r.key_slice)}.png"
-        with atomic_path(path) as tmp:
-            im.save(tmp, format="PNG")
+        path = out_dir / overlay_name(int(r.detection_id), int(r.key_slice))
+        im.save(path, format="PNG")
         paths.append(path)
     return paths
 
 
+def overlay_name(detection_id: int, key_slice: int) -> str:
+    return f"detection_{detection_id:03d}_slice{key_slice}.png"
+
+
+OVERLAY_RE = re.compile(r"detection_\d{3,}_slice\d+\.png")  # what an overlay folder may hold
+
+
 def write_table(df: pd.DataFrame, path: Path) -> None:
-    """CSV (or Parquet for a .parquet name), atomically."""
-    from lens_core.io import atomic_path, write_parquet
+    """CSV (or Parquet for a .parquet name)."""
+    from lens_core.io import write_parquet
 
     path = Path(path)
     if path.suffix == ".parquet":
         write_parquet(df, path)
         return
-    with atomic_path(path) as tmp:
-        df.to_csv(tmp, index=False, float_format="%.6g")
+    df.to_csv(path, index=False, float_format="%.6g")
+
+
+def _axis_extents_mm(det: pd.DataFrame, img: sitk.Image) -> np.ndarray:
+    """[N, 3] box sizes along the image's own axes (voxels x spacing)."""
+    vox = det[BOX].to_numpy(np.float64)
+    return (vox[:, 3:] - vox[:, :3]) * np.asarray(img.GetSpacing(), np.float64)
+
+
+def _box_rotation(img: sitk.Image) -> np.ndarray:
+    """The scan's axes as a proper rotation: a box is the same box with an axis reversed, so each axis
+    points along its largest component and a left-handed set gets its third axis reversed."""
+    d = np.asarray(img.GetDirection(), np.float64).reshape(3, 3)
+    d = d * np.where(d[np.abs(d).argmax(0), range(3)] < 0, -1.0, 1.0)
+    if np.linalg.det(d) < 0:
+        d[:, 2] *= -1
+    return d
+
+
+def markups(det: pd.DataFrame, img: sitk.Image, name: str = "lesion") -> dict:
+    """The detections as 3D Slicer ROI markups (markups JSON schema v1.0.3): one ROI per detection in
+    LPS millimetres, centred on the box, sized and oriented along the scan's own axes (the direction
+    matrix), so that an oblique scan's boxes stay on its voxel grid; named by rank and score."""
+    orientation = _box_rotation(img).ravel().tolist()  # row-major; columns are the box axes, as Slicer's
+    sizes = _axis_extents_mm(det, img)
+    rois = []
+    for r, size in zip(det.itertuples(index=False), sizes):
+        centre = [float(r.center_x_mm), float(r.center_y_mm), float(r.center_z_mm)]
+        label = f"{name}-{int(r.detection_id) + 1}"
+        text = f"rank {int(r.detection_id) + 1}, score {float(r.score):.4f}"
+        rois.append({
+            "type": "ROI", "name": f"{label} ({float(r.score):.2f})", "coordinateSystem": "LPS",
+            "coordinateUnits": "mm", "roiType": "Box", "locked": True, "center": centre,
+            "size": [float(v) for v in size], "orientation": orientation,
+            "controlPoints": [{"id": "1", "label": label, "description": text, "position": centre,
+                               "orientation": orientation, "locked": True, "positionStatus": "defined"}],
+            "display": {"propertiesLabelVisibility": True, "pointLabelsVisibility": False},
+        })
+    return {"@schema": SLICER_SCHEMA, "markups": rois}
+
+
+def write_markups(det: pd.DataFrame, img: sitk.Image, path: Path, name: str = "lesion") -> None:
+    Path(path).write_text(json.dumps(markups(det, img, name), indent=1))
+
+
+def label_map(det: pd.DataFrame, img: sitk.Image) -> sitk.Image:
+    """The boxes as a label image on the scan's own grid (same size, origin, spacing, direction): voxel
+    = rank (1 = best) of the best-ranked box covering its centre, 0 elsewhere; a box that covers no
+    voxel centre still marks the voxel holding its centre."""
+    nx, ny, nz = img.GetSize()
+    lab = np.zeros((nz, ny, nx), np.uint16 if len(det) < 2 ** 16 else np.uint32)
+    vox = det[BOX].to_numpy(np.float64)
+    ranks = det["detection_id"].to_numpy(np.int64) + 1
+    shape = np.array([nx, ny, nz])
+    for i in np.argsort(-ranks, kind="stable"):  # worst first: better-ranked boxes paint over it
+        b, rank = vox[i], ranks[i]
+        lo = np.clip(np.ceil(b[:3] - 0.5), 0, shape).astype(int)   # voxel i is in when i + 0.5 lies in [lo, hi)
+        hi = np.clip(np.ceil(b[3:] - 0.5), 0, shape).astype(int)
+        c = np.clip(np.floor((b[:3] + b[3:]) / 2), 0, shape - 1).astype(int)
+        lo, hi = np.minimum(lo, c), np.maximum(hi, c + 1)
+        lab[lo[2]:hi[2], lo[1]:hi[1], lo[0]:hi[0]] = rank
+    out = sitk.GetImageFromArray(lab)
+    out.CopyInformation(img)  # geometry only: no metadata of the input travels
+    return out
+
+
+def write_label_map(det: pd.DataFrame, img: sitk.Image, path: Path) -> None:
+    sitk.WriteImage(label_map(det, img), str(path), True)

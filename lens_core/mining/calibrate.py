@@ -14,7 +14,6 @@ the detector's round-1 proposals exist (they come from the truth, so they must n
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -180,6 +179,8 @@ def plot_calibration(curve: pd.DataFrame, delta: float, path: str | Path, title:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from lens_core.io import atomic_path
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig, ax = plt.subplots(figsize=(5, 3.5), dpi=120)
@@ -192,7 +193,6 @@ def plot_calibration(curve: pd.DataFrame, delta: float, path: str | Path, title:
     ax.legend(loc="lower right", fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp)
     plt.close(fig)
-    os.replace(tmp, path)

@@ -187,14 +187,10 @@ def encode(model: LesionEncoder, patches: np.ndarray, batch: int = 512) -> np.nd
 
 def save_encoder(model: LesionEncoder, cfg: EncoderTraining, path) -> None:
     """Weights + settings (a plain dict of tensors and numbers: loadable with weights_only=True)."""
-    import os
-    from pathlib import Path
+    from lens_core.io import atomic_path
 
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"state_dict": model.state_dict(), "config": cfg.to_dict()}, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save({"state_dict": model.state_dict(), "config": cfg.to_dict()}, tmp)
 
 
 def load_encoder(path) -> tuple[LesionEncoder, EncoderTraining]:

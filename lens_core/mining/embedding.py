@@ -26,7 +26,6 @@ table of embeddings keyed by box.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -35,7 +34,7 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 
-from lens_core.io import InputError, read_table, require_columns
+from lens_core.io import InputError, atomic_path, read_table, require_columns
 from lens_core.mining.overlap import same_slice_iou
 
 __all__ = ["EmbeddingWeights", "box_keys", "body_extents", "position_features", "extract_patches",
@@ -328,18 +327,10 @@ def write_embeddings_h5(path: str | Path, keys: np.ndarray, emb: np.ndarray, con
     keys = np.asarray(keys, dtype=object)
     if emb.ndim != 2 or len(keys) != len(emb):
         raise ValueError(f"keys [n] and embedding [n, d] must line up, got {keys.shape} and {emb.shape}")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with h5py.File(tmp, "w") as f:
-            f.create_dataset("keys", data=keys.astype(str).astype(object), dtype=h5py.string_dtype("utf-8"))
-            f.create_dataset("embedding", data=emb, compression="gzip")
-            f.attrs["config"] = json.dumps(config or {})
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+        f.create_dataset("keys", data=keys.astype(str).astype(object), dtype=h5py.string_dtype("utf-8"))
+        f.create_dataset("embedding", data=emb, compression="gzip")
+        f.attrs["config"] = json.dumps(config or {})
 
 
 def read_embeddings_h5(path: str | Path) -> tuple[np.ndarray, np.ndarray, dict]:

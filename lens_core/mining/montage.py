@@ -5,14 +5,13 @@ a sample at a glance (the paper checked 100 intra-patient matches by hand, Sec. 
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import h5py
 import numpy as np
 import pandas as pd
 
-from lens_core.io import InputError, require_columns
+from lens_core.io import InputError, atomic_path, require_columns
 
 __all__ = ["sample_for_review", "write_montage"]
 
@@ -100,9 +99,6 @@ def write_montage(boxes: pd.DataFrame, prep_dir: str | Path, path: str | Path, *
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp)
     plt.close(fig)
-    os.replace(tmp, path)

@@ -73,5 +73,5 @@ def conform(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def write_mining_table(df: pd.DataFrame, path: str | Path, meta: dict | None = None) -> None:
-    """Write a mining table atomically (temp file, then os.replace): no partial artifact on failure."""
+    """Write a mining table atomically (lens_core.io.atomic_path): no partial artifact on failure."""
     write_parquet(conform(df), path, meta, MINING_SCHEMA)

@@ -193,16 +193,13 @@ def save_lens(path, model: LENS, meta: dict) -> None:
     """Weights-only file: ``{"state_dict": ..., "meta": {...}}`` (plain types; torch.load(weights_only=True)).
 
     ``meta`` must hold the constructor arguments in ``MODEL_ARGS``; written atomically."""
-    import os
-    from pathlib import Path
+    from lens_core.io import atomic_path
 
     missing = [k for k in MODEL_ARGS if k not in meta]
     if missing:
         raise ValueError(f"model meta lacks {missing}")
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save({"state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}, "meta": meta}, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save({"state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}, "meta": meta}, tmp)
 
 
 def load_lens(path, device="cpu") -> tuple[LENS, dict]:

@@ -6,13 +6,14 @@ N = 1 and N = 3 (issue 7).
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import h5py
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+
+from ..io import atomic_folder
 
 TABLES = ("volumes.parquet", "lesions.parquet", "truth.parquet", "test3d.parquet")
 
@@ -59,7 +60,12 @@ def gather(shards: list[Path], out: Path) -> None:
         if not (s / "volumes.h5").exists():
             raise FileNotFoundError(f"{s / 'volumes.h5'}: shard missing (did preprocess --shard finish?)")
     check_shards(shards)
-    out.mkdir(parents=True, exist_ok=True)
+    # the gathered folder is published as one unit, like a preprocessing shard (see preprocess_dataset)
+    with atomic_folder(out, own=(*TABLES, "volumes.h5")) as tmp_dir:
+        _gather_into(shards, tmp_dir)
+
+
+def _gather_into(shards: list[Path], out: Path) -> None:
     for name in TABLES:
         parts = [pq.read_table(s / name) for s in shards if (s / name).exists()]
         if not parts:
@@ -74,24 +80,16 @@ def gather(shards: list[Path], out: Path) -> None:
         # a stable sort by volume keeps each volume's rows in their shard order
         table = table.take(pc.sort_indices(table, sort_keys=[("volume_id", "ascending")]))
         table = table.replace_schema_metadata({b"lens": json.dumps(meta).encode()})
-        tmp = out / (name + ".tmp")
-        pq.write_table(table, tmp)
-        os.replace(tmp, out / name)
-    tmp = out / "volumes.h5.tmp"
-    try:
-        with h5py.File(tmp, "w") as dst:
-            srcs = [h5py.File(s / "volumes.h5", "r") for s in shards]
-            try:
-                meta = json.loads(srcs[0].attrs["lens"])
-                meta.pop("shard", None)
-                dst.attrs["lens"] = json.dumps(meta)
-                for vid in sorted(k for f in srcs for k in f.keys()):
-                    src = next(f for f in srcs if vid in f)
-                    src.copy(src[vid], dst, name=vid)
-            finally:
-                for f in srcs:
-                    f.close()
-        os.replace(tmp, out / "volumes.h5")
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+        pq.write_table(table, out / name)
+    with h5py.File(out / "volumes.h5", "w") as dst:
+        srcs = [h5py.File(s / "volumes.h5", "r") for s in shards]
+        try:
+            meta = json.loads(srcs[0].attrs["lens"])
+            meta.pop("shard", None)
+            dst.attrs["lens"] = json.dumps(meta)
+            for vid in sorted(k for f in srcs for k in f.keys()):
+                src = next(f for f in srcs if vid in f)
+                src.copy(src[vid], dst, name=vid)
+        finally:
+            for f in srcs:
+                f.close()

@@ -12,10 +12,6 @@ header's direction matrix are handled in one place.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import uuid
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,10 +21,11 @@ import pandas as pd
 import pyarrow as pa
 import SimpleITK as sitk
 
-from ..io import write_parquet
+from ..io import atomic_folder, write_parquet
 # the tables' schemas live apart so that the steps that only read the tables (mining, FPR) need no SimpleITK
 from .schema import BOX, LESION_SCHEMA, TEST3D_SCHEMA, TRUTH_EXTRA, TRUTH_SCHEMA, VOLUME_SCHEMA  # noqa: F401
 
+PREP_FILES = ("volumes.h5", "volumes.parquet", "lesions.parquet", "truth.parquet", "test3d.parquet")
 HU_MIN, HU_MAX = -1024.0, 3071.0
 BORDER_HU = -900.0          # voxels above this count as body when clipping black borders
 BORDER_MARGIN_PX = 2
@@ -130,8 +127,8 @@ def preprocess_dataset(fmt: str, root: Path, out_dir: Path, params: PrepParams, 
 
     Writes volumes.h5, volumes.parquet, lesions.parquet, and when present test3d.parquet (DeepLesion's
     fully annotated 3D test set) and truth.parquet (the built-in corpus's hidden truth). All files are
-    written into a fresh temporary folder and published at the end (`staging_folder`): a failure leaves
-    no output at all.
+    written into a fresh temporary folder that replaces `out_dir` as a whole at the end: a failure leaves
+    no partial artifact, and a reader never sees tables without their volumes.h5 (or of another run).
     """
     from tqdm import tqdm
 
@@ -152,7 +149,7 @@ def preprocess_dataset(fmt: str, root: Path, out_dir: Path, params: PrepParams, 
 
     vol_rows, les_parts, truth_parts, test_parts = [], [], [], []
     raw_bytes = 0
-    with staging_folder(out_dir) as tmp_dir:
+    with atomic_folder(out_dir, own=PREP_FILES) as tmp_dir:
         with h5py.File(tmp_dir / "volumes.h5", "w") as h5:
             h5.attrs["lens"] = json.dumps(meta)
             for _, v in tqdm(volumes.iterrows(), total=len(volumes), desc=f"preprocess {dataset}",
@@ -198,36 +195,6 @@ def preprocess_dataset(fmt: str, root: Path, out_dir: Path, params: PrepParams, 
         write_parquet(tdf, tmp_dir / "test3d.parquet", m, TEST3D_SCHEMA)
     return {"volumes": len(vol_df), "slices": int(vol_df["n_slices"].sum()), "lesions": len(les_df),
             "raw_bytes": int(raw_bytes)}
-
-
-@contextmanager
-def staging_folder(out_dir: Path):
-    """A fresh temporary folder beside `out_dir` to write the outputs into; published into `out_dir` only
-    when the block succeeds (the whole folder renamed when `out_dir` is absent or empty, else file by file
-    with volumes.h5 last), removed otherwise. A failed run leaves no output, not even an empty folder."""
-    out_dir = Path(out_dir)
-    made = [p for p in [out_dir.parent, *out_dir.parent.parents] if not p.exists()]
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.parent / f".{out_dir.name}.tmp-{uuid.uuid4().hex[:12]}"
-    tmp.mkdir()   # (not mkdtemp: the published folder keeps the umask's permissions, not 0700)
-    try:
-        yield tmp
-        if out_dir.is_dir() and not any(out_dir.iterdir()):
-            out_dir.rmdir()
-        if not out_dir.exists():
-            os.replace(tmp, out_dir)
-        else:
-            for name in sorted(os.listdir(tmp), key=lambda n: n == "volumes.h5"):
-                os.replace(tmp / name, out_dir / name)
-            tmp.rmdir()
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        for p in made:   # parents this run created, deepest first
-            try:
-                p.rmdir()
-            except OSError:
-                break
-        raise
 
 
 def _to_prep(rows: pd.DataFrame, img: sitk.Image, pre: Prepared, v: pd.Series, dataset: str) -> pd.DataFrame:

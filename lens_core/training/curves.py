@@ -1,19 +1,19 @@
 """Loss curves of a training run: the per-step table (Parquet) and a PNG."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pandas as pd
+
+from lens_core.io import atomic_path
 
 LOSS_TERMS = ["center", "size", "class", "box", "total"]
 
 
 def write_loss_table(rows: list[dict], path: Path) -> pd.DataFrame:
     df = pd.DataFrame(rows, columns=["epoch", "step", "dataset", *LOSS_TERMS, "lr", "grad_norm"])
-    tmp = path.with_name(path.name + ".tmp")
-    df.to_parquet(tmp, index=False)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        df.to_parquet(tmp, index=False)
     return df
 
 
@@ -35,7 +35,6 @@ def plot_losses(df: pd.DataFrame, path: Path) -> None:
         ax.set_yscale("log")
     axes[0].legend(fontsize=7)
     fig.tight_layout()
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=90)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=90)
     plt.close(fig)
-    os.replace(tmp, path)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import pickle
 from pathlib import Path
 from typing import Callable
@@ -13,7 +12,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from lens_core.io import read_table
+from lens_core.io import atomic_path, read_table
 from lens_core.model.lens import LENS, save_lens, total_loss
 from lens_core.runtime import autocast, resolve_device
 from lens_core.training.config import TrainConfig
@@ -41,9 +40,8 @@ def warmup_factor(step: int, warmup_steps: int) -> float:
 
 
 def _atomic_save(obj, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def input_fingerprint(cfg: TrainConfig, prep_dir: Path, labels: Path | None) -> dict[str, str]:
@@ -172,9 +170,9 @@ def train(
     finally:
         reader.close()
     model_path = out / "lens.pt"
-    save_lens(model_path, model, meta)
     df = write_loss_table(rows, out / "losses.parquet")
     plot_losses(df, out / "losses.png")
+    save_lens(model_path, model, meta)  # last: a lens.pt means the curves beside it are of its run
     # a finished run leaves no checkpoint: a forced rerun (say, after a code change) must train, not
     # "resume" at the last epoch and write the old weights again
     ckpt_path.unlink(missing_ok=True)
