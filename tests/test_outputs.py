@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 import SimpleITK as sitk
 
-import lens_core.preprocess as preprocess
+import lens_core.preprocess.volumes as preprocess
 from lens_core.cli import main
 from lens_core.datasets.common import atomic_write_image
 from lens_core.io import atomic_folder, atomic_paths
