@@ -232,7 +232,7 @@ def test_unreadable_scans_fail_with_the_file_named_and_no_output(tmp_path, lens_
     flat = tmp_path / "flat.mhd"
     atomic_write_image(sitk.GetImageFromArray(np.zeros((8, 8), np.int16)), flat)
     model = tmp_path / "lens.pt"  # never reached: the scan is read first
-    for bad, message in ((tmp_path / "broken.nii", "cannot read"), (tmp_path / "empty", "no DICOM series"),
+    for bad, message in ((tmp_path / "broken.nii", "not a NIfTI file"), (tmp_path / "empty", "no DICOM series"),
                          (tmp_path / "missing.mhd", "not found"), (flat, "3D")):
         caplog.clear()
         rc = lens_main(["detect", "--model", str(model), "--input", str(bad), "--out", str(tmp_path / "det.csv")])
