@@ -20,6 +20,7 @@ COMMAND_MODULES = [
     "lens_core.training.command",
     "lens_core.inference.command",
     "lens_core.mining.command",
+    "lens_core.review.command",
     "lens_core.fpr.command",
     "lens_core.detect_command",
 ]
