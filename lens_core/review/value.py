@@ -49,7 +49,7 @@ def write_value_table(table: pd.DataFrame, out: str | Path) -> None:
              "Average sensitivity at 1/8 ... 8 FPs per volume, % (95 % bootstrap interval over volumes).", "",
              "| reviewed | accepted | fixed | rejected | validation | test |", "|---:|---:|---:|---:|---:|---:|"]
     for _, r in table.iterrows():
-        lines.append(f"| {r['reviewed_pct']:.0f} % | {r['accepted']} | {r['fixed']} | {r['rejected']} | "
+        lines.append(f"| {r['reviewed_pct']:.0f} % | {int(r['accepted'])} | {int(r['fixed'])} | {int(r['rejected'])} | "
                      f"{_cell(r['val_average'], r['val_low'], r['val_high'])} | "
                      f"{_cell(r['test_average'], r['test_low'], r['test_high'])} |")
     write_parquet(table, out.with_suffix(".parquet"))

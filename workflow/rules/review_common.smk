@@ -57,4 +57,4 @@ def review_value_rows(wildcards):
 
 
 def review_value_args(wildcards, input):
-    return " ".join(f"--row {p} {input['review_' + p]} {input['val_' + p]} {input['test_' + p]}" for p in REVIEW_PCTS)
+    return " ".join(f"--row {p} {input[f'review_{p}']} {input[f'val_{p}']} {input[f'test_{p}']}" for p in REVIEW_PCTS)
