@@ -26,6 +26,7 @@ TEMPLATE = """<!DOCTYPE html>
 <meta charset="utf-8">
 <title>LENS review · {experiment}</title>
 <meta name="viewport" content="width=device-width, initial-scale=1">
+<link rel="icon" href="data:,">
 <style>
 {css}
 </style>

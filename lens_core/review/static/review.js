@@ -37,8 +37,10 @@
       if (undecided && state.verdicts[c.id] && i !== cur) return;
       view.push(i);
     });
+    // the card on screen stays; after a verdict under "undecided only" the next one takes its place;
+    // otherwise a card that left the view gives way to the first one
     const at = view.indexOf(cur);
-    pos = at >= 0 ? at : Math.min(pos, Math.max(view.length - 1, 0));
+    pos = at >= 0 ? at : keepCard === -1 ? Math.min(pos, Math.max(view.length - 1, 0)) : 0;
     render();
   }
   function options(sel, values) {
