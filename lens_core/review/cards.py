@@ -20,10 +20,11 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from lens_core.mining.montage import WINDOWS, _U8
+from lens_core.mining.montage import WINDOWS
 from lens_core.review.boxes import STRATEGIES
 
 BOX = ["x1", "y1", "x2", "y2"]
+AIR_U8 = (-500 + 1024) / 4095 * 255  # -500 HU in the preprocessing's uint8 scale
 
 
 def choose_cards(boxes: pd.DataFrame, uncertain_sample: int | None, seed: int = 0) -> pd.DataFrame:
@@ -97,7 +98,7 @@ def crop_square(box, context: float, min_side: int) -> tuple[int, int, int]:
 
 def _window(crop: np.ndarray) -> tuple[float, float]:
     """The display window: lung when the crop is mostly air, else soft tissue (as the audit montage)."""
-    return WINDOWS["lung" if np.median(crop) < _U8(-500) else "soft_tissue"]
+    return WINDOWS["lung" if np.median(crop) < AIR_U8 else "soft_tissue"]
 
 
 def render(image: np.ndarray, z: int, x0: int, y0: int, side: int, lo: float | None = None,
