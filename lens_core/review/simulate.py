@@ -43,13 +43,20 @@ def simulate_verdicts(boxes: pd.DataFrame, truth: pd.DataFrame, fraction: float,
             v.update(reviewer=SIMULATED, time=TIME)
             if s[i] >= 0 and iou[i] >= accept_iou:
                 v["decision"] = "accept"
-            elif s[i] >= 0:
-                t = slices.iloc[s[i]]
-                box = [max(float(t["x1"]), 0.0), max(float(t["y1"]), 0.0),
-                       min(float(t["x2"]), float(r.width)), min(float(t["y2"]), float(r.height))]
-                v.update(decision="fix", box=[round(c, 3) for c in box])
+            elif s[i] >= 0 and _fits(box := _lesion_box(slices.iloc[s[i]], r)):
+                v.update(decision="fix", box=box)
             else:
                 v["decision"] = "reject"
         rows.append(v)
     return {"format": FORMAT, "version": 1, "page": {"id": "simulated", "fraction": fraction, "seed": seed},
             "verdicts": rows}
+
+
+def _lesion_box(t, r) -> list[float]:
+    """The truth lesion's box on the slice, clipped to the image (the page clips a dragged box alike)."""
+    return [round(c, 3) for c in (max(float(t["x1"]), 0.0), max(float(t["y1"]), 0.0),
+                                  min(float(t["x2"]), float(r.width)), min(float(t["y2"]), float(r.height)))]
+
+
+def _fits(box: list[float]) -> bool:
+    return box[2] > box[0] and box[3] > box[1]
