@@ -9,9 +9,11 @@ configfile: "config.yaml"
 
 
 include: "workflow/rules/common.smk"
+include: "workflow/rules/review_common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/detector.smk"
 include: "workflow/rules/mining.smk"
+include: "workflow/rules/review.smk"
 include: "workflow/rules/fpr.smk"
 include: "workflow/rules/eval.smk"
 include: "workflow/rules/ablation.smk"

@@ -104,6 +104,8 @@ def add_parser(sub) -> None:
     p.add_argument("--mined", nargs="*", type=Path, default=[], help="mined tables, highest priority first")
     p.add_argument("--uncertain", type=Path)
     p.add_argument("--theta", type=iou_threshold, default=0.5)
+    p.add_argument("--review", type=Path, help="review.parquet (lens review-import): a reviewer's verdicts on the "
+                                                "mined boxes (accepted/fixed: lesions, rejected: dropped)")
     p.add_argument("--out", type=Path, required=True)
     p.set_defaults(func=_merge)
     add_embedding_parsers(sub)
@@ -415,7 +417,7 @@ def _cross_dataset(args) -> int:
 
 def _merge(args) -> int:
     from ..io import InputError, check_output
-    from .merge import merge_round2, training_slices
+    from .merge import UnknownVerdict, merge_round2, training_slices
     from .schema import GT_LIKE_KINDS, IGNORE_KINDS, write_mining_table
 
     check_output(args.out)
@@ -427,7 +429,16 @@ def _merge(args) -> int:
     mined = [_mined(p, "cross-slice or intra-patient mining table", GT_LIKE_KINDS) for p in args.mined]
     unc = _mined(args.uncertain, "uncertain table of lens mine-cross-dataset", ["uncertain"]) \
         if args.uncertain else None
-    labels = merge_round2(lesions, mined, unc, args.theta)
+    review = None
+    if args.review:
+        from ..review.verdicts import read_review
+
+        review = read_review(args.review)
+        log.info("%s: %s", args.review, json.dumps(review["decision"].value_counts().to_dict()))
+    try:
+        labels = merge_round2(lesions, mined, unc, args.theta, review=review)
+    except UnknownVerdict as e:
+        raise InputError(f"{args.review}: {e}") from None
     # round-2 training takes a dataset's rows by their `dataset` column: boxes mined from proposals
     # (uncertain ones above all) carry the dataset of the volume they were found in
     known = labels["dataset"].where(labels["dataset"].astype(str).str.len() > 0)  # "" = not known
@@ -435,8 +446,11 @@ def _merge(args) -> int:
     if labels["dataset"].isna().any():
         bad = labels.loc[labels["dataset"].isna(), "volume_id"].iloc[0]
         raise InputError(f"{args.lesions}: no dataset known for volume {bad!r} of the mined labels")
-    write_mining_table(labels, args.out, {"theta": args.theta, "mined": [str(p) for p in args.mined],
-                                          "uncertain": str(args.uncertain) if args.uncertain else None})
+    meta = {"theta": args.theta, "mined": [str(p) for p in args.mined],
+            "uncertain": str(args.uncertain) if args.uncertain else None}
+    if review is not None:  # only then: without verdicts the table stays byte-identical to an unreviewed merge
+        meta["review"] = {"path": str(args.review), **review["decision"].value_counts().to_dict()}
+    write_mining_table(labels, args.out, meta)
     counts = labels["label_kind"].value_counts().to_dict()
     log.info("labels_round2: %s; %d training slices", json.dumps(counts), len(training_slices(labels)))
     return 0

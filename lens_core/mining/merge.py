@@ -3,6 +3,10 @@ boxes as ignore regions, in one table whose ``label_kind`` tells training what e
 
 ``label_kind`` in GT_LIKE_KINDS (gt, mined_cross_slice, mined_intra_patient) is trained as a lesion;
 IGNORE_KINDS (uncertain, excluded) are left out of the loss.
+
+A reviewer's verdicts (review.parquet, :mod:`lens_core.review`) change the mined boxes before the merge
+(:func:`apply_review`): an accepted box is a lesion, a fixed box is a lesion with the reviewer's box, a
+rejected box is dropped, and a box without a verdict is merged as without review.
 """
 
 from __future__ import annotations
@@ -14,8 +18,13 @@ import pandas as pd
 
 from lens_core.mining.overlap import overlaps_any, same_slice_iou
 from lens_core.mining.schema import GT_LIKE_KINDS, IGNORE_KINDS, conform
+from lens_core.review.boxes import box_ids
 
-__all__ = ["GT_LIKE_KINDS", "IGNORE_KINDS", "merge_round2", "training_slices"]
+__all__ = ["GT_LIKE_KINDS", "IGNORE_KINDS", "UnknownVerdict", "apply_review", "merge_round2", "training_slices"]
+
+
+class UnknownVerdict(ValueError):
+    """A verdict names a box that no mining table of this merge holds."""
 
 
 def _drop_self_duplicates(df: pd.DataFrame, iou_threshold: float) -> pd.DataFrame:
@@ -25,8 +34,44 @@ def _drop_self_duplicates(df: pd.DataFrame, iou_threshold: float) -> pd.DataFram
     return df.drop(index=df.index[dup]).reset_index(drop=True)
 
 
+def apply_review(mined: Sequence[pd.DataFrame], uncertain: pd.DataFrame | None, review: pd.DataFrame
+                 ) -> tuple[pd.DataFrame | None, list[pd.DataFrame], pd.DataFrame | None]:
+    """(reviewed lesions, mined tables, uncertain table) after the verdicts of ``review`` (REVIEW_SCHEMA:
+    ``box_id, decision`` and the corrected ``x1..y2`` of a fix).
+
+    Accepted and fixed boxes of every strategy leave their table and become reviewed lesions:
+    ``label_kind = gt`` (a person's annotation now; ``source_rule`` still says which strategy mined it),
+    a fix with the reviewer's box on the same slice. Rejected boxes are dropped: a mined lesion that is
+    not one is no longer trained as a lesion, and a rejected uncertain box is no longer an ignore region,
+    so its area trains as background (a negative region) wherever its slice is trained, and the FPR can
+    take it as a false positive. Boxes without a verdict stay where they were. A verdict whose box id
+    is none of these tables' boxes is an UnknownVerdict (a ValueError): it was made on another mining output.
+    """
+    tables = [conform(t) for t in mined] + ([conform(uncertain)] if uncertain is not None else [])
+    ids = [box_ids(t) for t in tables]
+    verdict = review.drop_duplicates("box_id", keep="last").set_index("box_id")
+    unknown = verdict.index.difference(pd.Index(np.concatenate(ids) if ids else []))
+    if len(unknown):
+        raise UnknownVerdict(f"verdict for box {unknown[0]}: no mined box has this id ({len(unknown)} such verdicts; "
+                         "they were made on another mining output: review the new page and import again)")
+    reviewed, kept = [], []
+    for t, tid in zip(tables, ids):
+        d = verdict["decision"].reindex(tid).to_numpy()
+        fix = d == "fix"
+        if fix.any():
+            t = t.copy()
+            t.loc[fix, ["x1", "y1", "x2", "y2"]] = verdict.loc[tid[fix], ["x1", "y1", "x2", "y2"]].to_numpy(float)
+        yes = (d == "accept") | fix
+        reviewed.append(t[yes].assign(label_kind="gt"))
+        kept.append(t[pd.isna(d)].reset_index(drop=True))
+    reviewed = pd.concat(reviewed, ignore_index=True) if reviewed else None
+    if uncertain is not None:
+        return reviewed, kept[:-1], kept[-1]
+    return reviewed, kept, None
+
+
 def merge_round2(annotations: pd.DataFrame, mined: Sequence[pd.DataFrame], uncertain: pd.DataFrame | None = None,
-                 iou_threshold: float = 0.5) -> pd.DataFrame:
+                 iou_threshold: float = 0.5, review: pd.DataFrame | None = None) -> pd.DataFrame:
     """labels_round2: one MINING_SCHEMA table, sorted by (volume_id, z).
 
     annotations: the dataset's own lesions table (kept unchanged). mined: mining tables in priority
@@ -34,8 +79,12 @@ def merge_round2(annotations: pd.DataFrame, mined: Sequence[pd.DataFrame], uncer
     stronger one); a mined box that duplicates an annotation or a higher-priority mined box on its
     slice (IoU > iou_threshold) is dropped, so one lesion is not trained twice on a slice. uncertain:
     cross-dataset boxes; any that overlaps a ground-truth-like box is dropped (an ignore region must
-    not take a lesion out of the loss).
+    not take a lesion out of the loss). review: a reviewer's verdicts (:func:`apply_review`); the
+    reviewed lesions come before every mined table.
     """
+    if review is not None and len(review):
+        reviewed, mined, uncertain = apply_review(mined, uncertain, review)
+        mined = [reviewed, *mined] if reviewed is not None else mined
     kept = conform(annotations)
     if not kept["label_kind"].isin(GT_LIKE_KINDS + IGNORE_KINDS).all():
         bad = kept.loc[~kept["label_kind"].isin(GT_LIKE_KINDS + IGNORE_KINDS), "label_kind"].iloc[0]

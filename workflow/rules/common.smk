@@ -41,7 +41,7 @@ MAIN_STAGES = ["r1_fused", "r2_fused", "r2_fpr", "fpr_only"]
 wildcard_constraints:
     dataset="|".join(DATASETS),
     shard=r"\d+",
-    round=r"round1|round2|round2u|separate",
+    round=r"round1|round2|round2u|round2rv\d+(\.\d+)?|separate",  # round2rv<pct>: review.smk
     split="train|val|test",
     dim=r"|\.3d",
     exp=r"[a-z0-9]+(_s\d+)?",

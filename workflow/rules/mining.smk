@@ -146,6 +146,7 @@ rule merge_labels:
         cross_slice="results/{exp}/mining/cross_slice.parquet",
         intra_patient="results/{exp}/mining/intra_patient.parquet",
         uncertain="results/{exp}/mining/uncertain.parquet",
+        review=review_verdicts,  # the reviewer's verdicts, when imported (review_common.smk)
     output:
         "results/{exp}/mining/labels_round2.parquet",
     log:
@@ -156,9 +157,10 @@ rule merge_labels:
         ENV
     params:
         m=settings("mining", "theta"),
+        review=review_arg,
     shell:
         "lens merge-labels --lesions {input.lesions} --mined {input.cross_slice} {input.intra_patient} "
-        "--uncertain {input.uncertain} --theta {params.m[theta]} --out {output} 2> {log}"
+        "--uncertain {input.uncertain} --theta {params.m[theta]} {params.review} --out {output} 2> {log}"
 
 
 rule audit_mining:

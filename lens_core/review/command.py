@@ -1,0 +1,164 @@
+"""`lens review-boxes`, `lens review` (the page), `lens review-import` (its verdicts into review.parquet),
+`lens review-simulate` (the hidden-truth reviewer for audits) and `lens review-value` (the ablation table)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+log = logging.getLogger("lens.review")
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("review-boxes", help="every mined box with its review id and image size",
+                       description="List the boxes of the mining tables with a stable id each "
+                                   "(review_boxes.parquet): what the page shows and the verdicts refer to.")
+    p.add_argument("--cross-slice", type=Path, required=True)
+    p.add_argument("--intra-patient", type=Path, required=True)
+    p.add_argument("--uncertain", type=Path, required=True)
+    p.add_argument("--volumes", type=Path, required=True, help="the mined dataset's volumes.parquet")
+    p.add_argument("--out", type=Path, required=True)
+    p.set_defaults(func=_boxes)
+
+    p = sub.add_parser("review", help="write the review page of the mined lesions (self-contained HTML)",
+                       description="One card per mined box (every cross-slice and intra-patient box, a sample of "
+                                   "the uncertain ones): index.html plus img/, no server and no network needed. "
+                                   "Review with the keyboard, export the verdicts, then lens review-import.")
+    p.add_argument("--boxes", type=Path, required=True, help="review_boxes.parquet")
+    p.add_argument("--prep-dir", type=Path, required=True, help="the mined dataset's preprocessed folder")
+    p.add_argument("--tracklets", type=Path, help="tracklets.parquet: expert scores and neighbouring boxes")
+    p.add_argument("--proposals", type=Path, nargs="*", default=[],
+                   help="round-1 proposals the uncertain boxes came from (their expert scores)")
+    p.add_argument("--uncertain-sample", type=int, default=100, help="uncertain boxes shown (-1: all)")
+    p.add_argument("--window", type=int, default=2, help="neighbouring slices shown on each side")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--experiment", default="lens")
+    p.add_argument("--out", type=Path, required=True, help="the page's folder (index.html, img/)")
+    p.set_defaults(func=_page)
+
+    p = sub.add_parser("review-import", help="validate the page's verdicts and write review.parquet",
+                       description="Check a verdict file exported by the review page against the run's mined "
+                                   "boxes (unknown box ids, boxes outside the image, ... are errors naming the "
+                                   "row; nothing is written then) and write its decided rows to --out, which "
+                                   "merge_labels then reads. An unchanged verdict set leaves --out untouched.")
+    p.add_argument("verdicts", type=Path, help="the JSON the page downloaded")
+    p.add_argument("--boxes", type=Path,
+                   help="review_boxes.parquet (default: review_boxes.parquet beside --out)")
+    p.add_argument("--out", type=Path, required=True, help="results/<exp>/mining/review.parquet")
+    p.set_defaults(func=_import)
+
+    p = sub.add_parser("review-simulate", help="verdicts from the built-in corpus's hidden truth (audits only)",
+                       description="A simulated reviewer for the review-value ablation: answers a seeded "
+                                   "fraction of the mined boxes from the hidden truth (accept / fix / reject). "
+                                   "Never for real data, never read by the page.")
+    p.add_argument("--boxes", type=Path, required=True, help="review_boxes.parquet")
+    p.add_argument("--prep-dir", type=Path, required=True, help="the preprocessed folder holding truth.parquet")
+    p.add_argument("--fraction", type=float, required=True, help="share of the mined boxes answered (0..1)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--accept-iou", type=float, default=0.5)
+    p.add_argument("--fix-iou", type=float, default=0.1)
+    p.add_argument("--out", type=Path, required=True, help="a verdict JSON, as the page exports")
+    p.set_defaults(func=_simulate)
+
+    p = sub.add_parser("review-value", help="table: round 2 with simulated review of 0 / 25 / 100 %% of mined boxes")
+    p.add_argument("--row", nargs=4, action="append", required=True,
+                   metavar=("PERCENT", "REVIEW", "VAL_SUMMARY", "TEST_SUMMARY"),
+                   help="one row: the share reviewed, its review.parquet ('-' for none) and the validation and "
+                        "test summary.parquet of its round-2 model")
+    p.add_argument("--out", type=Path, required=True, help="table.md (+ table.parquet beside it)")
+    p.set_defaults(func=_value_table)
+
+
+def _boxes(args) -> int:
+    import pandas as pd
+
+    from ..io import write_parquet
+    from .boxes import REVIEW_BOXES_SCHEMA, mined_boxes
+
+    tables = {}
+    for name, path in (("cross_slice", args.cross_slice), ("intra_patient", args.intra_patient),
+                       ("uncertain", args.uncertain)):
+        tables[name] = pd.read_parquet(path)
+    vols = pd.read_parquet(args.volumes)
+    try:
+        boxes = mined_boxes(tables, vols)
+    except ValueError as e:
+        raise ValueError(f"{args.volumes}: {e}") from None
+    write_parquet(boxes, args.out, {"rule": "review_boxes"}, REVIEW_BOXES_SCHEMA)
+    log.info("%d mined boxes: %s", len(boxes), json.dumps(boxes["strategy"].value_counts().to_dict()))
+    return 0
+
+
+def _page(args) -> int:
+    import pandas as pd
+
+    from .page import build_page
+
+    start = time.perf_counter()
+    boxes = pd.read_parquet(args.boxes)
+    trk = pd.read_parquet(args.tracklets) if args.tracklets else None
+    props = pd.concat([pd.read_parquet(p) for p in args.proposals], ignore_index=True) if args.proposals else None
+    summary = build_page(boxes, args.prep_dir, args.out, experiment=args.experiment, tracklets=trk, proposals=props,
+                         uncertain_sample=None if args.uncertain_sample < 0 else args.uncertain_sample,
+                         window=args.window, seed=args.seed)
+    log.info("review page %s: %d cards %s, %d files, %.1f MB, %.1f s", args.out / "index.html", summary["cards"],
+             json.dumps(summary["by_strategy"]), summary["files"], summary["bytes"] / 1e6, time.perf_counter() - start)
+    return 0
+
+
+def _import(args) -> int:
+    import pandas as pd
+
+    from ..io import write_parquet
+    from .verdicts import REVIEW_SCHEMA, read_review, read_verdicts_json
+
+    boxes_path = args.boxes or args.out.with_name("review_boxes.parquet")
+    if not boxes_path.exists():
+        raise FileNotFoundError(f"{boxes_path}: the run's mined boxes are needed to check the verdicts "
+                                "(snakemake results/<exp>/mining/review_boxes.parquet, or pass --boxes)")
+    boxes = pd.read_parquet(boxes_path)
+    review = read_verdicts_json(args.verdicts, boxes)
+    counts = review["decision"].value_counts().to_dict()
+    if args.out.exists():
+        try:
+            same = read_review(args.out).equals(review)
+        except ValueError:
+            same = False
+        if same:  # an unchanged file keeps its date: round 2 is not retrained for nothing
+            log.info("%s: the same %d verdicts as %s already holds; left unchanged", args.verdicts, len(review),
+                     args.out)
+            return 0
+    write_parquet(review, args.out, {"verdicts": str(args.verdicts), "boxes": str(boxes_path)}, REVIEW_SCHEMA)
+    log.info("%s: %d verdicts of %d mined boxes (%s) -> %s", args.verdicts, len(review), len(boxes),
+             json.dumps(counts), args.out)
+    return 0
+
+
+def _simulate(args) -> int:
+    import pandas as pd
+
+    from ..io import write_text
+    from ..mining.audit import annotation_pad_px
+    from .simulate import simulate_verdicts
+
+    truth_path = args.prep_dir / "truth.parquet"
+    if not truth_path.exists():
+        raise FileNotFoundError(f"{truth_path}: the simulated reviewer needs the built-in corpus's hidden truth")
+    boxes = pd.read_parquet(args.boxes)
+    doc = simulate_verdicts(boxes, pd.read_parquet(truth_path), args.fraction, pad_px=annotation_pad_px(args.prep_dir),
+                            seed=args.seed, accept_iou=args.accept_iou, fix_iou=args.fix_iou)
+    write_text(args.out, json.dumps(doc, indent=1))
+    counts = pd.Series([v["decision"] for v in doc["verdicts"] if v["decision"]]).value_counts().to_dict()
+    log.info("simulated review of %.0f %% of %d mined boxes: %s", 100 * args.fraction, len(boxes), json.dumps(counts))
+    return 0
+
+
+def _value_table(args) -> int:
+    from .value import value_table, write_value_table
+
+    table = value_table(args.row)
+    write_value_table(table, args.out)
+    log.info("review value:\n%s", table.to_string(index=False))
+    return 0

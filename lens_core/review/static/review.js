@@ -1,0 +1,239 @@
+// LENS review page: one card per mined box; keyboard-first verdicts kept in localStorage and exported
+// as JSON (lens review-import). No network, no server: everything it needs is in this file and img/.
+(function () {
+  "use strict";
+  const DATA = JSON.parse(document.getElementById("lens-data").textContent);
+  const CARDS = DATA.cards;
+  const KEY = "lens-review:" + DATA.page.id;
+  const MAIN = 320;  // px: the box's slice as shown
+  const $ = (id) => document.getElementById(id);
+  let state = { verdicts: {}, reviewer: "" };
+  let view = [];     // indices into CARDS that pass the filters
+  let pos = 0;       // position in view
+  let fixing = false, drag = null;
+
+  // ------------------------------------------------------------------------------- storage
+  function load() {
+    try {
+      const s = JSON.parse(localStorage.getItem(KEY) || "null");
+      if (s && typeof s === "object") state = { verdicts: s.verdicts || {}, reviewer: s.reviewer || "" };
+    } catch (e) { /* no storage (some file:// setups): verdicts live until the page closes; export often */ }
+  }
+  function save() {
+    try { localStorage.setItem(KEY, JSON.stringify(state)); } catch (e) { toast("not saved in the browser: export now"); }
+  }
+
+  // ------------------------------------------------------------------------------- filters
+  function score(c) { return c.score === null ? -1 : c.score; }
+  function applyFilters(keepCard) {
+    const s = $("f-strategy").value, d = $("f-dataset").value;
+    const lo = parseFloat($("f-score").value), undecided = $("f-undecided").checked;
+    const cur = keepCard === undefined ? view[pos] : keepCard;
+    view = [];
+    CARDS.forEach((c, i) => {
+      if (s && c.strategy !== s) return;
+      if (d && c.dataset !== d) return;
+      if (!isNaN(lo) && score(c) < lo) return;
+      if (undecided && state.verdicts[c.id] && i !== cur) return;
+      view.push(i);
+    });
+    // the card on screen stays; after a verdict under "undecided only" the next one takes its place;
+    // otherwise a card that left the view gives way to the first one
+    const at = view.indexOf(cur);
+    pos = at >= 0 ? at : keepCard === -1 ? Math.min(pos, Math.max(view.length - 1, 0)) : 0;
+    render();
+  }
+  function options(sel, values) {
+    values.forEach((v) => { const o = document.createElement("option"); o.value = v; o.textContent = v; sel.appendChild(o); });
+  }
+
+  // ------------------------------------------------------------------------------- drawing
+  function boxDiv(box, crop, size, cls) {
+    const k = size / crop[2], el = document.createElement("div");
+    el.className = "b " + (cls || "");
+    el.style.left = (box[0] - crop[0]) * k + "px"; el.style.top = (box[1] - crop[1]) * k + "px";
+    el.style.width = (box[2] - box[0]) * k + "px"; el.style.height = (box[3] - box[1]) * k + "px";
+    return el;
+  }
+  function viewEl(src, size, crop, boxes) {
+    const v = document.createElement("div");
+    v.className = "view"; v.style.width = size + "px"; v.style.height = size + "px";
+    const img = document.createElement("img"); img.src = src; img.alt = ""; v.appendChild(img);
+    boxes.forEach(([b, cls]) => v.appendChild(boxDiv(b, crop, size, cls)));
+    return v;
+  }
+  function fmt(x, n) { return x === null || x === undefined ? "–" : Number(x).toFixed(n === undefined ? 3 : n); }
+
+  function render() {
+    const card = $("card");
+    renderProgress(); renderList();
+    if (!view.length) { card.innerHTML = '<p id="empty">No card matches the filters.</p>'; return; }
+    const i = view[pos], c = CARDS[i], v = state.verdicts[c.id];
+    card.innerHTML = "";
+    const row = document.createElement("div"); row.className = "row";
+    // the box on its slice: annotations (green), the mined box (orange), a fixed box (blue)
+    const fig = document.createElement("figure");
+    const boxes = (c.annotations[String(c.z)] || []).map((b) => [b, "gt"]);
+    if (v && v.decision === "fix") { boxes.push([c.box, "old"]); boxes.push([v.box, "fixed"]); }
+    else boxes.push([c.box, ""]);
+    const main = viewEl(c.img, MAIN, c.crop, boxes);
+    main.id = "main"; if (fixing) main.classList.add("fixing");
+    main.addEventListener("mousedown", startDrag);
+    fig.appendChild(main);
+    fig.insertAdjacentHTML("beforeend", `<figcaption>card ${i + 1} of ${CARDS.length} · ${c.volume_id} · slice ${c.z}</figcaption>`);
+    row.appendChild(fig);
+    // where the box came from
+    if (c.source) {
+      const s = c.source, sf = document.createElement("figure");
+      sf.appendChild(viewEl(s.img, 224, s.crop, [[s.box, "gt"]]));
+      const what = c.strategy === "cross_slice" ? "key-slice annotation it was propagated from"
+        : "annotated lesion it was matched to";
+      sf.insertAdjacentHTML("beforeend", `<figcaption>${what}<br>${s.volume_id} (study ${s.study_id}, series ${s.series_id}) · slice ${s.z}<br>${s.lesion_type} · ${s.lesion_id}</figcaption>`);
+      sf.id = "source"; row.appendChild(sf);
+    }
+    // the numbers
+    const rows = [["strategy", c.strategy], ["found by", c.source_rule], ["dataset", c.dataset],
+      ["patient", c.patient_id], ["lesion type", c.lesion_type || "–"], ["fused score", fmt(c.score)]];
+    Object.keys(c.experts).sort().forEach((e) => rows.push(["expert " + e, fmt(c.experts[e])]));
+    if (c.key_iou !== null) rows.push(["key-slice IoU", fmt(c.key_iou)]);
+    if (c.embedding_distance !== null) rows.push(["embedding distance", fmt(c.embedding_distance)]);
+    rows.push(["box (x1 y1 x2 y2)", c.box.map((x) => fmt(x, 1)).join(" ")]);
+    if (v && v.decision === "fix") rows.push(["fixed box", v.box.map((x) => fmt(x, 1)).join(" ")]);
+    const t = document.createElement("table"); t.className = "meta";
+    rows.forEach(([k, val]) => { const r = t.insertRow(); r.insertCell().textContent = k; r.insertCell().textContent = val; });
+    const dr = t.insertRow(); dr.insertCell().textContent = "verdict";
+    dr.insertCell().innerHTML = v ? `<span class="decision ${v.decision}" id="decision">${v.decision}</span>`
+      : '<span class="decision" id="decision">undecided</span>';
+    row.appendChild(t);
+    card.appendChild(row);
+    // neighbouring slices: the same crop, the tracklet's boxes (yellow) and annotations (green)
+    const strip = document.createElement("div"); strip.id = "strip";
+    c.strip_z.forEach((z, k) => {
+      const cell = document.createElement("div");
+      if (z === c.z) cell.className = "centre";
+      const bs = [];
+      if (z !== null) {
+        (c.annotations[String(z)] || []).forEach((b) => bs.push([b, "gt"]));
+        (c.tracklet[String(z)] || []).forEach((b) => bs.push([b, "trk"]));
+        if (z === c.z) bs.push([c.box, ""]);
+      }
+      const v2 = viewEl(c.strip, 120, c.crop, bs);
+      const img = v2.querySelector("img");  // one PNG holds every slice: show slice k of it
+      img.style.width = 120 * c.strip_z.length + "px"; img.style.maxWidth = "none";
+      img.style.marginLeft = -120 * k + "px";
+      cell.appendChild(v2);
+      cell.insertAdjacentHTML("beforeend", `<div class="lab">${z === null ? "outside" : "slice " + z}</div>`);
+      strip.appendChild(cell);
+    });
+    card.appendChild(strip);
+  }
+  function renderProgress() {
+    const n = CARDS.length, counts = { accept: 0, reject: 0, fix: 0 };
+    CARDS.forEach((c) => { const v = state.verdicts[c.id]; if (v) counts[v.decision]++; });
+    const done = counts.accept + counts.reject + counts.fix;
+    $("progress").innerHTML = `<b id="n-done">${done}</b> / ${n} decided · ${counts.accept} accepted · ` +
+      `${counts.reject} rejected · ${counts.fix} fixed<span class="bar"><i style="width:${n ? 100 * done / n : 0}%"></i></span>`;
+    $("showing").textContent = view.length ? `card ${pos + 1} of ${view.length} shown` : "0 shown";
+  }
+  function renderList() {
+    const list = $("list"); list.innerHTML = "";
+    view.forEach((i, k) => {
+      const s = document.createElement("span"), v = state.verdicts[CARDS[i].id];
+      s.className = (v ? v.decision : "") + (k === pos ? " cur" : "");
+      s.title = `${CARDS[i].strategy} ${CARDS[i].volume_id} z${CARDS[i].z}`;
+      s.addEventListener("click", () => { pos = k; fixing = false; render(); });
+      list.appendChild(s);
+    });
+  }
+
+  // ------------------------------------------------------------------------------- verdicts
+  function decide(decision, box) {
+    if (!view.length) return;
+    const c = CARDS[view[pos]];
+    state.verdicts[c.id] = { decision: decision, box: box || null, reviewer: $("reviewer").value.trim(),
+                             time: new Date().toISOString() };
+    save(); fixing = false;
+    if ($("f-undecided").checked) applyFilters(-1); else { pos = Math.min(pos + 1, view.length - 1); render(); }
+  }
+  function clearVerdict() {
+    if (!view.length) return;
+    delete state.verdicts[CARDS[view[pos]].id]; save(); render();
+  }
+  function move(step) { if (view.length) { pos = Math.max(0, Math.min(view.length - 1, pos + step)); fixing = false; render(); } }
+
+  // "lesion but wrong box": f, then drag the box on the main image
+  function toVolume(ev, c) {
+    const r = $("main").getBoundingClientRect(), k = c.crop[2] / MAIN;
+    const x = c.crop[0] + (ev.clientX - r.left) * k, y = c.crop[1] + (ev.clientY - r.top) * k;
+    return [Math.max(0, Math.min(c.width, x)), Math.max(0, Math.min(c.height, y))];
+  }
+  function startDrag(ev) {
+    if (!fixing || ev.button !== 0) return;
+    ev.preventDefault();
+    const c = CARDS[view[pos]];
+    drag = { c: c, a: toVolume(ev, c), el: null };
+  }
+  function dragBox(ev) {
+    const p = toVolume(ev, drag.c), a = drag.a;
+    return [Math.min(a[0], p[0]), Math.min(a[1], p[1]), Math.max(a[0], p[0]), Math.max(a[1], p[1])]
+      .map((x) => Math.round(x * 100) / 100);
+  }
+  document.addEventListener("mousemove", (ev) => {
+    if (!drag) return;
+    if (drag.el) drag.el.remove();
+    drag.el = boxDiv(dragBox(ev), drag.c.crop, MAIN, "draft");
+    $("main").appendChild(drag.el);
+  });
+  document.addEventListener("mouseup", (ev) => {
+    if (!drag) return;
+    const b = dragBox(ev); drag = null;
+    if (b[2] - b[0] >= 1 && b[3] - b[1] >= 1) decide("fix", b);
+    else { toast("box too small: drag again"); render(); }
+  });
+
+  // ------------------------------------------------------------------------------- export
+  function exportVerdicts() {
+    const rows = CARDS.map((c) => {
+      const v = state.verdicts[c.id];
+      return { box_id: c.id, decision: v ? v.decision : null, box: v ? v.box : null,
+               reviewer: v ? v.reviewer : null, time: v ? v.time : null };
+    });
+    const doc = { format: "lens-review-verdicts", version: 1, page: DATA.page, exported: new Date().toISOString(),
+                  verdicts: rows };
+    const a = document.createElement("a");
+    a.href = URL.createObjectURL(new Blob([JSON.stringify(doc, null, 1)], { type: "application/json" }));
+    a.download = "verdicts_" + DATA.page.experiment + ".json";
+    document.body.appendChild(a); a.click(); a.remove();
+    toast("verdicts exported: lens review-import " + a.download + " --out …/mining/review.parquet");
+  }
+  function toast(msg) { const t = $("toast"); t.textContent = msg; t.classList.add("on"); setTimeout(() => t.classList.remove("on"), 2500); }
+
+  // ------------------------------------------------------------------------------- keys
+  document.addEventListener("keydown", (ev) => {
+    const tag = (ev.target.tagName || "").toLowerCase();
+    if (tag === "input" || tag === "select" || ev.ctrlKey || ev.metaKey || ev.altKey) return;
+    const k = ev.key;
+    if (k === "a") decide("accept");
+    else if (k === "r") decide("reject");
+    else if (k === "f") { fixing = !fixing; render(); if (fixing) toast("drag the lesion's box on the image (Esc: cancel)"); }
+    else if (k === "Escape") { fixing = false; drag = null; render(); }
+    else if (k === "u") clearVerdict();
+    else if (k === "j" || k === "ArrowRight" || k === "ArrowDown") move(1);
+    else if (k === "k" || k === "ArrowLeft" || k === "ArrowUp") move(-1);
+    else if (k === "n") { const at = view.findIndex((i, p) => p > pos && !state.verdicts[CARDS[i].id]); if (at >= 0) { pos = at; render(); } }
+    else if (k === "e") exportVerdicts();
+    else return;
+    ev.preventDefault();
+  });
+
+  // ------------------------------------------------------------------------------- start
+  load();
+  $("reviewer").value = state.reviewer;
+  $("reviewer").addEventListener("change", () => { state.reviewer = $("reviewer").value.trim(); save(); });
+  options($("f-strategy"), [...new Set(CARDS.map((c) => c.strategy))]);
+  options($("f-dataset"), [...new Set(CARDS.map((c) => c.dataset))].sort());
+  ["f-strategy", "f-dataset", "f-score", "f-undecided"].forEach((id) => $(id).addEventListener("change", () => { applyFilters(); $(id).blur(); }));
+  $("export").addEventListener("click", exportVerdicts);
+  window.lensReview = { state: () => state, cards: CARDS };  // for scripted checks; the page never needs it
+  applyFilters(0);
+})();

@@ -1,0 +1,174 @@
+# Human review of the mined lesions: a self-contained page (`snakemake review`), whose exported verdicts
+# `lens review-import` turns into results/{exp}/mining/review.parquet for merge_labels (mining.smk); and
+# the review-value ablation (`snakemake review_value`): round 2 with a simulated reviewer on a share of
+# the mined boxes, answering from the built-in corpus's hidden truth (the page never sees it).
+
+
+rule review_boxes:
+    input:
+        cross_slice="results/{exp}/mining/cross_slice.parquet",
+        intra_patient="results/{exp}/mining/intra_patient.parquet",
+        uncertain="results/{exp}/mining/uncertain.parquet",
+        volumes=f"{DL_PREP}/volumes.parquet",
+    output:
+        "results/{exp}/mining/review_boxes.parquet",
+    log:
+        "results/logs/{exp}/review_boxes.log",
+    benchmark:
+        "results/benchmarks/review_boxes/{exp}.tsv"
+    conda:
+        "../../envs/lens.yaml"
+    shell:
+        "lens review-boxes --cross-slice {input.cross_slice} --intra-patient {input.intra_patient} "
+        "--uncertain {input.uncertain} --volumes {input.volumes} --out {output} 2> {log}"
+
+
+rule review_page:
+    input:
+        boxes="results/{exp}/mining/review_boxes.parquet",
+        tracklets="results/{exp}/mining/tracklets.parquet",
+        proposals=f"{ROUND1}/train.parquet",
+        prep=prep_tables(["deeplesion"]),
+    output:
+        directory("results/{exp}/mining/review"),
+    log:
+        "results/logs/{exp}/review_page.log",
+    benchmark:
+        "results/benchmarks/review_page/{exp}.tsv"
+    conda:
+        "../../envs/lens.yaml"
+    params:
+        r=config["review"],
+        prep=parent_of("prep"),
+    shell:
+        "lens review --boxes {input.boxes} --prep-dir {params.prep} --tracklets {input.tracklets} "
+        "--proposals {input.proposals} --uncertain-sample {params.r[uncertain_sample]} --window {params.r[window]} "
+        "--seed {params.r[seed]} --experiment {wildcards.exp} --out {output} 2> {log}"
+
+
+# `snakemake review`: the main experiment's page
+rule review:
+    input:
+        f"results/{MAIN}/mining/review",
+
+
+# ------------------------------------------------------------------ review value (simulated reviewer)
+rule review_simulate:
+    input:
+        boxes="results/{exp}/mining/review_boxes.parquet",
+        truth=f"{DL_PREP}/truth.parquet",
+        prep=prep_tables(["deeplesion"]),
+    output:
+        "results/{exp}/mining/review_value/p{pct}/verdicts.json",
+    log:
+        "results/logs/{exp}/review_simulate.p{pct}.log",
+    benchmark:
+        "results/benchmarks/review_simulate/{exp}.p{pct}.tsv"
+    conda:
+        "../../envs/lens.yaml"
+    params:
+        v=config["review"]["value"],
+        prep=parent_of("prep"),
+        fraction=review_fraction,
+    shell:
+        "lens review-simulate --boxes {input.boxes} --prep-dir {params.prep} --fraction {params.fraction} "
+        "--seed {params.v[seed]} --out {output} 2> {log}"
+
+
+rule review_import_simulated:
+    input:
+        verdicts="results/{exp}/mining/review_value/p{pct}/verdicts.json",
+        boxes="results/{exp}/mining/review_boxes.parquet",
+    output:
+        "results/{exp}/mining/review_value/p{pct}/review.parquet",
+    log:
+        "results/logs/{exp}/review_import.p{pct}.log",
+    benchmark:
+        "results/benchmarks/review_import/{exp}.p{pct}.tsv"
+    conda:
+        "../../envs/lens.yaml"
+    shell:
+        "lens review-import {input.verdicts} --boxes {input.boxes} --out {output} 2> {log}"
+
+
+use rule merge_labels as merge_labels_review_value with:
+    input:
+        lesions=f"{DL_PREP}/lesions.parquet",
+        cross_slice="results/{exp}/mining/cross_slice.parquet",
+        intra_patient="results/{exp}/mining/intra_patient.parquet",
+        uncertain="results/{exp}/mining/uncertain.parquet",
+        review="results/{exp}/mining/review_value/p{pct}/review.parquet",
+    output:
+        "results/{exp}/mining/review_value/p{pct}/labels_round2.parquet",
+    log:
+        "results/logs/{exp}/merge_labels.p{pct}.log",
+    benchmark:
+        "results/benchmarks/merge_labels/{exp}.p{pct}.tsv"
+
+
+# round 2 trained on a review-value row's labels: results/{exp}/round2rv{pct}/ (proposals as for any round)
+use rule train_lens as train_lens_review_value with:
+    input:
+        prep=prep_tables(DATASETS),
+        labels="results/{exp}/mining/review_value/p{pct}/labels_round2.parquet",
+    output:
+        model="results/{exp}/round2rv{pct}/lens.pt",
+        losses="results/{exp}/round2rv{pct}/losses.parquet",
+        curve="results/{exp}/round2rv{pct}/losses.png",
+    log:
+        "results/logs/{exp}/train_lens_round2rv{pct}.log",
+    benchmark:
+        "results/benchmarks/train_lens_round2rv{pct}/{exp}.tsv"
+
+
+rule evaluate_review_value:
+    input:
+        pred=review_value_pred,
+        truth=eval_truth,
+        volumes="results/prep/deeplesion/volumes.parquet",
+    output:
+        froc="results/eval/{exp}/review_value/p{pct}/{split}/froc.parquet",
+        summary="results/eval/{exp}/review_value/p{pct}/{split}/summary.parquet",
+        md="results/eval/{exp}/review_value/p{pct}/{split}/summary.md",
+        plot="results/eval/{exp}/review_value/p{pct}/{split}/froc.png",
+    wildcard_constraints:
+        split="val|test",
+    log:
+        "results/logs/{exp}/evaluate_review_value.p{pct}.{split}.log",
+    benchmark:
+        "results/benchmarks/evaluate_review_value/{exp}.p{pct}.{split}.tsv"
+    conda:
+        "../../envs/lens.yaml"
+    params:
+        e=config["evaluation"],
+        v=config["review"]["value"],
+        out=parent_of("froc"),
+    shell:
+        "lens evaluate --pred {input.pred} --truth {input.truth} --protocol lens3d "
+        "--name 'round 2, {wildcards.pct} % reviewed' --units {input.volumes} --unit-column volume_id "
+        "--split {wildcards.split} --threshold {params.e[iobb]} --fp-rates {params.e[fp_rates]} "
+        "--bootstrap {params.v[bootstrap]} --seed {params.v[seed]} --out {params.out} 2> {log}"
+
+
+rule review_value_table:
+    input:
+        unpack(review_value_rows),
+    output:
+        table="results/eval/review_value/table.md",
+        parquet="results/eval/review_value/table.parquet",
+    log:
+        "results/logs/review_value_table.log",
+    benchmark:
+        "results/benchmarks/review_value_table.tsv"
+    conda:
+        "../../envs/lens.yaml"
+    params:
+        rows=review_value_args,
+    shell:
+        "lens review-value {params.rows} --out {output.table} 2> {log}"
+
+
+# `snakemake review_value`: the table of round 2 with 0 / 25 / 100 % of the mined boxes reviewed
+rule review_value:
+    input:
+        rules.review_value_table.output,
