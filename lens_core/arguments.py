@@ -1,8 +1,11 @@
-"""Command-line arguments that several steps share. The steps' command modules import this module;
+"""Command-line arguments that several steps share: the torch flags, `--shard i/n`, and argparse types for
+numeric flags (a NaN, an infinity or an out-of-range value is refused when the command line is parsed, with
+one line naming the flag, before any work is done). The steps' command modules import this module;
 `cli.py` imports the steps, so no step needs the CLI itself."""
 from __future__ import annotations
 
 import argparse
+import math
 
 
 def add_torch_args(p: argparse.ArgumentParser) -> None:
@@ -29,3 +32,48 @@ def positive_shard(text: str) -> tuple[int, int]:
         raise argparse.ArgumentTypeError(f"--shard {text}: need 0 <= i < n")
     return i, n
 
+
+
+def _in_range(text: str, cast=float, ok=lambda v: True, expected: str = ""):
+    """``text`` as a finite number (``cast``: float or int) for which ``ok`` holds; else one line saying what
+    was expected."""
+    kind = "whole" if cast is int else "finite"
+    try:
+        value = cast(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a {'whole ' if cast is int else ''}number") from None
+    if not (math.isfinite(value) and ok(value)):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a {kind} number {expected}".rstrip())
+    return value
+
+
+def finite_float(text: str) -> float:
+    return _in_range(text)
+
+
+def positive_float(text: str) -> float:
+    """A size in mm, a distance threshold: finite and > 0 (0 or NaN would resample to nothing or to garbage)."""
+    return _in_range(text, float, lambda v: v > 0, "> 0")
+
+
+def non_negative_float(text: str) -> float:
+    """A margin in pixels: finite and >= 0 (a negative one would turn boxes inside out)."""
+    return _in_range(text, float, lambda v: v >= 0, ">= 0")
+
+
+def probability(text: str) -> float:
+    """A score or a precision: in [0, 1]."""
+    return _in_range(text, float, lambda v: 0 <= v <= 1, "in [0, 1]")
+
+
+def iou_threshold(text: str) -> float:
+    """An IoU threshold: in [0, 1) (an IoU > 1 never happens, so 1 would match nothing)."""
+    return _in_range(text, float, lambda v: 0 <= v < 1, "in [0, 1)")
+
+
+def positive_int(text: str) -> int:
+    return _in_range(text, int, lambda v: v > 0, "> 0")
+
+
+def non_negative_int(text: str) -> int:
+    return _in_range(text, int, lambda v: v >= 0, ">= 0")

@@ -2,7 +2,6 @@
 --configfile, --config), a changed setting replans exactly the steps that use it and what follows, and a
 bad setting is refused by the schema at `snakemake -n`, before any job runs."""
 import json
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -10,19 +9,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parent.parent
-TINY = yaml.safe_load((ROOT / "tests" / "data" / "tiny_config.yaml").read_text())
-SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--cores", "2"]
+from dag import ROOT, TINY_CONFIG, finish, job_counts, run, tiny_workdir
+
+TINY = yaml.safe_load(TINY_CONFIG.read_text())
 
 ROUND1 = {"train_lens"}
 DATA = {"synthesize_corpus", "preprocess", "gather_prep"}
 MINING_BEFORE_CROSS_DATASET = {"build_tracklets", "mine_cross_slice", "embed_lesions", "calibrate_delta",
                                "mine_intra_patient"}
 EVALUATION = {"evaluate", "froc_plot", "html_report", "all"}
-
-
-def _run(wd, *args):
-    return subprocess.run(SNAKEMAKE + ["--directory", str(wd), *args], capture_output=True, text=True, timeout=300)
 
 
 def _commands(printed: str, step: str = "") -> list[str]:
@@ -33,29 +28,16 @@ def _commands(printed: str, step: str = "") -> list[str]:
 
 def _planned(wd, *args) -> tuple[dict[str, int], str]:
     """Job counts per rule of a dry run, and its printout (with the shell commands)."""
-    res = _run(wd, "-n", "-p", *args)
+    res = run(wd, "-n", "-p", *args)
     assert res.returncode == 0, res.stdout + res.stderr
-    table = re.search(r"^job\s+count\n-+\s+-+\n(.*?)\ntotal", res.stdout, re.S | re.M)
-    if table is None:
-        assert "Nothing to be done" in res.stdout + res.stderr, res.stdout
-        return {}, res.stdout
-    return {name: int(n) for name, n in (line.split() for line in table.group(1).splitlines())}, res.stdout
+    return job_counts(res), res.stdout
 
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
     """A working folder whose every output exists and is up to date, with each job's provenance (params
     included) recorded: the outputs are created, then `snakemake --touch --forceall` records every job."""
-    wd = tmp_path_factory.mktemp("finished")
-    (wd / "config.yaml").write_text(yaml.safe_dump(TINY))
-    summary = _run(wd, "--summary")
-    assert summary.returncode == 0, summary.stderr
-    for line in summary.stdout.splitlines()[1:]:
-        f = wd / line.split("\t")[0]
-        f.parent.mkdir(parents=True, exist_ok=True)
-        f.touch()
-    touched = _run(wd, "--touch", "--forceall")
-    assert touched.returncode == 0, touched.stderr
+    wd = finish(tiny_workdir(tmp_path_factory.mktemp("finished")), "--forceall")
     assert _planned(wd)[0] == {}
     return wd
 
@@ -132,9 +114,9 @@ def _with(path: str, value):
     ("propose.shards", 0, "0 is less than the minimum of 1"),
     ("minig", {"theta": 0.5}, "'minig' was unexpected"),
 ])
-def test_the_schema_refuses_a_bad_setting_at_the_dry_run(tmp_path, path, value, message):
+def test_the_schema_refuses_a_bad_setting_at_the_dryrun(tmp_path, path, value, message):
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(_with(path, value)))
-    res = _run(tmp_path, "-n")
+    res = run(tmp_path, "-n")
     assert res.returncode != 0
     out = res.stdout + res.stderr
     assert "Error validating config file" in out and message in out, out

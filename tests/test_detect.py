@@ -265,7 +265,7 @@ def test_a_deeplesion_png_folder_is_read_as_preprocessing_reads_it(tiny_corpus):
             np.testing.assert_allclose(a, b)
     loose = tiny_corpus.parent / "loose_series"  # PNGs outside the release layout: no DL_info.csv to find
     shutil.copytree(folder, loose)
-    with pytest.raises(ValueError, match="--dl-info DL_info.csv or --spacing"):
+    with pytest.raises(ValueError, match="no DL_info.csv in the three folders above it"):
         read_scan(loose)
 
 
@@ -284,12 +284,12 @@ def test_detect_refuses_an_8bit_png_and_other_bad_deeplesion_input(tiny_corpus, 
     shutil.copytree(folder, two_runs)
     sorted(two_runs.glob("*.png"))[2].unlink()
     model = tmp_path / "lens.pt"  # never reached: the scan is read first
-    for args, message in ((["--input", str(bad)], f"{png}: not a 16-bit grayscale PNG"),
-                          (["--input", str(two_runs), "--spacing", "1,1,2"], "separate slice runs"),
+    for args, message in ((["--input", str(bad)], f"{png}: 8-bit grayscale PNG"),
+                          (["--input", str(two_runs), "--spacing", "1,1,2"], "separate runs of slices"),
                           (["--input", str(folder), "--spacing", "1,0,2"], "--spacing 1,0,2"),
                           (["--input", str(folder), "--dl-info", str(tmp_path / "none.csv")], "none.csv"),
                           (["--input", str(tiny_corpus / "lits" / "volume-0.nii"), "--spacing", "1,1,1"],
-                           "DeepLesion PNG folder only")):
+                           "--spacing is for DeepLesion PNG folders only")):
         caplog.clear()
         out = tmp_path / "det.csv"
         assert lens_main(["detect", "--model", str(model), *args, "--out", str(out)]) != 0
@@ -314,18 +314,22 @@ def test_detect_refuses_a_dicom_folder_with_a_missing_or_foreign_slice(tmp_path,
 
 
 @pytest.mark.parametrize("flag, value, message", [
-    ("--max-detections", "-1", "--max-detections -1: must be a whole number >= 1"),
-    ("--overlay-top", "-1", "--overlay-top -1: must be a whole number >= 0"),
-    ("--min-score", "nan", "--min-score nan: must be a score between 0 and 1"),
-    ("--stack-iou", "0", "--stack-iou 0.0: must be an IoU in (0, 1]"),
-    ("--pixel-mm", "0", "--pixel-mm 0.0: must be a positive number"),
+    ("--max-detections", "-1", "argument --max-detections: '-1': expected a whole number > 0"),
+    ("--overlay-top", "-1", "argument --overlay-top: '-1': expected a whole number >= 0"),
+    ("--min-score", "nan", "argument --min-score: 'nan': expected a finite number"),
+    ("--stack-iou", "1.5", "argument --stack-iou: '1.5': expected a finite number in [0, 1)"),
+    ("--pixel-mm", "0", "argument --pixel-mm: '0': expected a finite number > 0"),
     ("--slices", "9-3", "--slices 9-3: expected FIRST-LAST"),
 ])
 def test_detect_refuses_out_of_range_flags_before_reading_anything(flag, value, message, tmp_path, lens_main,
-                                                                   caplog):
-    rc = lens_main(["detect", "--model", str(tmp_path / "lens.pt"), "--input", str(tmp_path / "missing.nii"),
-                    "--out", str(tmp_path / "det.csv"), "--overlays", str(tmp_path / "png"), flag, value])
-    assert rc != 0 and message in caplog.text and "missing.nii" not in caplog.text
+                                                                   caplog, capsys):
+    try:
+        rc = lens_main(["detect", "--model", str(tmp_path / "lens.pt"), "--input", str(tmp_path / "missing.nii"),
+                        "--out", str(tmp_path / "det.csv"), "--overlays", str(tmp_path / "png"), flag, value])
+    except SystemExit as e:  # a bad number is an argparse usage error: one line, status 1
+        rc = e.code
+    said = caplog.text + capsys.readouterr().err
+    assert rc == 1 and message in said and "missing.nii" not in said
     assert [p.name for p in tmp_path.iterdir()] == []
 
 

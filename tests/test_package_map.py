@@ -14,13 +14,13 @@ PACKAGE = ROOT / "lens_core"
 
 # The pipeline, bottom up (DESIGN's package map): a module may import its own layer and those below.
 LAYERS = [
-    {"config", "io", "boxes", "runtime", "arguments", "tracklets"},  # shared by every step
+    {"config", "errors", "io", "boxes", "runtime", "arguments", "tracklets"},  # shared by every step
     {"datasets"},
     {"preprocess"},
     {"model"},
     {"training"},
     {"inference"},
-    {"mining"},
+    {"mining", "review"},  # review: a reviewer's verdicts on the mined boxes, which merge-labels reads
     {"fpr"},
     {"evaluation"},
     {"report"},
@@ -35,8 +35,9 @@ UPWARD = {
 PIPELINE = [
     "synthesize", "preprocess", "gather-prep", "train", "propose", "concat",
     "build-tracklets", "mine-cross-slice", "embed-lesions", "calibrate-delta", "mine-intra-patient",
-    "mine-cross-dataset", "merge-labels", "audit-mining", "train-fpr", "score-fpr",
-    "evaluate", "froc-plot", "ablation-table", "fig7-table", "report", "detect",
+    "mine-cross-dataset", "merge-labels", "audit-mining", "review-boxes", "review", "review-import",
+    "review-simulate", "train-fpr", "score-fpr", "evaluate", "froc-plot", "ablation-table", "fig7-table",
+    "review-value", "report", "detect",
 ]
 
 

@@ -1,16 +1,12 @@
 """The Snakemake workflow: lint-clean, and a single mining step reruns with its dependants only."""
-import os
 import re
-import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parent.parent
-SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--cores", "2"]
+from dag import ROOT, TINY_CONFIG, finish, planned, run, tiny_workdir
 
 # rules that run before mining (never rerun by --forcerun of a mining rule)
 UPSTREAM = {"synthesize_corpus", "preprocess", "gather_prep", "train_lens"}
@@ -31,46 +27,13 @@ MINING = {
 }
 
 
-# rules run scripts/bin/lens (python -m lens_core) with the `python` first on PATH: this interpreter
-ENV = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
-
-
-def _run(args, cwd):
-    return subprocess.run(SNAKEMAKE + ["--directory", str(cwd)] + args, capture_output=True, text=True,
-                          timeout=300, env=ENV)
-
 
 @pytest.fixture(scope="module")
 def finished_workflow(tmp_path_factory):
     """A working folder where every output of the DAG exists and is up to date (created, then touched in DAG
     order by `snakemake --touch`), with intra-patient delta calibration switched on."""
-    wd = tmp_path_factory.mktemp("wf")
-    cfg = yaml.safe_load((ROOT / "tests" / "data" / "tiny_config.yaml").read_text())
-    cfg["mining"]["delta"] = "auto"
-    (wd / "config.yaml").write_text(yaml.safe_dump(cfg))
-    summary = _run(["--summary"], wd)
-    assert summary.returncode == 0, summary.stderr
-    for line in summary.stdout.splitlines()[1:]:
-        f = wd / line.split("\t")[0]
-        f.parent.mkdir(parents=True, exist_ok=True)
-        f.touch()
-    touched = _run(["--touch"], wd)
-    assert touched.returncode == 0, touched.stderr
-    return wd
-
-
-def _planned(wd, *args, outputs: list | None = None) -> dict[str, int]:
-    """Job counts per rule of a dry run (and, into ``outputs``, every planned output file)."""
-    res = _run(["-n", *args], wd)
-    assert res.returncode == 0, res.stderr
-    if outputs is not None:
-        outputs += [f for line in res.stdout.splitlines() if line.strip().startswith("output:")
-                    for f in line.split(":", 1)[1].replace(",", " ").split()]
-    table = re.search(r"^job\s+count\n-+\s+-+\n(.*?)\ntotal", res.stdout, re.S | re.M)
-    if table is None:
-        assert "Nothing to be done" in res.stdout + res.stderr, res.stdout
-        return {}
-    return {name: int(n) for name, n in (line.split() for line in table.group(1).splitlines())}
+    mining = {**yaml.safe_load(TINY_CONFIG.read_text())["mining"], "delta": "auto"}
+    return finish(tiny_workdir(tmp_path_factory.mktemp("wf"), mining=mining))
 
 
 def test_lint_reports_nothing():
@@ -81,14 +44,14 @@ def test_lint_reports_nothing():
 
 
 def test_finished_workflow_has_nothing_to_do(finished_workflow):
-    assert _planned(finished_workflow) == {}
+    assert planned(finished_workflow) == {}
 
 
 @pytest.mark.parametrize("rule", sorted(MINING))
 def test_forcerun_reruns_a_mining_step_and_its_dependants_only(finished_workflow, rule):
     upstream_mining, dependants = MINING[rule]
     outputs = []
-    jobs = _planned(finished_workflow, "--forcerun", rule, outputs=outputs)
+    jobs = planned(finished_workflow, "--forcerun", rule, outputs=outputs)
     assert jobs.get(rule) == 1
     assert dependants <= set(jobs), f"{rule}: dependants not replanned: {dependants - set(jobs)}"
     rerun_upstream = (UPSTREAM | upstream_mining) & set(jobs)
@@ -102,7 +65,7 @@ def test_config_rejects_an_unknown_format(tmp_path):
     cfg = yaml.safe_load((ROOT / "tests" / "data" / "tiny_config.yaml").read_text())
     cfg["datasets"]["luna"]["format"] = "dicomdir"
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
-    res = _run(["-n"], tmp_path)
+    res = run(tmp_path, "-n")
     assert res.returncode != 0
     assert "dicomdir" in res.stdout + res.stderr
 
@@ -111,7 +74,7 @@ def test_fpr_extra_datasets_must_name_datasets_of_the_config(tmp_path):
     cfg = yaml.safe_load((ROOT / "tests" / "data" / "tiny_config.yaml").read_text())
     cfg["fpr"]["extra_datasets"] = ["LUNA"]
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
-    res = _run(["-n"], tmp_path)
+    res = run(tmp_path, "-n")
     assert res.returncode != 0 and "fpr.extra_datasets ['LUNA'] are not datasets" in res.stdout + res.stderr
 
 
@@ -123,9 +86,9 @@ def test_real_data_switch_reads_released_folders_instead_of_the_corpus(tiny_corp
                        "lits": {"format": "lits", "root": str(tiny_corpus / "lits")}}
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
     target = ["results/prep/luna/lesions.parquet", "results/prep/lits/lesions.parquet"]
-    planned = _planned(tmp_path, *target)
-    assert "synthesize_corpus" not in planned and planned["preprocess"] == 2
-    res = _run(target, tmp_path)
+    jobs = planned(tmp_path, *target)
+    assert "synthesize_corpus" not in jobs and jobs["preprocess"] == 2
+    res = run(tmp_path, *target)
     assert res.returncode == 0, res.stderr
     import pandas as pd
 
@@ -144,7 +107,7 @@ def test_fig7_plans_alone_and_joint_trainings_and_reuses_the_main_model(tmp_path
                    "heldout": heldout}
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
     outputs = []
-    jobs = _planned(tmp_path, "fig7", outputs=outputs)
+    jobs = planned(tmp_path, "fig7", outputs=outputs)
     assert jobs["fig7_train"] == 9 + joint_trainings
     assert jobs["train_lens"] == 1 and "results/lens/round1/lens.pt" in outputs
     assert jobs["fig7_propose"] == jobs["fig7_evaluate"] == 3 * 3 * 2
@@ -162,7 +125,7 @@ def test_fig7_plans_alone_and_joint_trainings_and_reuses_the_main_model(tmp_path
 def test_fig7_without_its_config_section_says_so(tmp_path):
     cfg = yaml.safe_load((ROOT / "tests" / "data" / "tiny_config.yaml").read_text())
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
-    res = _run(["-n", "fig7"], tmp_path)
+    res = run(tmp_path, "-n", "fig7")
     assert res.returncode != 0 and "no 'fig7' section" in res.stdout + res.stderr
 
 
@@ -180,7 +143,7 @@ def test_ablation_plans_data_pooling_and_separate_models_training_each_alone_mod
         cfg["fig7"] = {"datasets": ["luna", "lits", "nihln"], "fractions": [0.5, 1.0], "seeds": [0]}
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
     outputs = []
-    jobs = _planned(tmp_path, "ablation", *(["fig7"] if with_fig7 else []), outputs=outputs)
+    jobs = planned(tmp_path, "ablation", *(["fig7"] if with_fig7 else []), outputs=outputs)
     models = sorted(f for f in outputs if f.endswith("lens.pt"))
     assert len(models) == len(set(models))
     assert {"results/pooled_s0/round1/lens.pt", "results/pooled_s1/round1/lens.pt"} <= set(models)
@@ -193,8 +156,8 @@ def test_ablation_plans_data_pooling_and_separate_models_training_each_alone_mod
                                        for d in ("luna", "lits", "nihln") for s in (0, 1))
     else:
         assert jobs["train_alone"] == 6 and "fig7_train" not in jobs
-    res = _run(["-n", "-p", "results/eval/full_s1/sep_fused/summary.parquet",
-                "results/eval/pooled_s1/r1_dl/summary.parquet"], tmp_path)
+    res = run(tmp_path, "-n", "-p", "results/eval/full_s1/sep_fused/summary.parquet",
+                "results/eval/pooled_s1/r1_dl/summary.parquet")
     assert res.returncode == 0, res.stderr
     fig7 = "results/fig7/{}_alone_f100_s1" if with_fig7 else "results/alone/{}_s1"
     assert ("lens propose --model results/single_s1/round1/lens.pt "

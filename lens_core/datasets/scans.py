@@ -316,7 +316,7 @@ def _read_png_folder(folder: Path, numbers: dict[int, Path], spacing, dl_info, s
                                f"{', '.join(f'{a}-{b}' for a, b in runs)})")
     elif len(runs) != 1:
         raise DatasetError(f"{folder}: {len(runs)} separate runs of slices ({', '.join(f'{a}-{b}' for a, b in runs)});"
-                           f" choose one (slices=first,last)")
+                           f" choose one (lens detect --slices FIRST-LAST)")
     else:
         first, last = runs[0]
     shape = None

@@ -8,8 +8,8 @@ import logging
 import math
 from pathlib import Path
 
-from lens_core.argtypes import iou_threshold, positive_int, probability
-from lens_core.arguments import add_torch_args, positive_shard, set_torch_threads
+from lens_core.arguments import (add_torch_args, iou_threshold, non_negative_int, positive_float, positive_int,
+                                 positive_shard, probability, set_torch_threads)
 from lens_core.io import atomic_path
 
 log = logging.getLogger(__name__)
@@ -65,15 +65,15 @@ def add_parser(subparsers) -> None:
                    help="NIfTI label map of the boxes on the scan's grid, voxel = rank (default: OUT with .labels.nii.gz)")
     p.add_argument("--overlays", type=Path, default=None,
                    help="folder for PNGs of the top detections (replaced as a whole on every run)")
-    p.add_argument("--overlay-top", type=int, default=10, help="how many detections get an overlay")
-    p.add_argument("--min-score", type=float, default=0.05, help="drop detections whose final score is below")
-    p.add_argument("--max-detections", type=int, default=100)
+    p.add_argument("--overlay-top", type=non_negative_int, default=10, help="how many detections get an overlay")
+    p.add_argument("--min-score", type=probability, default=0.05, help="drop detections whose final score is below")
+    p.add_argument("--max-detections", type=positive_int, default=100)
     p.add_argument("--experts", default=None, help="comma-separated experts to fuse (default: the model's)")
-    p.add_argument("--pixel-mm", type=float, default=None,
+    p.add_argument("--pixel-mm", type=positive_float, default=None,
                    help="in-plane resampling (default: recorded in the model files, else 2.0)")
-    p.add_argument("--slice-mm", type=float, default=None,
+    p.add_argument("--slice-mm", type=positive_float, default=None,
                    help="slice resampling (default: recorded in the model files, else 4.0)")
-    p.add_argument("--stack-iou", type=float, default=0.5, help="theta of the 2D->3D stacking")
+    p.add_argument("--stack-iou", type=iou_threshold, default=0.5, help="theta of the 2D->3D stacking")
     add_torch_args(p)
     p.set_defaults(func=run_detect)
 
@@ -135,18 +135,8 @@ def run_concat(args: argparse.Namespace) -> int:
 
 
 def _check_flags(args: argparse.Namespace) -> tuple[tuple[float, float, float] | None, tuple[int, int] | None]:
-    """Every numeric flag in its range, before anything is read or written; returns --spacing, --slices."""
-    if args.max_detections < 1:
-        raise ValueError(f"--max-detections {args.max_detections}: must be a whole number >= 1")
-    if args.overlay_top < 0:
-        raise ValueError(f"--overlay-top {args.overlay_top}: must be a whole number >= 0")
-    if not (math.isfinite(args.min_score) and 0.0 <= args.min_score <= 1.0):
-        raise ValueError(f"--min-score {args.min_score}: must be a score between 0 and 1")
-    if not (math.isfinite(args.stack_iou) and 0.0 < args.stack_iou <= 1.0):
-        raise ValueError(f"--stack-iou {args.stack_iou}: must be an IoU in (0, 1]")
-    for flag, v in (("--pixel-mm", args.pixel_mm), ("--slice-mm", args.slice_mm)):
-        if v is not None and not (math.isfinite(v) and v > 0):
-            raise ValueError(f"{flag} {v}: must be a positive number of millimetres")
+    """--spacing and --slices, parsed and in range before anything is read or written (the numeric flags
+    are checked by their argparse types)."""
     spacing = slices = None
     if args.spacing is not None:
         try:

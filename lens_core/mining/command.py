@@ -5,7 +5,7 @@ import json
 import logging
 from pathlib import Path
 
-from ..argtypes import iou_threshold, non_negative_int, positive_float, positive_int, probability
+from ..arguments import iou_threshold, non_negative_int, positive_float, positive_int, probability
 
 log = logging.getLogger("lens.mining")
 

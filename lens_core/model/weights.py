@@ -1,5 +1,5 @@
 """ImageNet weights for the paper presets, only ever from a local file (nothing is downloaded): a
-torchvision state_dict, as `torch.save(torchvision.models.<arch>(weights=...).state_dict(), path)` writes it."""
+torchvision state_dict, as torch.save writes `torchvision.models.<arch>(weights=...).state_dict()`."""
 from __future__ import annotations
 
 import pickle

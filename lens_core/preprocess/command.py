@@ -1,36 +1,14 @@
 """`lens preprocess` (one dataset, or one shard of it) and `lens gather-prep` (its shards into one folder)."""
 from __future__ import annotations
 
-import argparse
 import json
 import logging
-import math
 import time
 from pathlib import Path
 
-from ..arguments import positive_shard
+from ..arguments import non_negative_float, positive_float, positive_shard
 
 log = logging.getLogger("lens")
-
-
-def _number(text: str, minimum: float, strict: bool) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not math.isfinite(v) or v < minimum or (strict and v == minimum):
-        raise argparse.ArgumentTypeError(f"{text!r}: expected a finite number {'>' if strict else '>='} {minimum:g}")
-    return v
-
-
-def positive_mm(text: str) -> float:
-    """A size in mm: finite and > 0 (0 or nan would resample to nothing or to garbage)."""
-    return _number(text, 0.0, strict=True)
-
-
-def nonnegative_px(text: str) -> float:
-    """A margin in pixels: finite and >= 0 (a negative one would turn boxes inside out)."""
-    return _number(text, 0.0, strict=False)
 
 
 def add_parser(sub) -> None:
@@ -41,14 +19,14 @@ def add_parser(sub) -> None:
     p.add_argument("--root", required=True, type=Path, help="the dataset's folder, as released")
     p.add_argument("--out", required=True, type=Path, help="output folder")
     p.add_argument("--dataset", help="dataset name in the tables (default: the format)")
-    p.add_argument("--pixel-mm", type=positive_mm, default=2.0, help="in-plane pixel size after resampling (paper 0.8)")
-    p.add_argument("--slice-mm", type=positive_mm, default=4.0, help="slice interval after resampling (paper 2)")
+    p.add_argument("--pixel-mm", type=positive_float, default=2.0, help="in-plane pixel size after resampling (paper 0.8)")
+    p.add_argument("--slice-mm", type=positive_float, default=4.0, help="slice interval after resampling (paper 2)")
     p.add_argument("--truth", type=Path, help="hidden_truth.parquet of the built-in corpus (audits only)")
     p.add_argument("--shard", type=positive_shard, default=(0, 1), metavar="I/N", help="process volumes I::N")
     p.add_argument("--split-seed", type=int, default=0, help="seed of the 80/20 split of single-type sets")
-    p.add_argument("--ln-diameter-mm", type=positive_mm, default=10.0,
+    p.add_argument("--ln-diameter-mm", type=positive_float, default=10.0,
                    help="NIH-LN node box size when no sizes file is present")
-    p.add_argument("--dl-box-pad-px", type=nonnegative_px, default=5.0,
+    p.add_argument("--dl-box-pad-px", type=non_negative_float, default=5.0,
                    help="DeepLesion box margin around the RECIST extent, original pixels (5 = Bounding_boxes)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_preprocess)

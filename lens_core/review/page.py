@@ -8,14 +8,13 @@ import hashlib
 import html
 import json
 import math
-import shutil
-import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from lens_core.io import atomic_folder
 from lens_core.review.cards import choose_cards, expert_scores, render_cards, source_annotations
 
 STATIC = Path(__file__).with_name("static")
@@ -99,9 +98,8 @@ def build_page(boxes: pd.DataFrame, prep_dir: Path, out_dir: Path, *, experiment
     lesions = pd.read_parquet(prep_dir / "lesions.parquet")
     cards = choose_cards(boxes, uncertain_sample, seed)
     sources = source_annotations(cards, lesions)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    # the page and its images are one unit: a temporary folder replaces out_dir whole, only once complete
+    with atomic_folder(out_dir) as tmp:
         geometry = render_cards(cards, prep_dir / "volumes.h5", tmp / "img", lesions, tracklets, sources, window=window)
         records = card_records(cards, expert_scores(cards, tracklets, proposals), geometry)
         counts = cards["strategy"].value_counts().to_dict()
@@ -116,17 +114,6 @@ def build_page(boxes: pd.DataFrame, prep_dir: Path, out_dir: Path, *, experiment
                                data=data.replace("</", "<\\/"))  # a "</script>" inside the data must not end it
         (tmp / "index.html").write_text(text, encoding="utf-8")
         tmp.chmod(0o755)
-        old = None
-        if out_dir.exists():
-            old = out_dir.with_name(f".{out_dir.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            out_dir.rename(old)
-        tmp.rename(out_dir)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     files = [p for p in out_dir.rglob("*") if p.is_file()]
     return {"cards": int(len(cards)), "by_strategy": {k: int(v) for k, v in counts.items()},
             "files": len(files), "bytes": int(np.sum([p.stat().st_size for p in files]))}

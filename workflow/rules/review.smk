@@ -17,7 +17,7 @@ rule review_boxes:
     benchmark:
         "results/benchmarks/review_boxes/{exp}.tsv"
     conda:
-        "../../envs/lens.yaml"
+        ENV
     shell:
         "lens review-boxes --cross-slice {input.cross_slice} --intra-patient {input.intra_patient} "
         "--uncertain {input.uncertain} --volumes {input.volumes} --out {output} 2> {log}"
@@ -36,7 +36,7 @@ rule review_page:
     benchmark:
         "results/benchmarks/review_page/{exp}.tsv"
     conda:
-        "../../envs/lens.yaml"
+        ENV
     params:
         r=config["review"],
         prep=parent_of("prep"),
@@ -65,7 +65,7 @@ rule review_simulate:
     benchmark:
         "results/benchmarks/review_simulate/{exp}.p{pct}.tsv"
     conda:
-        "../../envs/lens.yaml"
+        ENV
     params:
         v=config["review"]["value"],
         prep=parent_of("prep"),
@@ -86,7 +86,7 @@ rule review_import_simulated:
     benchmark:
         "results/benchmarks/review_import/{exp}.p{pct}.tsv"
     conda:
-        "../../envs/lens.yaml"
+        ENV
     shell:
         "lens review-import {input.verdicts} --boxes {input.boxes} --out {output} 2> {log}"
 
@@ -138,7 +138,7 @@ rule evaluate_review_value:
     benchmark:
         "results/benchmarks/evaluate_review_value/{exp}.p{pct}.{split}.tsv"
     conda:
-        "../../envs/lens.yaml"
+        ENV
     params:
         e=config["evaluation"],
         v=config["review"]["value"],
@@ -161,7 +161,7 @@ rule review_value_table:
     benchmark:
         "results/benchmarks/review_value_table.tsv"
     conda:
-        "../../envs/lens.yaml"
+        ENV
     params:
         rows=review_value_args,
     shell:
