@@ -17,6 +17,10 @@ PY
 key=$( (python3 --version; echo "$pins") | sha256sum | cut -c1-16)
 root=${LENS_VENV_ROOT:-$HOME/.cache/lens-venvs}
 venv="$root/venv-$key"
+mkdir -p "$root"
+# one builder at a time: concurrent callers (parallel jobs, several checkouts) wait for the first
+exec 9>"$venv.lock"
+flock 9
 if [ ! -x "$venv/bin/lens-ready" ]; then
     echo "setting up $venv (first time for these pins: a few minutes)" >&2
     rm -rf "$venv"
