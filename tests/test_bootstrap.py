@@ -37,6 +37,11 @@ def loop_sensitivities(items: PatientItems, indices: np.ndarray) -> np.ndarray:
     return np.array(out)
 
 
+def canonical(items: PatientItems) -> PatientItems:
+    """Patients in sorted order: the order the bootstrap functions draw them in."""
+    return items.aligned_to(sorted(items.patients))
+
+
 def synthetic(seed=0, n_patients=25, quality=0.0):
     """A test set of patients with 1-3 sub-volumes each, 0-3 lesions per sub-volume, some missed; scores
     on a coarse grid so that ties across patients are common. ``quality`` shifts the hit scores up."""
@@ -61,7 +66,7 @@ def synthetic(seed=0, n_patients=25, quality=0.0):
 
 
 def test_vectorised_draws_equal_the_plain_loop():
-    items = from_matching(synthetic())
+    items = canonical(from_matching(synthetic()))
     idx = resample_indices(items.n_patients, 300, seed=7)
     fast = resampled_sensitivities(items, draw_counts(idx, items.n_patients))
     slow = loop_sensitivities(items, idx)
@@ -123,7 +128,7 @@ def test_interval_brackets_the_estimate_is_reproducible_and_shrinks_with_more_pa
 
 
 def test_pooled_over_seeds_averages_the_runs_within_each_draw():
-    runs = [from_matching(synthetic(5, quality=q)) for q in (0.0, 0.1, 0.2)]
+    runs = [canonical(from_matching(synthetic(5, quality=q))) for q in (0.0, 0.1, 0.2)]
     pooled = pooled_average(runs, n_boot=200, seed=3)
     idx = resample_indices(runs[0].n_patients, 200, seed=3)
     ref = np.mean([loop_sensitivities(r, idx).mean(axis=1) for r in runs], axis=0)
@@ -131,8 +136,8 @@ def test_pooled_over_seeds_averages_the_runs_within_each_draw():
 
 
 def test_paired_difference_uses_the_same_draws_on_both_sides():
-    base = [from_matching(synthetic(5, quality=0.0))]
-    better = [from_matching(synthetic(5, quality=0.3))]
+    base = [canonical(from_matching(synthetic(5, quality=0.0)))]
+    better = [canonical(from_matching(synthetic(5, quality=0.3)))]
     d = paired_difference(better, base, n_boot=300, seed=0)
     assert d["low"] > 0 and d["excludes_zero"]
     # a set against itself: every draw's difference is exactly 0 (an unpaired bootstrap would not be)
@@ -142,6 +147,14 @@ def test_paired_difference_uses_the_same_draws_on_both_sides():
     idx = resample_indices(base[0].n_patients, 300, seed=0)
     diff = loop_sensitivities(better[0], idx).mean(axis=1) - loop_sensitivities(base[0], idx).mean(axis=1)
     assert (d["low"], d["high"]) == pytest.approx(tuple(np.quantile(diff, [0.025, 0.975])), abs=1e-12)
+
+
+def test_the_draws_do_not_depend_on_the_order_of_patients_or_runs():
+    a, b = from_matching(synthetic(6, quality=0.1)), from_matching(synthetic(6))
+    shuffled = a.aligned_to(a.patients[::-1])
+    assert bootstrap_average(shuffled, n_boot=100)["low"] == bootstrap_average(a, n_boot=100)["low"]
+    ab, ba = paired_difference([a], [b], n_boot=100), paired_difference([b], [a], n_boot=100)
+    assert (ab["low"], ab["high"]) == pytest.approx((-ba["high"], -ba["low"]), abs=1e-12)
 
 
 def test_sets_on_different_patients_cannot_be_paired():

@@ -196,13 +196,15 @@ def percentile_interval(samples: np.ndarray, level: float = LEVEL) -> tuple[floa
 
 # ---------------------------------------------------------------------------------- intervals
 def _common_draws(runs: list[PatientItems], n_boot: int, seed: int):
+    """The runs aligned to one patient order -- the sorted ids, so that a seed's draws depend on the set of
+    patients only, not on which run comes first -- and the draws' counts ``[n_boot, P]``."""
     if not runs:
         raise ValueError("no detection set to bootstrap")
     rates = runs[0].fp_rates
     for r in runs[1:]:
         if tuple(r.fp_rates) != tuple(rates):
             raise ValueError(f"detection sets averaged over different FP rates: {r.fp_rates} vs {rates}")
-    patients = runs[0].patients
+    patients = np.asarray(sorted(runs[0].patients, key=str), dtype=object)
     runs = [r.aligned_to(patients) for r in runs]
     for r in runs[1:]:
         if not np.array_equal(r.units_per_patient, runs[0].units_per_patient):
@@ -211,15 +213,19 @@ def _common_draws(runs: list[PatientItems], n_boot: int, seed: int):
     return runs, counts
 
 
-def _seed_mean(runs: list[PatientItems], counts: np.ndarray) -> np.ndarray:
-    """``[n_boot]`` average sensitivity of each draw, averaged over the runs (seeds)."""
-    return np.mean([resampled_sensitivities(r, counts).mean(axis=1) for r in runs], axis=0)
+def run_averages(runs: list[PatientItems], n_boot: int = N_BOOT, seed: int = 0) -> np.ndarray:
+    """``[n_runs, n_boot]``: each run's average sensitivity in each draw, every run on the same draws
+    (the runs must share their patients). Pooled and paired intervals are means and differences of rows."""
+    runs, counts = _common_draws(runs, n_boot, seed)
+    return np.array([resampled_sensitivities(r, counts).mean(axis=1) for r in runs])
 
 
-def _result(samples, level, n_boot, seed, n_patients):
+def interval(samples: np.ndarray, level: float = LEVEL, **settings) -> dict:
+    """``low``, ``high`` of bootstrap ``samples``, the number of undefined draws and ``settings``; for a
+    difference, ``excludes_zero``: the interval lies on one side of 0."""
     low, high = percentile_interval(samples, level)
-    return {"low": low, "high": high, "level": level, "n_boot": n_boot, "seed": seed, "n_patients": n_patients,
-            "undefined": int(np.isnan(samples).sum())}
+    return {"low": low, "high": high, "level": level, "undefined": int(np.isnan(samples).sum()),
+            "excludes_zero": bool(low > 0 or high < 0), **settings}
 
 
 def bootstrap_average(items: PatientItems, n_boot: int = N_BOOT, seed: int = 0, level: float = LEVEL) -> dict:
@@ -227,7 +233,7 @@ def bootstrap_average(items: PatientItems, n_boot: int = N_BOOT, seed: int = 0, 
     ``rate_low, rate_high`` (each rate's interval) and the settings."""
     runs, counts = _common_draws([items], n_boot, seed)
     sens = resampled_sensitivities(runs[0], counts)
-    out = _result(sens.mean(axis=1), level, n_boot, seed, items.n_patients)
+    out = interval(sens.mean(axis=1), level, n_boot=n_boot, seed=seed, n_patients=items.n_patients)
     ok = ~np.isnan(sens).any(axis=1)
     alpha = (1 - level) / 2
     out["rate_low"], out["rate_high"] = (np.quantile(sens[ok], alpha, axis=0), np.quantile(sens[ok], 1 - alpha, axis=0))
@@ -237,21 +243,19 @@ def bootstrap_average(items: PatientItems, n_boot: int = N_BOOT, seed: int = 0, 
 def pooled_average(runs: list[PatientItems], n_boot: int = N_BOOT, seed: int = 0, level: float = LEVEL) -> dict:
     """Interval of the mean over seeds of the average sensitivity: every run (one per seed) on the same
     patients; each draw resamples patients once and averages the runs' averages."""
-    runs, counts = _common_draws(runs, n_boot, seed)
-    return _result(_seed_mean(runs, counts), level, n_boot, seed, runs[0].n_patients)
+    return interval(run_averages(runs, n_boot, seed).mean(axis=0), level, n_boot=n_boot, seed=seed,
+                    n_patients=runs[0].n_patients)
 
 
 def paired_difference(runs_a: list[PatientItems], runs_b: list[PatientItems], n_boot: int = N_BOOT, seed: int = 0,
                       level: float = LEVEL) -> dict:
     """Interval of ``mean_seeds(average A) - mean_seeds(average B)``, both rows on the same patients and
     the same draws (a paired bootstrap); ``excludes_zero``: the interval lies entirely on one side of 0."""
-    runs, counts = _common_draws(list(runs_a) + list(runs_b), n_boot, seed)
-    a, b = runs[: len(runs_a)], runs[len(runs_a):]
-    if not a or not b:
+    if not runs_a or not runs_b:
         raise ValueError("a paired difference needs detection sets on both sides")
-    out = _result(_seed_mean(a, counts) - _seed_mean(b, counts), level, n_boot, seed, runs[0].n_patients)
-    out["excludes_zero"] = bool(out["low"] > 0 or out["high"] < 0)
-    return out
+    avg = run_averages(list(runs_a) + list(runs_b), n_boot, seed)
+    diff = avg[: len(runs_a)].mean(axis=0) - avg[len(runs_a):].mean(axis=0)
+    return interval(diff, level, n_boot=n_boot, seed=seed, n_patients=runs_a[0].n_patients)
 
 
 # ----------------------------------------------------------------------------- matches.parquet
