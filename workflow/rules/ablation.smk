@@ -56,6 +56,7 @@ rule ablation_table:
     output:
         table=report("results/eval/ablation/table.md", caption="../report/ablation.rst", category="Ablation"),
         parquet="results/eval/ablation/table.parquet",
+        differences="results/eval/ablation/differences.parquet",
         plot=report("results/eval/ablation/froc.png", caption="../report/ablation.rst", category="Ablation"),
     log:
         "results/logs/ablation_table.log",
@@ -66,8 +67,10 @@ rule ablation_table:
     params:
         spec=ablation_spec_arg,
         out=parent_of("table"),
+        e=config["evaluation"],
     shell:
-        "lens ablation-table --spec '{params.spec}' --eval-dir results/eval --out {params.out} 2> {log}"
+        "lens ablation-table --spec '{params.spec}' --eval-dir results/eval --out {params.out} --val "
+        "--bootstrap {params.e[bootstrap]} --seed {params.e[bootstrap_seed]} 2> {log}"
 
 
 rule ablation:
