@@ -87,6 +87,31 @@ def test_small_blocks_give_the_same_draws(monkeypatch):
     np.testing.assert_array_equal(resampled_sensitivities(items, counts), whole)
 
 
+@pytest.mark.parametrize("margin", [0.05, 1.0, 2.0])  # all, some (51 of 200), no draws redone
+def test_draws_scored_from_the_first_false_positives_equal_the_loop(monkeypatch, margin):
+    """Many FPs per unit: draws are first scored from the highest-ranked FPs only (PREFIX_MARGIN x the
+    highest rate's FPs); a draw whose curve does not pass the highest rate within them is redone with all.
+    Scores on a coarse grid put ties across the cut."""
+    import lens_core.evaluation.bootstrap as b
+
+    monkeypatch.setattr(b, "PREFIX_MARGIN", margin)
+    rng = np.random.default_rng(11)
+    units = [f"u{i}" for i in range(40)]
+    patients = [f"p{i // 4}" for i in range(40)]
+    from lens_core.evaluation.froc import Matching
+
+    m = Matching("lens3d", pd.DataFrame({"unit_index": rng.integers(0, 40, 60),
+                                         "hit_score": np.round(rng.uniform(0, 1, 60), 2)}),
+                 pd.DataFrame({"unit_index": rng.integers(0, 40, 40 * 30),
+                               "score": np.round(rng.uniform(0, 1, 40 * 30), 2)}),
+                 np.array(units, dtype=object), LENS_FP_RATES,
+                 unit_info=pd.DataFrame({"patient_id": patients}, index=pd.Index(units)))
+    items = canonical(from_matching(m))
+    idx = resample_indices(items.n_patients, 200, seed=2)
+    np.testing.assert_array_equal(resampled_sensitivities(items, draw_counts(idx, items.n_patients)),
+                                  loop_sensitivities(items, idx))
+
+
 def test_draw_without_resampling_is_the_point_estimate():
     m = synthetic(1)
     items = from_matching(m)

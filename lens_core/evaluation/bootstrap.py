@@ -32,6 +32,9 @@ N_BOOT = 2000
 LEVEL = 0.95
 #: items x draws handled at once (float64 arrays of this size, a few of them: ~100 MB at most)
 BLOCK_ELEMENTS = 1 << 22
+#: false positives first scored for every draw: this many times those the test set itself needs to pass the
+#: highest FP rate (draws that need more are redone with all)
+PREFIX_MARGIN = 2.0
 
 
 @dataclass(frozen=True)
@@ -124,11 +127,19 @@ def draw_counts(indices: np.ndarray, n_patients: int) -> np.ndarray:
 def resampled_sensitivities(items: PatientItems, counts: np.ndarray) -> np.ndarray:
     """``[n_boot, n_rates]`` sensitivities of every draw (``counts``: :func:`draw_counts`).
 
-    The same curve and interpolation as :func:`lens_core.evaluation.froc.froc_curve` and
+    The same numbers as :func:`~lens_core.evaluation.froc.froc_curve` and
     :func:`~lens_core.evaluation.froc.interpolate_sensitivity` on the draw's items, each drawn patient's
-    items repeated as often as it was drawn; NaN for a draw without lesions.
+    items repeated as often as it was drawn (tests/test_bootstrap.py rebuilds every draw that way); NaN
+    for a draw without lesions.
+
+    How: items are ranked once and cut into tie groups (the curve's operating points). At FP rate ``q`` a
+    draw's curve is interpolated between the last point at or below ``q`` FPs per unit and the next one;
+    the next one ends the tie group of the first false positive whose cumulative weight exceeds
+    ``q x units``. So a draw needs only the cumulative weights of the false positives and of the found
+    lesions, and one search per rate -- a single ``searchsorted`` over all draws of a block, each row
+    offset by more than its largest count. Counts stay integers until the final divisions, which are
+    those of the curve, so the numbers are the loop's to the last bit.
     """
-    counts = np.asarray(counts, dtype=np.float64)
     rates = np.asarray(items.fp_rates, dtype=np.float64)
     found = np.isfinite(items.gt_hit)
     scores = np.concatenate([items.gt_hit[found], items.fp_score])
@@ -138,47 +149,82 @@ def resampled_sensitivities(items: PatientItems, counts: np.ndarray) -> np.ndarr
     is_tp = np.r_[np.ones(found.sum(), bool), np.zeros(len(items.fp_score), bool)]
     order = np.argsort(-scores, kind="stable")  # within a tie the order is irrelevant: ties enter together
     scores, patient, is_tp = scores[order], patient[order], is_tp[order]
-    # an operating point after the last item of each tie
-    last_of_tie = np.ones(len(scores), dtype=bool)
-    last_of_tie[:-1] = scores[1:] != scores[:-1]
+    group = np.cumsum(np.r_[True, scores[1:] != scores[:-1]]) - 1 if len(scores) else np.zeros(0, np.intp)
+    n_groups = int(group[-1]) + 1 if len(group) else 0
+    tp_through = np.cumsum(np.bincount(group[is_tp], minlength=n_groups))  # found lesions up to each group's end
+    fp_through = np.cumsum(np.bincount(group[~is_tp], minlength=n_groups))
+    tp_in = np.bincount(group[is_tp], minlength=n_groups)
+    fp_in = np.bincount(group[~is_tp], minlength=n_groups)
+    # for each false positive (in rank order): its group's bounds in the prefix sums below
+    fp_group = group[~is_tp]
+    fp_lo, fp_hi = (fp_through - fp_in)[fp_group], fp_through[fp_group]
+    tp_lo, tp_hi = (tp_through - tp_in)[fp_group], tp_through[fp_group]
+    fp_patient, tp_patient = patient[~is_tp], patient[is_tp]
 
-    n_units = counts @ items.units_per_patient.astype(np.float64)
-    n_gt = counts @ np.bincount(items.gt_patient, minlength=items.n_patients).astype(np.float64)
+    counts = np.asarray(counts, dtype=np.int64)
+    n_units = counts @ items.units_per_patient.astype(np.int64)
+    n_gt = counts @ np.bincount(items.gt_patient, minlength=items.n_patients).astype(np.int64)
+    ranked = (fp_patient, tp_patient, fp_lo, fp_hi, tp_lo, tp_hi)
+    # Only the false positives up to the highest rate matter. A draw weighs patients ~1 on average, so twice
+    # the FPs the highest rate allows the test set nearly always suffice; the few draws that need more are
+    # redone with every item.
+    n_fp_items = len(fp_patient)
+    enough = int(np.ceil(PREFIX_MARGIN * rates.max() * items.units_per_patient.sum())) + 1
+    prefix = min(n_fp_items, max(enough, 64))
+    if 0 < prefix < n_fp_items:
+        prefix = int(fp_hi[prefix - 1])  # end at a tie group's end: a group's points lie within the prefix
     n_boot = len(counts)
     out = np.empty((n_boot, len(rates)))
-    block = max(1, BLOCK_ELEMENTS // max(len(scores), 1))
+    block = max(1, BLOCK_ELEMENTS // max(prefix + len(tp_patient), 1))
     for start in range(0, n_boot, block):
         rows = slice(start, start + block)
-        w = counts[rows][:, patient]  # [b, items]: each item counts as often as its patient was drawn
-        n_tp = np.cumsum(np.where(is_tp, w, 0.0), axis=1)[:, last_of_tie]
-        n_fp = np.cumsum(np.where(is_tp, 0.0, w), axis=1)[:, last_of_tie]
-        zero = np.zeros((len(w), 1))
-        x = np.hstack([zero, n_fp / n_units[rows, None]])
-        with np.errstate(invalid="ignore", divide="ignore"):
-            y = np.hstack([zero, n_tp / n_gt[rows, None]])
-        out[rows] = interpolate_rows(x, y, rates)
+        sens, short = _draw_block(counts[rows], n_units[rows], n_gt[rows], rates, ranked, prefix)
+        if short.any():
+            sens[short] = _draw_block(counts[rows][short], n_units[rows][short], n_gt[rows][short], rates, ranked,
+                                      n_fp_items)[0]
+        out[rows] = sens
     out[n_gt == 0] = np.nan
     return out
 
 
-def interpolate_rows(x: np.ndarray, y: np.ndarray, rates: np.ndarray) -> np.ndarray:
-    """:func:`~lens_core.evaluation.froc.interpolate_sensitivity` of many curves at once.
-
-    ``x``/``y``: ``[curves, points]``, each row non-decreasing and starting at ``x = 0``. On such a row
-    the last point at or left of a rate is the top of its vertical run and the next point the bottom of
-    the next run, so the interpolation runs between those two points (or stays at the top past the end).
-    """
-    n, m = x.shape
-    out = np.empty((n, len(rates)))
-    r = np.arange(n)
-    for j, q in enumerate(rates):
-        k = (x <= q).sum(axis=1) - 1  # >= 0: every curve starts at 0 FPs
-        nxt = np.minimum(k + 1, m - 1)
-        x0, x1, y0, y1 = x[r, k], x[r, nxt], y[r, k], y[r, nxt]
-        inside = k < m - 1
-        with np.errstate(invalid="ignore", divide="ignore"):
-            out[:, j] = np.where(inside, y0 + (y1 - y0) * (q - x0) / (x1 - x0), y0)
-    return out
+def _draw_block(c, n_units, n_gt, rates, ranked, n_fp: int):
+    """Sensitivities of the draws ``c`` (patient counts) from the first ``n_fp`` ranked false positives, and
+    which draws need more of them (their curve does not pass the highest rate within those)."""
+    fp_patient, tp_patient, fp_lo, fp_hi, tp_lo, tp_hi = ranked
+    b = len(c)
+    rows = np.arange(b)
+    units, gts = n_units.astype(np.float64), n_gt.astype(np.float64)
+    n_tp = int(tp_hi[n_fp - 1]) if n_fp else len(tp_patient)  # found lesions ranked before FP n_fp's group ends
+    complete = n_fp == len(fp_patient)
+    if complete:
+        n_tp = len(tp_patient)
+    ct = np.zeros((b, n_tp + 1), dtype=np.int64)  # found-lesion weight of the first j found lesions
+    np.cumsum(c[:, tp_patient[:n_tp]], axis=1, out=ct[:, 1:])
+    short = np.zeros(b, dtype=bool)
+    out = np.empty((b, len(rates)))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        top = ct[:, -1] / gts
+        if n_fp == 0:
+            out[:] = top[:, None]
+            return out, short
+        cf = np.zeros((b, n_fp + 1), dtype=np.int64)  # FP weight of the first j false positives
+        np.cumsum(c[:, fp_patient[:n_fp]], axis=1, out=cf[:, 1:])
+        span = int(cf[:, -1].max()) + 1
+        keys = (cf[:, 1:] + (rows * span)[:, None]).ravel()
+        for j, q in enumerate(rates):
+            # the most FPs a draw may have at rate q: the largest m with m / units <= q (the curve's division)
+            m = np.floor(q * units).astype(np.int64)
+            m = np.where((m + 1) / units <= q, m + 1, m)
+            m = np.where(m / units > q, m - 1, m)
+            first = np.searchsorted(keys, np.minimum(m, span - 1) + rows * span, side="right") - rows * n_fp
+            past_end = first >= n_fp  # every FP within the rate: the curve's top (if these are all the FPs)
+            if not complete:
+                short |= past_end
+            i = np.minimum(first, n_fp - 1)
+            x0, x1 = cf[rows, fp_lo[i]] / units, cf[rows, fp_hi[i]] / units
+            y0, y1 = ct[rows, tp_lo[i]] / gts, ct[rows, tp_hi[i]] / gts
+            out[:, j] = np.where(past_end, top, y0 + (y1 - y0) * (q - x0) / (x1 - x0))
+    return out, short
 
 
 def percentile_interval(samples: np.ndarray, level: float = LEVEL) -> tuple[float, float]:
