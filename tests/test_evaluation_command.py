@@ -140,25 +140,29 @@ def test_luna_on_pixel_box_tables_with_volume_spacing(tmp_path):
     assert set(s.loc[s.stratum_by == "dataset", "stratum"]) == {"luna"}
 
 
-def test_evaluate_the_preprocessed_builtin_corpus_against_its_hidden_truth(tiny_prep, tmp_path):
-    """Contract with preprocess: truth.parquet + volumes.parquet as written there. Perfect
-    detections of the test volumes find every lesion of every type, size and dataset."""
+@pytest.mark.parametrize("split", ["test", "val"])
+def test_evaluate_the_preprocessed_builtin_corpus_against_its_hidden_truth(tiny_prep, tmp_path, split):
+    """Contract with preprocess: truth.parquet + volumes.parquet as written there, on the test split and
+    on the validation split (`lens evaluate --split val`: the same 3D protocol and full truth). Perfect
+    detections of the split's volumes find every lesion of every type, size and dataset."""
     prep = tiny_prep / "deeplesion"
     truth = pd.read_parquet(prep / "truth.parquet")
     vols = pd.read_parquet(prep / "volumes.parquet")
-    test_vols = set(vols.loc[vols.split == "test", "volume_id"])
+    test_vols = set(vols.loc[vols.split == split, "volume_id"])
     perfect = truth[truth.volume_id.isin(test_vols)].assign(score=1.0)
-    assert len(perfect), "the tiny corpus has no test lesion"
-    perfect.to_parquet(tmp_path / "pred.parquet")
+    assert len(perfect), f"the tiny corpus has no {split} lesion"
+    # plus the other split's lesions, which must not count here
+    other = truth[~truth.volume_id.isin(test_vols)].assign(score=1.0)
+    pd.concat([perfect, other]).to_parquet(tmp_path / "pred.parquet")
     assert run("evaluate", "--pred", tmp_path / "pred.parquet", "--truth", prep / "truth.parquet",
-               "--protocol", "lens3d", "--units", prep / "volumes.parquet", "--split", "test",
-               "--out", tmp_path / "out") == 0
+               "--protocol", "lens3d", "--units", prep / "volumes.parquet", "--unit-column", "volume_id",
+               "--split", split, "--out", tmp_path / "out") == 0
     s = pd.read_parquet(tmp_path / "out" / "summary.parquet")
     assert (s["average"] == 1.0).all() and (s["n_fp"] == 0).all()
     assert s.loc[s.stratum_by == "all", "n_units"].item() == len(test_vols)
     # the bootstrap resamples patients: each evaluated volume carries its patient from volumes.parquet
     units = pd.read_parquet(tmp_path / "out" / "matches.parquet").query("kind == 'unit'")
-    assert dict(zip(units.unit, units.patient)) == dict(vols.loc[vols.split == "test", ["volume_id", "patient_id"]]
+    assert dict(zip(units.unit, units.patient)) == dict(vols.loc[vols.split == split, ["volume_id", "patient_id"]]
                                                         .astype(str).to_numpy())
     assert {"lesion_type", "size_bin", "dataset"} <= set(s.stratum_by)
 

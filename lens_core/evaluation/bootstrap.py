@@ -194,10 +194,9 @@ def _draw_block(c, n_units, n_gt, rates, ranked, n_fp: int):
     b = len(c)
     rows = np.arange(b)
     units, gts = n_units.astype(np.float64), n_gt.astype(np.float64)
-    n_tp = int(tp_hi[n_fp - 1]) if n_fp else len(tp_patient)  # found lesions ranked before FP n_fp's group ends
     complete = n_fp == len(fp_patient)
-    if complete:
-        n_tp = len(tp_patient)
+    # the found lesions that can enter: all, or those ranked up to the end of the last FP's group
+    n_tp = len(tp_patient) if complete else int(tp_hi[n_fp - 1])
     ct = np.zeros((b, n_tp + 1), dtype=np.int64)  # found-lesion weight of the first j found lesions
     np.cumsum(c[:, tp_patient[:n_tp]], axis=1, out=ct[:, 1:])
     short = np.zeros(b, dtype=bool)
