@@ -34,7 +34,7 @@ rule evaluate:
         "--fp-rates {params.e[fp_rates]} --out {params.out} 2> {log}"
 
 
-# the same stage on the validation split: the split choices are made on (test is scored, never tuned on)
+# the same stage on the validation split, the split choices are made on (test is scored, never tuned on)
 use rule evaluate as evaluate_val with:
     input:
         pred=stage_pred_val,
