@@ -64,4 +64,8 @@ def to_markdown(summary: pd.DataFrame, title: str | None = None, paper: dict[str
         if paper is not None:
             cells.append(f"{paper[r['variant']]:.1f}" if r["variant"] in paper else "–")
         lines.append("| " + " | ".join(cells) + " |")
+    if has_ci or has_val:
+        notes = ["95 % CI: percentile bootstrap of the average over patients (resampled with all their units)"] if has_ci else []
+        notes += ["val: the same variant and protocol on the validation split"] if has_val else []
+        lines += ["", "; ".join(notes) + "."]
     return "\n".join(lines) + "\n"
