@@ -64,13 +64,46 @@ def test_froc_plot_combines_variants(toy):
     assert table.set_index("variant").loc["full", "average"] >= table.set_index("variant").loc["half", "average"]
     assert Image.open(toy / "all.png").format == "PNG"
     md = (toy / "table.md").read_text().splitlines()
-    assert md[2].endswith("| average | paper (average) |")  # the paper's figure beside ours
-    full_avg = 100 * table.set_index("variant").loc["full", "average"]
-    assert next(l for l in md if l.startswith("| full |")).endswith(f"| {full_avg:.1f} | 47.6 |")
+    # the paper's figure beside ours, our average with its bootstrap interval (from `lens evaluate`)
+    assert md[2].endswith("| average | 95 % CI | paper (average) |")
+    full = table.set_index("variant").loc["full"]
+    ci = f"[{100 * full['average_low']:.1f}, {100 * full['average_high']:.1f}]"
+    assert full["average_low"] <= full["average"] <= full["average_high"]
+    assert next(l for l in md if l.startswith("| full |")).endswith(f"| {100 * full['average']:.1f} | {ci} | 47.6 |")
     assert next(l for l in md if l.startswith("| half |")).endswith("| – |")
     with pytest.raises(ValueError, match="--paper has 1 values for 2"):
         run("froc-plot", "--curves", toy / "full" / "froc.parquet", toy / "half" / "froc.parquet",
             "--out", toy / "all.png", "--paper", "47.6")
+
+
+def test_froc_plot_puts_validation_beside_test(toy):
+    for name in ("test", "val"):  # two evaluations standing in for the test and validation splits
+        pred = PRED if name == "test" else PRED.iloc[:3]
+        pred.to_parquet(toy / f"{name}.parquet")
+        run("evaluate", "--pred", toy / f"{name}.parquet", "--truth", toy / "test3d.parquet",
+            "--protocol", "lens3d", "--name", "LENS", "--out", toy / name)
+    assert run("froc-plot", "--curves", toy / "test" / "froc.parquet", "--val-summaries",
+               toy / "val" / "summary.parquet", "--out", toy / "all.png", "--table", toy / "table.md") == 0
+    val = pd.read_parquet(toy / "val" / "summary.parquet").iloc[0]
+    md = (toy / "table.md").read_text().splitlines()
+    assert md[2].endswith("| average | 95 % CI | val average | val 95 % CI | val n_gt |")
+    ci = f"[{100 * val['average_low']:.1f}, {100 * val['average_high']:.1f}]"
+    assert md[4].endswith(f"| {100 * val['average']:.1f} | {ci} | 3 |")
+    with pytest.raises(ValueError, match="--val-summaries has 2 files for 1 --curves"):
+        run("froc-plot", "--curves", toy / "test" / "froc.parquet", "--val-summaries",
+            toy / "val" / "summary.parquet", toy / "val" / "summary.parquet", "--out", toy / "all.png")
+
+
+def test_evaluate_writes_the_matches_a_later_bootstrap_needs(toy):
+    from lens_core.evaluation.bootstrap import bootstrap_average, read_matches
+
+    out = toy / "eval"
+    assert run("evaluate", "--pred", toy / "pred.parquet", "--truth", toy / "test3d.parquet",
+               "--protocol", "lens3d", "--bootstrap", "300", "--seed", "4", "--out", out) == 0
+    s = pd.read_parquet(out / "summary.parquet").iloc[0]
+    ci = bootstrap_average(read_matches(out / "matches.parquet"), n_boot=300, seed=4)
+    assert (ci["low"], ci["high"]) == (s["average_low"], s["average_high"])
+    assert s["average"] == pytest.approx(31 / 42)  # the point estimate is the plain FROC average
 
 
 def test_bad_prediction_row_is_named_and_nothing_is_written(toy):
@@ -107,22 +140,30 @@ def test_luna_on_pixel_box_tables_with_volume_spacing(tmp_path):
     assert set(s.loc[s.stratum_by == "dataset", "stratum"]) == {"luna"}
 
 
-def test_evaluate_the_preprocessed_builtin_corpus_against_its_hidden_truth(tiny_prep, tmp_path):
-    """Contract with preprocess: truth.parquet + volumes.parquet as written there. Perfect
-    detections of the test volumes find every lesion of every type, size and dataset."""
+@pytest.mark.parametrize("split", ["test", "val"])
+def test_evaluate_the_preprocessed_builtin_corpus_against_its_hidden_truth(tiny_prep, tmp_path, split):
+    """Contract with preprocess: truth.parquet + volumes.parquet as written there, on the test split and
+    on the validation split (`lens evaluate --split val`: the same 3D protocol and full truth). Perfect
+    detections of the split's volumes find every lesion of every type, size and dataset."""
     prep = tiny_prep / "deeplesion"
     truth = pd.read_parquet(prep / "truth.parquet")
     vols = pd.read_parquet(prep / "volumes.parquet")
-    test_vols = set(vols.loc[vols.split == "test", "volume_id"])
+    test_vols = set(vols.loc[vols.split == split, "volume_id"])
     perfect = truth[truth.volume_id.isin(test_vols)].assign(score=1.0)
-    assert len(perfect), "the tiny corpus has no test lesion"
-    perfect.to_parquet(tmp_path / "pred.parquet")
+    assert len(perfect), f"the tiny corpus has no {split} lesion"
+    # plus the other split's lesions, which must not count here
+    other = truth[~truth.volume_id.isin(test_vols)].assign(score=1.0)
+    pd.concat([perfect, other]).to_parquet(tmp_path / "pred.parquet")
     assert run("evaluate", "--pred", tmp_path / "pred.parquet", "--truth", prep / "truth.parquet",
-               "--protocol", "lens3d", "--units", prep / "volumes.parquet", "--split", "test",
-               "--out", tmp_path / "out") == 0
+               "--protocol", "lens3d", "--units", prep / "volumes.parquet", "--unit-column", "volume_id",
+               "--split", split, "--out", tmp_path / "out") == 0
     s = pd.read_parquet(tmp_path / "out" / "summary.parquet")
     assert (s["average"] == 1.0).all() and (s["n_fp"] == 0).all()
     assert s.loc[s.stratum_by == "all", "n_units"].item() == len(test_vols)
+    # the bootstrap resamples patients: each evaluated volume carries its patient from volumes.parquet
+    units = pd.read_parquet(tmp_path / "out" / "matches.parquet").query("kind == 'unit'")
+    assert dict(zip(units.unit, units.patient)) == dict(vols.loc[vols.split == split, ["volume_id", "patient_id"]]
+                                                        .astype(str).to_numpy())
     assert {"lesion_type", "size_bin", "dataset"} <= set(s.stratum_by)
 
 

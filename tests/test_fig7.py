@@ -2,6 +2,7 @@
 summaries as `lens evaluate --protocol luna` writes them."""
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
@@ -35,7 +36,7 @@ def spec(tmp_path):
 def test_table_averages_seeds_and_puts_alone_beside_joint(spec, tmp_path):
     out = tmp_path / "fig7"
     assert main(["fig7-table", "--spec", json.dumps(spec), "--scored-on", "held-out cohort, 24 scans per dataset",
-                 "--out", str(out)]) == 0
+                 "--out", str(out), "--bootstrap", "0"]) == 0
     t = pd.read_parquet(out / "table.parquet").set_index(["dataset", "fraction", "mode"])
     assert t.loc[("luna", 0.25, "alone"), "average_mean"] == pytest.approx(30.0)
     assert t.loc[("luna", 0.25, "alone"), "average_sd"] == pytest.approx(14.142, abs=1e-3)
@@ -62,3 +63,44 @@ def test_missing_runs_and_other_protocols_are_refused(spec, tmp_path):
     with pytest.raises(ValueError, match="mode must be one of"):
         main(["-v", "fig7-table", "--spec", json.dumps([dict(spec[0], mode="pooled")]), "--out", str(out)])
     assert not out.exists()
+
+
+def luna_run(folder, quality, seed, n_scans=24):
+    """`lens evaluate --protocol luna` of synthetic marks on 24 scans of 12 patients (2 nodules per scan):
+    a nodule is marked with probability ``quality``, plus 4 FPs per scan."""
+    rng = np.random.default_rng(seed)
+    scans = pd.DataFrame({"scan": [f"s{i}" for i in range(n_scans)], "patient_id": [f"p{i // 2}" for i in range(n_scans)]})
+    nod = pd.DataFrame({"scan": np.repeat(scans.scan, 2), "x": np.tile([20.0, 60.0], n_scans), "y": 0.0, "z": 0.0,
+                        "diameter_mm": 10.0})
+    hits = nod.loc[rng.uniform(size=len(nod)) < quality, ["scan", "x", "y", "z"]].assign(
+        score=lambda d: rng.uniform(0.3, 1, len(d)))
+    fps = pd.DataFrame({"scan": np.repeat(scans.scan, 4), "x": 500.0, "y": 0.0, "z": 0.0,
+                        "score": rng.uniform(0, 0.9, 4 * n_scans)})
+    folder.mkdir(parents=True, exist_ok=True)
+    scans.to_parquet(folder / "scans.parquet")
+    nod.to_parquet(folder / "nodules.parquet")
+    pd.concat([hits, fps], ignore_index=True).to_parquet(folder / "marks.parquet")
+    out = folder / "eval"
+    assert main(["evaluate", "--pred", str(folder / "marks.parquet"), "--truth", str(folder / "nodules.parquet"),
+                 "--protocol", "luna", "--units", str(folder / "scans.parquet"), "--bootstrap", "0",
+                 "--out", str(out)]) == 0
+    return str(out / "summary.parquet")
+
+
+def test_cells_carry_pooled_intervals_and_joint_minus_alone_a_paired_one(tmp_path):
+    runs = [{"dataset": "luna", "mode": m, "fraction": 0.5, "seed": s,
+             "summary": luna_run(tmp_path / f"{m}{s}", q, 10 * s + (m == "joint"))}
+            for m, q in (("alone", 0.3), ("joint", 0.9)) for s in (0, 1)]
+    out = tmp_path / "fig7"
+    assert main(["fig7-table", "--spec", json.dumps(runs), "--out", str(out), "--bootstrap", "400"]) == 0
+    t = pd.read_parquet(out / "table.parquet").set_index("mode")
+    for mode in ("alone", "joint"):
+        assert t.loc[mode, "average_low"] < t.loc[mode, "average_mean"] < t.loc[mode, "average_high"]
+    delta = t.loc["joint", "average_mean"] - t.loc["alone", "average_mean"]
+    assert 0 < t.loc["joint", "delta_low"] < delta < t.loc["joint", "delta_high"]
+    assert np.isnan(t.loc["alone", "delta_low"])
+    md = (out / "table.md").read_text()
+    j = t.loc["joint"]
+    assert f"{j['average_mean']:.1f} ± {j['average_sd']:.1f} [{j['average_low']:.1f}, {j['average_high']:.1f}]" in md
+    assert f"{delta:+.1f} [{j['delta_low']:.1f}, {j['delta_high']:.1f}]" in md
+    assert "percentile bootstrap over the scored patients (400 draws" in md

@@ -147,7 +147,7 @@ def test_ablation_plans_data_pooling_and_separate_models_training_each_alone_mod
     models = sorted(f for f in outputs if f.endswith("lens.pt"))
     assert len(models) == len(set(models))
     assert {"results/pooled_s0/round1/lens.pt", "results/pooled_s1/round1/lens.pt"} <= set(models)
-    assert jobs["propose_separate"] == 2 and jobs["evaluate"] == 2 * 4
+    assert jobs["propose_separate"] == 2 * 2 and jobs["evaluate"] == jobs["evaluate_val"] == 2 * 4  # test and val
     alone = [f for f in models if re.search(r"(alone_f100_s\d|results/alone/)", f)]
     assert not [f for f in alone if "deeplesion" in f]  # the "single" experiment's model instead
     if with_fig7:  # 3 datasets x 2 fractions x seed 0, + seed 1's 100 % models; 1 joint model (50 %)

@@ -5,7 +5,7 @@ Typical use::
 
     from lens_core.evaluation import evaluate, load_manual_3d
     truth, subvolumes = load_manual_3d("boxes.csv", "subvolumes.csv", split="test")
-    froc, summary = evaluate(pred, truth, "lens3d", variant="LENS", units=subvolumes)
+    froc, summary = evaluate(pred, truth, "lens3d", variant="LENS", units=subvolumes, bootstrap=2000)
 
 Names are imported on first use, so that `lens --help` (which imports ``.command``) stays instant.
 """
@@ -18,6 +18,7 @@ _EXPORTS = {
     "average_sensitivity": "froc", "froc_curve": "froc", "sensitivity_at": "froc",
     "load_manual_3d": "lens3d", "match_lens3d": "lens3d",
     "match_deeplesion2d": "deeplesion2d", "match_luna": "luna", "bootstrap_cpm": "luna",
+    "bootstrap_average": "bootstrap", "pooled_average": "bootstrap", "paired_difference": "bootstrap",
 }
 __all__ = sorted(_EXPORTS)
 

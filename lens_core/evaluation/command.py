@@ -7,6 +7,8 @@ import argparse
 import logging
 from pathlib import Path
 
+from lens_core.arguments import non_negative_int
+
 log = logging.getLogger("lens")
 
 
@@ -34,27 +36,42 @@ def add_parser(sub) -> None:
     p.add_argument("--threshold", type=float, help="IoBB (lens3d, 0.3) or IoU (deeplesion2d, 0.5) threshold")
     p.add_argument("--fp-rates", type=float, nargs="+", help="FP rates to report (protocol default)")
     p.add_argument("--max-marks", type=int, default=100, help="luna: marks kept per scan")
-    p.add_argument("--bootstrap", type=int, default=0, help="bootstrap draws for an interval of the average")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--bootstrap", type=non_negative_int, default=2000,
+                   help="bootstrap draws (test patients resampled) for the 95%% interval of the average; 0: none")
+    p.add_argument("--seed", type=int, default=0, help="bootstrap seed (the same seed draws the same patients)")
+    p.add_argument("--patient-column", default="patient_id",
+                   help="--units column naming each unit's patient, the bootstrap's unit of resampling "
+                        "(without it, or without --units, each unit is resampled alone)")
     p.add_argument("--strata", nargs="*", default=["lesion_type", "size_bin", "dataset"])
     p.set_defaults(func=run_evaluate)
 
     p = sub.add_parser("froc-plot", help="several variants' froc.parquet on one FROC plot + table",
-                       description="Combine froc.parquet files of several variants into one PNG and a table.")
+                       description="Combine froc.parquet files of several variants into one PNG and a table. "
+                                   "The table takes each average's bootstrap interval from the summary.parquet "
+                                   "that `lens evaluate` wrote beside the froc.parquet.")
     p.add_argument("--curves", required=True, type=Path, nargs="+", help="froc.parquet files")
     p.add_argument("--out", required=True, type=Path, help="PNG to write")
     p.add_argument("--table", type=Path, help="Markdown summary to write (a .parquet twin is written too)")
     p.add_argument("--stratum", default="all", help="stratum to plot (default all)")
     p.add_argument("--title", default="FROC")
+    p.add_argument("--val-summaries", type=Path, nargs="+",
+                   help="summary.parquet of each curve's variant on the validation split, in --curves order: "
+                        "its average, interval and lesion count beside the test columns in --table")
     p.add_argument("--paper", nargs="+", metavar="AVG",
                    help="the paper's average sensitivity (%%) of each curve, in --curves order ('-' = none): "
                         "a column beside ours in --table")
     p.set_defaults(func=run_froc_plot)
 
     p = sub.add_parser("ablation-table", help="the paper's ablation rows: mean ± sd over seeds, paper beside")
-    p.add_argument("--spec", required=True, help="JSON: row -> {stage, paper, exps: [experiment per seed]}")
+    p.add_argument("--spec", required=True,
+                   help="JSON: row -> {stage, paper, exps: [experiment per seed], vs: reference row (optional)}")
     p.add_argument("--eval-dir", type=Path, default=Path("results/eval"))
     p.add_argument("--out", type=Path, required=True, help="folder for table.md, table.parquet, froc.png")
+    p.add_argument("--bootstrap", type=non_negative_int, default=2000,
+                   help="bootstrap draws (test patients resampled) for the intervals; 0: none")
+    p.add_argument("--seed", type=int, default=0, help="bootstrap seed (the same seed draws the same patients)")
+    p.add_argument("--val", action="store_true",
+                   help="also the validation split (<eval-dir>/<exp>/<stage>/val/), beside the test split")
     p.set_defaults(func=run_ablation_table)
 
     p = sub.add_parser("fig7-table", help="Fig. 7: each single-type dataset alone vs joint, by training fraction",
@@ -64,6 +81,10 @@ def add_parser(sub) -> None:
     p.add_argument("--scored-on", default="validation split",
                    help="what the runs were scored on, for the title (e.g. 'held-out cohort, 24 scans per dataset')")
     p.add_argument("--out", type=Path, required=True, help="folder for table.md, table.parquet, fig7.png")
+    p.add_argument("--bootstrap", type=non_negative_int, default=2000,
+                   help="bootstrap draws (patients resampled) for the intervals, from the matches.parquet beside "
+                        "each summary; 0: none")
+    p.add_argument("--seed", type=int, default=0, help="bootstrap seed (the same seed draws the same patients)")
     p.set_defaults(func=run_fig7_table)
 
 
@@ -78,7 +99,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from lens_core.evaluation import inputs
-    from lens_core.evaluation.api import evaluate, write_outputs
+    from lens_core.evaluation.api import evaluate_matching, match, write_outputs
+    from lens_core.evaluation.bootstrap import unit_patients
     from lens_core.evaluation.luna import points_from_boxes
 
     pred = inputs.read_table(args.pred)
@@ -120,17 +142,20 @@ def run_evaluate(args: argparse.Namespace) -> int:
             if "scan" not in df.columns:
                 df["scan"] = df[unit]
 
-    froc, summary = evaluate(
-        pred, truth, args.protocol, args.name, strata=tuple(args.strata), bootstrap=args.bootstrap,
-        seed=args.seed, units=units, unit_info=unit_info, threshold=args.threshold,
-        fp_rates=args.fp_rates, max_marks=args.max_marks,
-        **({"unit": unit} if args.protocol == "lens3d" else {}),
-    )
+    m = match(pred, truth, args.protocol, units=units, unit_info=unit_info, threshold=args.threshold,
+              fp_rates=args.fp_rates, max_marks=args.max_marks,
+              **({"unit": unit} if args.protocol == "lens3d" else {}))
+    patients = unit_patients(m, args.patient_column)  # checked before anything is written
+    froc, summary = evaluate_matching(m, args.name, strata=tuple(args.strata), bootstrap=args.bootstrap,
+                                      seed=args.seed, patients=patients)
     fp_rates = froc.attrs["fp_rates"]
-    write_outputs(args.out, froc, summary, fp_rates, title=f"{args.name} ({args.protocol})")
+    write_outputs(args.out, froc, summary, fp_rates, title=f"{args.name} ({args.protocol})", matching=m,
+                  patients=patients)
     overall = summary.loc[summary["stratum_by"] == "all"].iloc[0]
-    log.info("%s: average sensitivity %.1f%% over %d lesions, %d units -> %s", args.name,
-             100 * overall["average"], overall["n_gt"], overall["n_units"], args.out)
+    ci = (f" (95% CI {100 * overall['average_low']:.1f}-{100 * overall['average_high']:.1f}, "
+          f"{len(set(patients))} patients)" if args.bootstrap else "")
+    log.info("%s: average sensitivity %.1f%%%s over %d lesions, %d units -> %s", args.name,
+             100 * overall["average"], ci, overall["n_gt"], overall["n_units"], args.out)
     return 0
 
 
@@ -143,6 +168,8 @@ def run_froc_plot(args: argparse.Namespace) -> int:
 
     if args.paper is not None and len(args.paper) != len(args.curves):
         raise ValueError(f"--paper has {len(args.paper)} values for {len(args.curves)} --curves")
+    if args.val_summaries is not None and len(args.val_summaries) != len(args.curves):
+        raise ValueError(f"--val-summaries has {len(args.val_summaries)} files for {len(args.curves)} --curves")
     frocs, rates, paper = [], None, {}
     for i, path in enumerate(args.curves):
         df = inputs.read_table(path)
@@ -164,12 +191,61 @@ def run_froc_plot(args: argparse.Namespace) -> int:
     if args.table:
         summary = summarize(froc, rates)
         summary = summary.loc[summary["stratum"] == args.stratum]
+        summary = with_intervals(summary, args.curves, args.stratum)
+        if args.val_summaries is not None:
+            summary = with_validation(summary, args.curves, args.val_summaries, rates, args.stratum)
         # the paper's figures ride in the metadata: `lens report` renders this table, not the Markdown
         meta = {"fp_rates": list(rates), **({"paper": paper} if args.paper is not None else {})}
         inputs.write_parquet(summary, args.table.with_suffix(".parquet"), meta)
         inputs.write_text(to_markdown(summary, args.title, paper if args.paper is not None else None), args.table)
     log.info("plotted %d variant(s) -> %s", froc["variant"].nunique(), args.out)
     return 0
+
+
+def _stratum_row(path, stratum: str, what: str):
+    """The ``stratum`` row of a summary.parquet written by `lens evaluate` (None when it has none)."""
+    import pandas as pd
+
+    s = pd.read_parquet(path)
+    if "stratum" not in s.columns or "average" not in s.columns:
+        raise ValueError(f"{path}: not a summary.parquet of `lens evaluate` ({what})")
+    rows = s.loc[s["stratum"] == stratum]
+    return None if rows.empty else rows.iloc[0]
+
+
+def with_intervals(summary, curves, stratum: str):
+    """``average_low``/``average_high`` of each variant from the summary.parquet beside its froc.parquet
+    (NaN where `lens evaluate` ran without a bootstrap)."""
+    low, high = {}, {}
+    for path in curves:
+        twin = Path(path).with_name("summary.parquet")
+        row = _stratum_row(twin, stratum, "beside a --curves file") if twin.exists() else None
+        if row is not None and "average_low" in row.index:
+            low[row["variant"]], high[row["variant"]] = row["average_low"], row["average_high"]
+    if not low:
+        return summary
+    return summary.assign(average_low=summary["variant"].map(low).astype(float),
+                          average_high=summary["variant"].map(high).astype(float))
+
+
+def with_validation(summary, curves, val_summaries, rates, stratum: str):
+    """The validation split's average, interval and lesion count of each curve's variant."""
+    import pandas as pd
+
+    rows = {}
+    for curve, path in zip(curves, val_summaries):
+        if pq_fp_rates(path) != rates:
+            raise ValueError(f"{path}: FP rates {pq_fp_rates(path)} differ from the test curves' {rates}")
+        variants = pd.read_parquet(curve, columns=["variant"])["variant"].unique()
+        row = _stratum_row(path, stratum, "--val-summaries")
+        if row is None:
+            raise ValueError(f"{path}: no {stratum!r} row (--val-summaries)")
+        nan = float("nan")
+        for v in variants:
+            rows[v] = {"val_average": row["average"], "val_average_low": row.get("average_low", nan),
+                       "val_average_high": row.get("average_high", nan), "val_n_gt": int(row["n_gt"])}
+    val = pd.DataFrame.from_dict(rows, orient="index")
+    return summary.join(val, on="variant")
 
 
 def pq_fp_rates(path) -> list[float]:

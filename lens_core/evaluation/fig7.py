@@ -4,7 +4,9 @@ of a model trained on that dataset alone vs jointly with every dataset, at sever
 training volumes; mean ± sd over seeds.
 
 Each run is one summary.parquet written by `lens evaluate --protocol luna`; the table reads its `all`
-stratum.
+stratum. With a bootstrap, each cell's seed mean gets a 95 % interval (patients resampled, each draw
+averaging the cell's seeds; the matches.parquet beside each summary), and joint − alone the paired interval
+of the difference: the same scans and draws on both sides.
 """
 from __future__ import annotations
 
@@ -44,7 +46,8 @@ def collect(spec: list[dict]) -> pd.DataFrame:
         rates = [c for c in s.columns if c.startswith("FP@")]
         rows.append({"dataset": run["dataset"], "mode": run["mode"], "fraction": float(run["fraction"]),
                      "seed": int(run["seed"]), **{c: float(r[c]) for c in rates},
-                     "average": float(r["average"]), "n_gt": int(r["n_gt"]), "n_units": int(r["n_units"])})
+                     "average": float(r["average"]), "n_gt": int(r["n_gt"]), "n_units": int(r["n_units"]),
+                     "summary": str(path)})
     if not rows:
         raise ValueError("--spec lists no runs")
     return pd.DataFrame(rows)
@@ -66,28 +69,65 @@ def aggregate(runs: pd.DataFrame) -> pd.DataFrame:
     return out.sort_values(["_order", "fraction", "mode"]).drop(columns="_order").reset_index(drop=True)
 
 
+def intervals(runs: pd.DataFrame, table: pd.DataFrame, n_boot: int, seed: int) -> pd.DataFrame:
+    """``table`` with ``average_low/high`` (each cell's pooled interval, %) and ``delta_low/high`` (the
+    paired interval of joint − alone, %, on the joint rows), from each run's matches.parquet."""
+    from lens_core.evaluation.bootstrap import interval, read_matches, run_averages
+
+    table = table.copy()
+    for col in ("average_low", "average_high", "delta_low", "delta_high"):
+        table[col] = np.nan
+    for ds, rows in runs.groupby("dataset", sort=False):
+        items = [read_matches(Path(p).with_name("matches.parquet")) for p in rows["summary"]]
+        avg = run_averages(items, n_boot=n_boot, seed=seed)  # every run of the dataset on the same draws
+        cell = {}
+        for (f, mode), idx in rows.reset_index(drop=True).groupby(["fraction", "mode"]).groups.items():
+            cell[f, mode] = avg[list(idx)].mean(axis=0)
+            ci = interval(cell[f, mode])
+            at = (table["dataset"] == ds) & (table["fraction"] == f) & (table["mode"] == mode)
+            table.loc[at, ["average_low", "average_high"]] = 100 * ci["low"], 100 * ci["high"]
+        for f in rows["fraction"].unique():
+            if (f, "alone") in cell and (f, "joint") in cell:
+                d = interval(cell[f, "joint"] - cell[f, "alone"])
+                at = (table["dataset"] == ds) & (table["fraction"] == f) & (table["mode"] == "joint")
+                table.loc[at, ["delta_low", "delta_high"]] = 100 * d["low"], 100 * d["high"]
+    return table
+
+
+def _ci(low, high) -> str:
+    return "" if pd.isna(low) or pd.isna(high) else f" [{low:.1f}, {high:.1f}]"
+
+
 def _cell(table: pd.DataFrame, dataset: str, fraction: float, mode: str):
     hit = table[(table["dataset"] == dataset) & (table["fraction"] == fraction) & (table["mode"] == mode)]
     return None if hit.empty else hit.iloc[0]
 
 
-def to_markdown(table: pd.DataFrame, scored_on: str = "validation split") -> str:
-    lines = [f"## Fig. 7: single dataset vs joint training ({scored_on}, LUNA16 CPM %, mean ± sd over seeds)",
+def to_markdown(table: pd.DataFrame, scored_on: str = "validation split", n_boot: int | None = None) -> str:
+    has_ci = "average_low" in table.columns
+    unit = "mean ± sd over seeds" + (" [95 % CI]" if has_ci else "")
+    lines = [f"## Fig. 7: single dataset vs joint training ({scored_on}, LUNA16 CPM %, {unit})",
              "", "| dataset | training volumes | alone | joint | joint − alone | seeds | lesions / scans |",
              "|---|---:|---:|---:|---:|---:|---:|"]
     for ds in pd.unique(table["dataset"]):
         for f in sorted(table.loc[table["dataset"] == ds, "fraction"].unique()):
             cells = {m: _cell(table, ds, f, m) for m in MODES}
-            text = {m: "–" if c is None else f"{c['average_mean']:.1f} ± {c['average_sd']:.1f}" for m, c in cells.items()}
+            text = {m: "–" if c is None else f"{c['average_mean']:.1f} ± {c['average_sd']:.1f}"
+                    + (_ci(c["average_low"], c["average_high"]) if has_ci else "") for m, c in cells.items()}
             a, j = cells["alone"], cells["joint"]
-            delta = "–" if a is None or j is None else f"{j['average_mean'] - a['average_mean']:+.1f}"
+            delta = "–" if a is None or j is None else f"{j['average_mean'] - a['average_mean']:+.1f}" + (
+                _ci(j["delta_low"], j["delta_high"]) if has_ci else "")
             any_cell = a if a is not None else j
             seeds = "/".join(str(int(c["seeds"])) for c in cells.values() if c is not None)
             lines.append(f"| {TITLES.get(ds, ds)} | {100 * f:g}% | {text['alone']} | {text['joint']} | {delta} "
                          f"| {seeds} | {int(any_cell['n_gt'])} / {int(any_cell['n_units'])} |")
     lines += ["", "alone: LENS trained on that dataset only; joint: LENS trained on every dataset (the paper's Fig. 7). "
-              f"Both are scored with the dataset's own expert on its scans of the {scored_on}.", ""]
-    return "\n".join(lines)
+              f"Both are scored with the dataset's own expert on its scans of the {scored_on}."]
+    if has_ci:
+        lines += ["", f"95 % CI: percentile bootstrap over the scored patients ({n_boot} draws; each draw resamples "
+                  "patients and averages the cell's seeds); joint − alone: paired (the same draws on both sides). "
+                  "A difference whose interval holds 0 is not resolved at this size."]
+    return "\n".join(lines + [""])
 
 
 def plot(table: pd.DataFrame, path: Path, scored_on: str = "validation split") -> None:
@@ -132,7 +172,10 @@ def run(args) -> int:
         raise ValueError("--spec must be a JSON list of runs")
     runs = collect(spec)
     table = aggregate(runs)
-    write_parquet(table, args.out / "table.parquet", {"spec": spec, "scored_on": args.scored_on})
-    write_text(args.out / "table.md", to_markdown(table, args.scored_on))
+    if args.bootstrap:
+        table = intervals(runs, table, args.bootstrap, args.seed)
+    write_parquet(table, args.out / "table.parquet", {"spec": spec, "scored_on": args.scored_on,
+                                                      "bootstrap": args.bootstrap, "seed": args.seed})
+    write_text(args.out / "table.md", to_markdown(table, args.scored_on, args.bootstrap))
     plot(table, args.out / "fig7.png", args.scored_on)
     return 0

@@ -23,10 +23,7 @@ from lens_core.evaluation.froc import (
     LENS_FP_RATES,
     Matching,
     collect_hits,
-    interpolate_sensitivity,
     pair_candidates,
-    ranked_items,
-    weighted_operating_points,
 )
 from lens_core.evaluation.matching import excluded_mask, resolve_units
 
@@ -109,34 +106,9 @@ def match_luna(
 
 
 def bootstrap_cpm(matching: Matching, n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> dict:
-    """CPM with a percentile bootstrap interval over scans (resampled with replacement).
+    """CPM with a percentile bootstrap interval over scans (each scan its own patient; resampled with
+    replacement): ``low``, ``high`` and each rate's ``rate_low``, ``rate_high``. Grouping scans by patient:
+    :func:`lens_core.evaluation.bootstrap.bootstrap_average`."""
+    from lens_core.evaluation.bootstrap import bootstrap_average, from_matching
 
-    Items are ranked once; each draw only reweights them by how often their scan was drawn, so a
-    draw costs a cumulative sum. Returns the interval of the CPM (``low``, ``high``) and of each
-    rate's sensitivity (``rate_low``, ``rate_high``).
-    """
-    gt_unit = matching.truth["unit_index"].to_numpy()
-    fp = matching.false_positives
-    scores, is_tp, item_unit = ranked_items(
-        matching.truth["hit_score"], fp["score"], gt_unit, fp["unit_index"].to_numpy())
-
-    rng = np.random.default_rng(seed)
-    n = matching.n_units
-    sens = np.empty((n_boot, len(matching.fp_rates)))
-    for b in range(n_boot):
-        w = np.bincount(rng.integers(0, n, n), minlength=n).astype(np.float64)
-        iw = w[item_unit]
-        _, n_fp, n_tp = weighted_operating_points(scores, iw * is_tp, iw * ~is_tp)
-        total = w[gt_unit].sum()
-        y = n_tp / total if total > 0 else np.zeros_like(n_tp)
-        sens[b] = interpolate_sensitivity(n_fp / n, y, matching.fp_rates)
-    alpha = (1 - level) / 2
-    cpm = sens.mean(axis=1)
-    return {
-        "n_boot": n_boot,
-        "level": level,
-        "low": float(np.quantile(cpm, alpha)),
-        "high": float(np.quantile(cpm, 1 - alpha)),
-        "rate_low": np.quantile(sens, alpha, axis=0),
-        "rate_high": np.quantile(sens, 1 - alpha, axis=0),
-    }
+    return bootstrap_average(from_matching(matching, patients=matching.units), n_boot=n_boot, seed=seed, level=level)

@@ -31,18 +31,41 @@ def summarize(froc: pd.DataFrame, fp_rates) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def ci_text(low, high) -> str:
+    """A 95 % interval in percent, as the tables print it ('–' when there is none)."""
+    return "–" if pd.isna(low) or pd.isna(high) else f"[{100 * low:.1f}, {100 * high:.1f}]"
+
+
 def to_markdown(summary: pd.DataFrame, title: str | None = None, paper: dict[str, float] | None = None) -> str:
     """Markdown table with sensitivities in percent (one decimal, as in the paper); with ``paper``
-    (variant -> the paper's average sensitivity, %) a column of those beside ours."""
+    (variant -> the paper's average sensitivity, %) a column of those beside ours.
+
+    A summary with ``average_low``/``average_high`` (the bootstrap interval) gets a "95 % CI" column;
+    one with ``val_average`` (the same variant on the validation split) gets that average, its interval
+    and lesion count beside the test columns."""
     rate_cols = [c for c in summary.columns if c.startswith("FP@")] + ["average"]
-    head = ["variant", "stratum", "n_gt"] + rate_cols + (["paper (average)"] if paper is not None else [])
+    has_ci = "average_low" in summary.columns
+    has_val = "val_average" in summary.columns
+    head = ["variant", "stratum", "n_gt"] + rate_cols + (["95 % CI"] if has_ci else [])
+    head += ["val average", "val 95 % CI", "val n_gt"] if has_val else []
+    head += ["paper (average)"] if paper is not None else []
     lines = [f"## {title}", ""] if title else []
     lines += ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * 3 + ["---:"] * (len(head) - 3)) + "|"]
     for _, r in summary.iterrows():
         stratum = "all" if r["stratum_by"] == "all" else f"{r['stratum_by']}={r['stratum']}"
         cells = [str(r["variant"]), stratum, str(r["n_gt"])]
         cells += ["–" if pd.isna(r[c]) else f"{100 * r[c]:.1f}" for c in rate_cols]
+        if has_ci:
+            cells.append(ci_text(r["average_low"], r["average_high"]))
+        if has_val:
+            cells += ["–" if pd.isna(r["val_average"]) else f"{100 * r['val_average']:.1f}",
+                      ci_text(r.get("val_average_low"), r.get("val_average_high")),
+                      "–" if pd.isna(r["val_n_gt"]) else str(int(r["val_n_gt"]))]
         if paper is not None:
             cells.append(f"{paper[r['variant']]:.1f}" if r["variant"] in paper else "–")
         lines.append("| " + " | ".join(cells) + " |")
+    if has_ci or has_val:
+        notes = ["95 % CI: percentile bootstrap of the average over patients (resampled with all their units)"] if has_ci else []
+        notes += ["val: the same variant and protocol on the validation split"] if has_val else []
+        lines += ["", "; ".join(notes) + "."]
     return "\n".join(lines) + "\n"

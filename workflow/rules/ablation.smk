@@ -46,6 +46,7 @@ rule ablation_table:
     output:
         table=report("results/eval/ablation/table.md", caption="../report/ablation.rst", category="Ablation"),
         parquet="results/eval/ablation/table.parquet",
+        differences="results/eval/ablation/differences.parquet",
         plot=report("results/eval/ablation/froc.png", caption="../report/ablation.rst", category="Ablation"),
     log:
         "results/logs/ablation_table.log",
@@ -57,8 +58,10 @@ rule ablation_table:
         spec=ablation_spec_arg,
         out=parent_of("table"),
         eval_dir=eval_dir,
+        e=settings("evaluation", "bootstrap", "bootstrap_seed"),
     shell:
-        "lens ablation-table --spec '{params.spec}' --eval-dir {params.eval_dir} --out {params.out} 2> {log}"
+        "lens ablation-table --spec '{params.spec}' --eval-dir {params.eval_dir} --out {params.out} --val "
+        "--bootstrap {params.e[bootstrap]} --seed {params.e[bootstrap_seed]} 2> {log}"
 
 
 rule ablation:

@@ -241,13 +241,18 @@ def delta_arg(wildcards, input):
 
 
 # ------------------------------------------------------------------------------------ evaluation
-def stage_pred(wildcards):
+def stage_pred(wildcards, split="test"):
     """The 3D detections of an evaluated stage on the DeepLesion-like test split."""
     e, s = wildcards.exp, wildcards.stage
     if s in ("r2_fpr", "fpr_only"):  # one scored table: score = Eq. 4, score_fpr = the FPR alone
-        return f"results/{e}/fpr/test.3d.parquet"
+        return f"results/{e}/fpr/{split}.3d.parquet"
     rnd, experts = s.split("_")
-    return f"results/{e}/{ROUND_OF[rnd]}/proposals/{experts}/deeplesion/test.3d.parquet"
+    return f"results/{e}/{ROUND_OF[rnd]}/proposals/{experts}/deeplesion/{split}.3d.parquet"
+
+
+def stage_pred_val(wildcards):
+    """The same stage's detections on the DeepLesion-like validation split."""
+    return stage_pred(wildcards, "val")
 
 
 def eval_truth(wildcards):
@@ -260,6 +265,10 @@ def eval_truth(wildcards):
 
 def main_curves(wildcards):
     return [f"results/eval/{MAIN}/{s}/froc.parquet" for s in MAIN_STAGES]
+
+
+def main_val_summaries(wildcards):
+    return [f"results/eval/{MAIN}/{s}/val/summary.parquet" for s in MAIN_STAGES]
 
 
 def main_paper_arg(wildcards):
@@ -276,8 +285,10 @@ def delta_plot(wildcards):
 
 
 def ablation_summaries(wildcards):
-    return sorted({f"results/eval/{exp_name(r['experiment'], s)}/{r['stage']}/summary.parquet"
-                   for r in ABLATION["rows"].values() for s in ABLATION["seeds"]})
+    """Every ablation run's test and validation summary and matches (the bootstrap's input)."""
+    return sorted({f"results/eval/{exp_name(r['experiment'], s)}/{r['stage']}/{split}{name}.parquet"
+                   for r in ABLATION["rows"].values() for s in ABLATION["seeds"]
+                   for split in ("", "val/") for name in ("summary", "matches")})
 
 
 def exp_seed(wildcards):
@@ -293,7 +304,7 @@ def ablation_spec_arg(wildcards):
     """The ablation rows as JSON for `lens ablation-table`: row -> list of (experiment name, stage) per seed."""
     import json
 
-    rows = {label: {"stage": r["stage"], "paper": r.get("paper"),
+    rows = {label: {"stage": r["stage"], "paper": r.get("paper"), "vs": r.get("vs"),
                     "exps": [exp_name(r["experiment"], s) for s in ABLATION["seeds"]]}
             for label, r in ABLATION["rows"].items()}
     return json.dumps(rows)

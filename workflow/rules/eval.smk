@@ -1,5 +1,7 @@
-# FROC evaluation on the DeepLesion-like test split (LENS 3D protocol, Sec. VI-C), per experiment
-# and stage (r1/r2 = round 1/2 model, dl = DeepLesion expert only, fused = all experts, fpr = + Eq. 4).
+# FROC evaluation on the DeepLesion-like test split (LENS 3D protocol, Sec. VI-C), per experiment and stage
+# (r1/r2 = round 1/2 model, dl = DeepLesion expert only, fused = all experts, fpr = + Eq. 4), each average
+# with a 95 % interval over test patients (evaluation.bootstrap); every stage is also scored on the
+# validation split (results/eval/{exp}/{stage}/val/), with the same protocol and truth.
 
 
 rule evaluate:
@@ -12,6 +14,7 @@ rule evaluate:
         summary="results/eval/{exp}/{stage}/summary.parquet",
         md="results/eval/{exp}/{stage}/summary.md",
         plot=report("results/eval/{exp}/{stage}/froc.png", caption="../report/froc.rst", category="Evaluation"),
+        matches="results/eval/{exp}/{stage}/matches.parquet",
     log:
         "results/logs/{exp}/evaluate.{stage}.log",
     benchmark:
@@ -19,20 +22,42 @@ rule evaluate:
     conda:
         ENV
     params:
-        e=settings("evaluation", "iobb", "fp_rates"),
+        e=settings("evaluation", "iobb", "fp_rates", "bootstrap", "bootstrap_seed"),
         out=parent_of("froc"),
         label=stage_label,
         score=stage_score_column,
+        split="test",
     shell:
         "lens evaluate --pred {input.pred} --truth {input.truth} --protocol lens3d --name '{params.label}' "
-        "--score-column {params.score} --units {input.volumes} --unit-column volume_id --split test "
-        "--threshold {params.e[iobb]} "
+        "--score-column {params.score} --units {input.volumes} --unit-column volume_id --split {params.split} "
+        "--threshold {params.e[iobb]} --bootstrap {params.e[bootstrap]} --seed {params.e[bootstrap_seed]} "
         "--fp-rates {params.e[fp_rates]} --out {params.out} 2> {log}"
+
+
+# the same stage on the validation split, the split choices are made on (test is scored, never tuned on)
+use rule evaluate as evaluate_val with:
+    input:
+        pred=stage_pred_val,
+        truth=eval_truth,
+        volumes="results/prep/deeplesion/volumes.parquet",
+    output:
+        froc="results/eval/{exp}/{stage}/val/froc.parquet",
+        summary="results/eval/{exp}/{stage}/val/summary.parquet",
+        md="results/eval/{exp}/{stage}/val/summary.md",
+        plot="results/eval/{exp}/{stage}/val/froc.png",
+        matches="results/eval/{exp}/{stage}/val/matches.parquet",
+    log:
+        "results/logs/{exp}/evaluate.{stage}.val.log",
+    benchmark:
+        "results/benchmarks/evaluate/{exp}.{stage}.val.tsv"
+    params:
+        split="val",
 
 
 rule froc_plot:
     input:
-        main_curves,
+        curves=main_curves,
+        val=main_val_summaries,
     output:
         plot=report("results/eval/froc.png", caption="../report/froc_all.rst", category="Evaluation"),
         table=report("results/eval/table.md", caption="../report/table.rst", category="Evaluation"),
@@ -46,5 +71,7 @@ rule froc_plot:
     params:
         paper=main_paper_arg,
     shell:
-        "lens froc-plot --curves {input} --out {output.plot} --table {output.table} --paper {params.paper} "
-        "--title 'LENS on the DeepLesion-like test split (paper: Table II, on DeepLesion)' 2> {log}"
+        "lens froc-plot --curves {input.curves} --val-summaries {input.val} --out {output.plot} "
+        "--table {output.table} --paper {params.paper} "
+        "--title 'LENS on the DeepLesion-like test split, validation beside it (paper: Table II, on DeepLesion)' "
+        "2> {log}"

@@ -96,6 +96,7 @@ rule fig7_evaluate:
         summary="results/eval/fig7/{model}/{dataset}/{evalset}/summary.parquet",
         md="results/eval/fig7/{model}/{dataset}/{evalset}/summary.md",
         plot="results/eval/fig7/{model}/{dataset}/{evalset}/froc.png",
+        matches="results/eval/fig7/{model}/{dataset}/{evalset}/matches.parquet",
     wildcard_constraints:
         model=r"([a-z0-9]+_)?(alone|joint)_f[0-9.]+_s\d+",
         evalset="heldout|val",
@@ -116,12 +117,13 @@ rule fig7_evaluate:
     shell:
         "lens evaluate --pred {input.pred} --truth {params.truth} --protocol luna --name '{params.label}' "
         "--units {params.volumes} --volumes {params.volumes} {params.split} --fp-rates {params.e[fp_rates]} "
-        "--out {params.out} 2> {log}"
+        "--bootstrap {params.e[bootstrap]} --seed {params.e[bootstrap_seed]} --out {params.out} 2> {log}"
 
 
 rule fig7_table:
     input:
-        fig7_summaries,
+        summaries=fig7_summaries,
+        matches=fig7_matches,
     output:
         table=report("results/eval/fig7/table.md", caption="../report/fig7.rst", category="Fig. 7"),
         parquet="results/eval/fig7/table.parquet",
@@ -137,8 +139,10 @@ rule fig7_table:
         spec=fig7_spec_arg,
         scored_on=fig7_eval_name,
         out=parent_of("table"),
+        e=settings("evaluation", "bootstrap", "bootstrap_seed"),
     shell:
-        "lens fig7-table --spec '{params.spec}' --scored-on '{params.scored_on}' --out {params.out} 2> {log}"
+        "lens fig7-table --spec '{params.spec}' --scored-on '{params.scored_on}' --out {params.out} "
+        "--bootstrap {params.e[bootstrap]} --seed {params.e[bootstrap_seed]} 2> {log}"
 
 
 rule fig7:

@@ -137,6 +137,11 @@ def fig7_summaries(wildcards):
     return sorted({fig7_summary(r) for r in fig7_runs()})
 
 
+def fig7_matches(wildcards):
+    """The matches.parquet beside each run's summary: the table's bootstrap reads them."""
+    return [str(Path(p).with_name("matches.parquet")) for p in fig7_summaries(wildcards)]
+
+
 def fig7_spec_arg(wildcards):
     """The runs as JSON for `lens fig7-table`."""
     return json.dumps([{k: r[k] for k in ("dataset", "mode", "fraction", "seed")}

@@ -31,14 +31,16 @@ rule train_fpr:
 rule score_fpr:
     input:
         model="results/{exp}/fpr/fpr.pt",
-        proposals="results/{exp}/round2/proposals/fused/deeplesion/test.3d.parquet",
+        proposals="results/{exp}/round2/proposals/fused/deeplesion/{split}.3d.parquet",
         prep=prep_tables(["deeplesion"]),
     output:
-        "results/{exp}/fpr/test.3d.parquet",
+        "results/{exp}/fpr/{split}.3d.parquet",
+    wildcard_constraints:
+        split="val|test",  # scored for evaluation: the validation and test splits
     log:
-        "results/logs/{exp}/score_fpr.log",
+        "results/logs/{exp}/score_fpr.{split}.log",
     benchmark:
-        "results/benchmarks/score_fpr/{exp}.tsv"
+        "results/benchmarks/score_fpr/{exp}.{split}.tsv"
     conda:
         GPU_ENV
     threads: workflow.cores
