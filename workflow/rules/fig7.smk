@@ -108,7 +108,7 @@ rule fig7_evaluate:
         ENV
     threads: 1
     params:
-        e=settings("evaluation", "fp_rates"),
+        e=settings("evaluation", "fp_rates", "bootstrap", "bootstrap_seed"),
         out=parent_of("froc"),
         label=fig7_run_label,
         truth=fig7_eval_lesions,
