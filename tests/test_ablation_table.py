@@ -125,7 +125,7 @@ def test_pooled_intervals_and_paired_differences_with_their_verdicts(tmp_path):
     pd.testing.assert_frame_equal(pd.read_parquet(out / "differences.parquet").set_index(["row", "split"]), d)
     # a reference that is not a row is refused before anything is written
     rows["(h) + FPR"]["vs"] = "(z) missing"
-    assert main(argv[:2] + [json.dumps(rows)] + argv[3:5] + ["--out", str(tmp_path / "bad")] + argv[7:]) == 2
+    assert main(argv[:2] + [json.dumps(rows)] + argv[3:5] + ["--out", str(tmp_path / "bad")] + argv[7:]) == 1
     assert not (tmp_path / "bad").exists()
 
 

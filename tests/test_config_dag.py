@@ -17,7 +17,7 @@ ROUND1 = {"train_lens"}
 DATA = {"synthesize_corpus", "preprocess", "gather_prep"}
 MINING_BEFORE_CROSS_DATASET = {"build_tracklets", "mine_cross_slice", "embed_lesions", "calibrate_delta",
                                "mine_intra_patient"}
-EVALUATION = {"evaluate", "froc_plot", "html_report", "all"}
+EVALUATION = {"evaluate", "evaluate_val", "froc_plot", "html_report", "all"}
 
 
 def _commands(printed: str, step: str = "") -> list[str]:
