@@ -46,7 +46,7 @@ def _cell(avg: float, lo: float, hi: float) -> str:
 def write_value_table(table: pd.DataFrame, out: str | Path) -> None:
     out = Path(out)
     lines = ["## Round 2 with reviewed mined boxes (simulated reviewer answering from the hidden truth)", "",
-             "Average sensitivity at 1/8 ... 8 FPs per volume, % (95 % bootstrap interval over volumes).", "",
+             "Average sensitivity at 1/8 ... 8 FPs per volume, % (95 % bootstrap interval over patients).", "",
              "| reviewed | accepted | fixed | rejected | validation | test |", "|---:|---:|---:|---:|---:|---:|"]
     for _, r in table.iterrows():
         lines.append(f"| {r['reviewed_pct']:.0f} % | {int(r['accepted'])} | {int(r['fixed'])} | {int(r['rejected'])} | "

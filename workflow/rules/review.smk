@@ -121,7 +121,9 @@ use rule train_lens as train_lens_review_value with:
         "results/benchmarks/train_lens_round2rv{pct}/{exp}.tsv"
 
 
-rule evaluate_review_value:
+# each row's round 2 scored as the main stages are (lens evaluate, LENS 3D protocol, the evaluation section's
+# bootstrap), on the validation and the test split
+use rule evaluate as evaluate_review_value with:
     input:
         pred=review_value_pred,
         truth=eval_truth,
@@ -131,23 +133,17 @@ rule evaluate_review_value:
         summary="results/eval/{exp}/review_value/p{pct}/{split}/summary.parquet",
         md="results/eval/{exp}/review_value/p{pct}/{split}/summary.md",
         plot="results/eval/{exp}/review_value/p{pct}/{split}/froc.png",
+        matches="results/eval/{exp}/review_value/p{pct}/{split}/matches.parquet",
     wildcard_constraints:
         split="val|test",
     log:
         "results/logs/{exp}/evaluate_review_value.p{pct}.{split}.log",
     benchmark:
         "results/benchmarks/evaluate_review_value/{exp}.p{pct}.{split}.tsv"
-    conda:
-        ENV
     params:
-        e=config["evaluation"],
-        v=config["review"]["value"],
-        out=parent_of("froc"),
-    shell:
-        "lens evaluate --pred {input.pred} --truth {input.truth} --protocol lens3d "
-        "--name 'round 2, {wildcards.pct} % reviewed' --units {input.volumes} --unit-column volume_id "
-        "--split {wildcards.split} --threshold {params.e[iobb]} --fp-rates {params.e[fp_rates]} "
-        "--bootstrap {params.v[bootstrap]} --seed {params.v[seed]} --out {params.out} 2> {log}"
+        label=review_value_label,
+        score="score",
+        split=split_of,
 
 
 rule review_value_table:

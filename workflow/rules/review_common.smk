@@ -45,6 +45,14 @@ def review_value_pred(wildcards):
     return f"results/{wildcards.exp}/{rnd}/proposals/fused/deeplesion/{wildcards.split}.3d.parquet"
 
 
+def review_value_label(wildcards):
+    return f"round 2, {wildcards.pct} % reviewed"
+
+
+def split_of(wildcards):
+    return wildcards.split
+
+
 def review_value_rows(wildcards):
     """Every file of the review-value table of the main experiment: per percentage, its simulated review
     and its validation and test summaries."""
