@@ -47,10 +47,6 @@ def _in_range(text: str, cast=float, ok=lambda v: True, expected: str = ""):
     return value
 
 
-def finite_float(text: str) -> float:
-    return _in_range(text)
-
-
 def positive_float(text: str) -> float:
     """A size in mm, a distance threshold: finite and > 0 (0 or NaN would resample to nothing or to garbage)."""
     return _in_range(text, float, lambda v: v > 0, "> 0")

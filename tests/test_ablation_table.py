@@ -127,6 +127,12 @@ def test_pooled_intervals_and_paired_differences_with_their_verdicts(tmp_path):
     rows["(h) + FPR"]["vs"] = "(z) missing"
     assert main(argv[:2] + [json.dumps(rows)] + argv[3:5] + ["--out", str(tmp_path / "bad")] + argv[7:]) == 1
     assert not (tmp_path / "bad").exists()
+    # ... also without a bootstrap, and a run without one replaces an earlier run's differences by none
+    assert main(argv[:2] + [json.dumps(rows)] + argv[3:5] + ["--out", str(tmp_path / "bad"), "--bootstrap", "0"]) == 1
+    rows["(h) + FPR"]["vs"] = "(a) AFP, DeepLesion alone"
+    assert main(argv[:2] + [json.dumps(rows)] + argv[3:7] + ["--bootstrap", "0"]) == 0
+    assert pd.read_parquet(out / "differences.parquet").empty and "average_low" not in pd.read_parquet(
+        out / "table.parquet").columns
 
 
 def test_verdict_needs_the_interval_to_exclude_zero_with_the_papers_sign():

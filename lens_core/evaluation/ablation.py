@@ -103,16 +103,28 @@ def intervals(spec: dict, table: pd.DataFrame, eval_dir: Path, n_boot: int, seed
         ref = r.get("vs")
         if not ref:
             continue
-        if ref not in spec:
-            raise ValueError(f"--spec row {label!r}: reference row {ref!r} is not a row of the table")
         d = interval(row_mean[label] - row_mean[ref])
         pa, pb = spec[label].get("paper"), spec[ref].get("paper")
         paper_delta = pa - pb if pa is not None and pb is not None else None
         diffs.append({"row": label, "vs": ref, "split": split, "delta": means[label] - means[ref],
                       "delta_low": 100 * d["low"], "delta_high": 100 * d["high"], "paper_delta": paper_delta,
                       "verdict": verdict(d["low"], d["high"], paper_delta)})
-    columns = ["row", "vs", "split", "delta", "delta_low", "delta_high", "paper_delta", "verdict"]
-    return table, pd.DataFrame(diffs, columns=columns), next(iter(items.values()))[0].n_patients
+    return table, pd.DataFrame(diffs, columns=DIFF_COLUMNS), next(iter(items.values()))[0].n_patients
+
+
+DIFF_COLUMNS = ["row", "vs", "split", "delta", "delta_low", "delta_high", "paper_delta", "verdict"]
+
+
+def check_spec(spec) -> dict:
+    """The --spec mapping: row -> {stage, exps: [...], paper?, vs?}; every `vs` names a row of the table."""
+    if not isinstance(spec, dict) or not spec:
+        raise ValueError("--spec: expected a JSON mapping of row -> {stage, exps, paper, vs}")
+    for label, r in spec.items():
+        if not isinstance(r, dict) or "stage" not in r or not r.get("exps"):
+            raise ValueError(f"--spec row {label!r}: expected {{stage, exps: [experiment per seed], ...}}")
+        if r.get("vs") and r["vs"] not in spec:
+            raise ValueError(f"--spec row {label!r}: reference row {r['vs']!r} is not a row of the table")
+    return spec
 
 
 def _ci(low, high) -> str:
@@ -192,7 +204,10 @@ def plot(table: pd.DataFrame, path: Path) -> None:
 
 
 def run(args) -> int:
-    spec = json.loads(args.spec)
+    try:
+        spec = check_spec(json.loads(args.spec))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"--spec: not JSON ({e})") from None
     runs = collect(spec, args.eval_dir)
     table = aggregate(runs)
     diffs, n_patients = None, None
@@ -205,9 +220,9 @@ def run(args) -> int:
             table, val_diffs, _ = intervals(spec, table, args.eval_dir, args.bootstrap, args.seed, "val", "val_")
             diffs = pd.concat([diffs, val_diffs], ignore_index=True)
     write_parquet(table, args.out / "table.parquet", {"spec": spec, "bootstrap": args.bootstrap, "seed": args.seed})
-    if diffs is not None:
-        write_parquet(diffs, args.out / "differences.parquet", {"spec": spec, "bootstrap": args.bootstrap,
-                                                                "seed": args.seed})
+    # always written (empty without a bootstrap): the rule declares it, and an old one must not survive
+    write_parquet(diffs if diffs is not None else pd.DataFrame(columns=DIFF_COLUMNS),
+                  args.out / "differences.parquet", {"spec": spec, "bootstrap": args.bootstrap, "seed": args.seed})
     with atomic_path(args.out / "table.md") as tmp:
         tmp.write_text(to_markdown(table, runs, diffs, args.bootstrap, n_patients))
     plot(table, args.out / "froc.png")

@@ -23,7 +23,6 @@ patch cover ``context`` x its side in-plane, resampled to the patch size (lens_c
 from __future__ import annotations
 
 import copy
-import pickle
 from dataclasses import asdict, dataclass
 from pathlib import Path
 

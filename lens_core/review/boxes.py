@@ -18,7 +18,6 @@ import pyarrow as pa
 
 # strategies in the order the page shows them, and the label_kind each one's table holds
 STRATEGIES = ("cross_slice", "intra_patient", "uncertain")
-KIND_OF = {"cross_slice": "mined_cross_slice", "intra_patient": "mined_intra_patient", "uncertain": "uncertain"}
 
 REVIEW_BOXES_SCHEMA = pa.schema([
     ("box_id", pa.string()), ("strategy", pa.string()), ("source_rule", pa.string()),

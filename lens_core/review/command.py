@@ -8,7 +8,14 @@ import logging
 import time
 from pathlib import Path
 
+from lens_core.arguments import iou_threshold, non_negative_int, probability
+
 log = logging.getLogger("lens.review")
+
+
+def sample_size(text: str) -> int:
+    """How many uncertain boxes get a card: a whole number >= 0, or -1 for all."""
+    return -1 if text.strip() == "-1" else non_negative_int(text)
 
 
 def add_parser(sub) -> None:
@@ -31,8 +38,8 @@ def add_parser(sub) -> None:
     p.add_argument("--tracklets", type=Path, help="tracklets.parquet: expert scores and neighbouring boxes")
     p.add_argument("--proposals", type=Path, nargs="*", default=[],
                    help="round-1 proposals the uncertain boxes came from (their expert scores)")
-    p.add_argument("--uncertain-sample", type=int, default=100, help="uncertain boxes shown (-1: all)")
-    p.add_argument("--window", type=int, default=2, help="neighbouring slices shown on each side")
+    p.add_argument("--uncertain-sample", type=sample_size, default=100, help="uncertain boxes shown (-1: all)")
+    p.add_argument("--window", type=non_negative_int, default=2, help="neighbouring slices shown on each side")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--experiment", default="lens")
     p.add_argument("--out", type=Path, required=True, help="the page's folder (index.html, img/)")
@@ -55,10 +62,10 @@ def add_parser(sub) -> None:
                                    "Never for real data, never read by the page.")
     p.add_argument("--boxes", type=Path, required=True, help="review_boxes.parquet")
     p.add_argument("--prep-dir", type=Path, required=True, help="the preprocessed folder holding truth.parquet")
-    p.add_argument("--fraction", type=float, required=True, help="share of the mined boxes answered (0..1)")
+    p.add_argument("--fraction", type=probability, required=True, help="share of the mined boxes answered (0..1)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--accept-iou", type=float, default=0.5)
-    p.add_argument("--fix-iou", type=float, default=0.1)
+    p.add_argument("--accept-iou", type=iou_threshold, default=0.5)
+    p.add_argument("--fix-iou", type=iou_threshold, default=0.1)
     p.add_argument("--out", type=Path, required=True, help="a verdict JSON, as the page exports")
     p.set_defaults(func=_simulate)
 
@@ -72,16 +79,17 @@ def add_parser(sub) -> None:
 
 
 def _boxes(args) -> int:
-    import pandas as pd
-
-    from ..io import write_parquet
+    from ..io import read_table, write_parquet
+    from ..mining.schema import BOX
     from .boxes import REVIEW_BOXES_SCHEMA, mined_boxes
 
     tables = {}
     for name, path in (("cross_slice", args.cross_slice), ("intra_patient", args.intra_patient),
                        ("uncertain", args.uncertain)):
-        tables[name] = pd.read_parquet(path)
-    vols = pd.read_parquet(args.volumes)
+        tables[name] = read_table(path, {"volume_id": "text", "z": "integer", **dict.fromkeys(BOX, "number")},
+                                  f"{name} mining table", boxes=BOX)
+    vols = read_table(args.volumes, {"volume_id": "text", "width": "integer", "height": "integer",
+                                     "n_slices": "integer"}, "volumes.parquet of the mined dataset")
     try:
         boxes = mined_boxes(tables, vols)
     except ValueError as e:
@@ -94,12 +102,16 @@ def _boxes(args) -> int:
 def _page(args) -> int:
     import pandas as pd
 
+    from ..io import read_table
+    from ..mining.schema import TRACKLETS
+    from .boxes import REVIEW_BOXES_SCHEMA
     from .page import build_page
 
     start = time.perf_counter()
-    boxes = pd.read_parquet(args.boxes)
-    trk = pd.read_parquet(args.tracklets) if args.tracklets else None
-    props = pd.concat([pd.read_parquet(p) for p in args.proposals], ignore_index=True) if args.proposals else None
+    boxes = read_table(args.boxes, REVIEW_BOXES_SCHEMA.names, "review_boxes.parquet of lens review-boxes")
+    trk = read_table(args.tracklets, TRACKLETS, "tracklets.parquet of lens build-tracklets") if args.tracklets else None
+    props = pd.concat([read_table(p, ["volume_id", "z", "score"], "round-1 proposal table") for p in args.proposals],
+                      ignore_index=True) if args.proposals else None
     summary = build_page(boxes, args.prep_dir, args.out, experiment=args.experiment, tracklets=trk, proposals=props,
                          uncertain_sample=None if args.uncertain_sample < 0 else args.uncertain_sample,
                          window=args.window, seed=args.seed)
@@ -109,16 +121,15 @@ def _page(args) -> int:
 
 
 def _import(args) -> int:
-    import pandas as pd
-
-    from ..io import write_parquet
+    from ..io import read_table, write_parquet
+    from .boxes import REVIEW_BOXES_SCHEMA
     from .verdicts import REVIEW_SCHEMA, read_review, read_verdicts_json
 
     boxes_path = args.boxes or args.out.with_name("review_boxes.parquet")
     if not boxes_path.exists():
         raise FileNotFoundError(f"{boxes_path}: the run's mined boxes are needed to check the verdicts "
                                 "(snakemake results/<exp>/mining/review_boxes.parquet, or pass --boxes)")
-    boxes = pd.read_parquet(boxes_path)
+    boxes = read_table(boxes_path, REVIEW_BOXES_SCHEMA.names, "review_boxes.parquet of lens review-boxes")
     review = read_verdicts_json(args.verdicts, boxes)
     counts = review["decision"].value_counts().to_dict()
     if args.out.exists():
@@ -139,15 +150,16 @@ def _import(args) -> int:
 def _simulate(args) -> int:
     import pandas as pd
 
-    from ..io import write_text
+    from ..io import read_table, write_text
     from ..mining.audit import annotation_pad_px
+    from .boxes import REVIEW_BOXES_SCHEMA
     from .simulate import simulate_verdicts
 
     truth_path = args.prep_dir / "truth.parquet"
     if not truth_path.exists():
         raise FileNotFoundError(f"{truth_path}: the simulated reviewer needs the built-in corpus's hidden truth")
-    boxes = pd.read_parquet(args.boxes)
-    doc = simulate_verdicts(boxes, pd.read_parquet(truth_path), args.fraction, pad_px=annotation_pad_px(args.prep_dir),
+    boxes = read_table(args.boxes, REVIEW_BOXES_SCHEMA.names, "review_boxes.parquet of lens review-boxes")
+    doc = simulate_verdicts(boxes, read_table(truth_path, ["volume_id"], "hidden truth"), args.fraction, pad_px=annotation_pad_px(args.prep_dir),
                             seed=args.seed, accept_iou=args.accept_iou, fix_iou=args.fix_iou)
     write_text(args.out, json.dumps(doc, indent=1))
     counts = pd.Series([v["decision"] for v in doc["verdicts"] if v["decision"]]).value_counts().to_dict()

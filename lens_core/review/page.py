@@ -99,7 +99,7 @@ def build_page(boxes: pd.DataFrame, prep_dir: Path, out_dir: Path, *, experiment
     cards = choose_cards(boxes, uncertain_sample, seed)
     sources = source_annotations(cards, lesions)
     # the page and its images are one unit: a temporary folder replaces out_dir whole, only once complete
-    with atomic_folder(out_dir) as tmp:
+    with atomic_folder(out_dir, own={"index.html", "img"}) as tmp:
         geometry = render_cards(cards, prep_dir / "volumes.h5", tmp / "img", lesions, tracklets, sources, window=window)
         records = card_records(cards, expert_scores(cards, tracklets, proposals), geometry)
         counts = cards["strategy"].value_counts().to_dict()

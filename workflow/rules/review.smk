@@ -38,7 +38,7 @@ rule review_page:
     conda:
         ENV
     params:
-        r=config["review"],
+        r=settings("review", "uncertain_sample", "window", "seed"),
         prep=parent_of("prep"),
     shell:
         "lens review --boxes {input.boxes} --prep-dir {params.prep} --tracklets {input.tracklets} "
@@ -67,12 +67,12 @@ rule review_simulate:
     conda:
         ENV
     params:
-        v=config["review"]["value"],
+        seed=REVIEW_VALUE["seed"],
         prep=parent_of("prep"),
         fraction=review_fraction,
     shell:
         "lens review-simulate --boxes {input.boxes} --prep-dir {params.prep} --fraction {params.fraction} "
-        "--seed {params.v[seed]} --out {output} 2> {log}"
+        "--seed {params.seed} --out {output} 2> {log}"
 
 
 rule review_import_simulated:
