@@ -61,8 +61,9 @@ def test_a_missing_or_foreign_summary_is_a_clear_error(spec, tmp_path, caplog):
     assert "full_s3/r2_fpr/summary.parquet" in caplog.text and "(h) + FPR" in caplog.text
     rows["(h) + FPR"]["exps"].pop()
     pd.DataFrame({"volume_id": ["v"]}).to_parquet(ev / "full_s1" / "r2_fpr" / "summary.parquet")
+    caplog.clear()
     assert main(["ablation-table", "--spec", json.dumps(rows), "--eval-dir", str(ev), "--out", str(out)]) == 1
-    assert "no 'all' row" in caplog.text
+    assert "full_s1/r2_fpr/summary.parquet (evaluation summary of lens evaluate): missing column(s)" in caplog.text
     assert not out.exists() or not any(out.iterdir())  # no partial table
 
 

@@ -17,17 +17,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from lens_core.io import atomic_path, read_table, write_parquet
-
-
-def _overall(path: Path, label: str) -> pd.Series:
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: evaluation of row {label!r} missing")
-    s = read_table(path, (), "evaluation summary of lens evaluate")
-    overall = s[s["stratum"] == "all"] if "stratum" in s.columns else s.iloc[:0]
-    if overall.empty or "average" not in s.columns:
-        raise ValueError(f"{path}: no 'all' row with an average; was it written by `lens evaluate`?")
-    return overall.iloc[0]
+from lens_core.evaluation.tables import overall_row
+from lens_core.io import atomic_path, write_parquet
 
 
 def run_dir(eval_dir: Path, exp: str, stage: str, split: str = "test") -> Path:
@@ -41,7 +32,7 @@ def collect(spec: dict, eval_dir: Path, split: str = "test") -> pd.DataFrame:
     rows = []
     for label, r in spec.items():
         for exp in r["exps"]:
-            s = _overall(run_dir(eval_dir, exp, r["stage"], split) / "summary.parquet", label)
+            s = overall_row(run_dir(eval_dir, exp, r["stage"], split) / "summary.parquet", f"row {label!r}")
             rates = [c for c in s.index if c.startswith("FP@")]
             rows.append({"row": label, "exp": exp, "stage": r["stage"], "paper": r.get("paper"),
                          **{c: float(s[c]) for c in rates}, "average": float(s["average"]),

@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from lens_core.io import atomic_path, read_table, write_parquet, write_text
+from lens_core.evaluation.tables import overall_row
+from lens_core.io import atomic_path, write_parquet, write_text
 
 MODES = ("alone", "joint")
 TITLES = {"deeplesion": "DeepLesion", "luna": "LUNA", "lits": "LiTS", "nihln": "NIH-LN"}
@@ -33,17 +34,10 @@ def collect(spec: list[dict]) -> pd.DataFrame:
         if run["mode"] not in MODES:
             raise ValueError(f"--spec run {i}: mode must be one of {list(MODES)}, got {run['mode']!r}")
         path = Path(run["summary"])
-        if not path.exists():
-            raise FileNotFoundError(f"{path}: evaluation of {run['dataset']} {run['mode']} "
-                                    f"{run['fraction']:g} seed {run['seed']} missing")
-        s = read_table(path, (), "evaluation summary of lens evaluate")
-        overall = s[s["stratum_by"] == "all"]
-        if overall.empty or "average" not in s.columns:
-            raise ValueError(f"{path}: no 'all' row with an average; was it written by `lens evaluate`?")
-        if "protocol" in s.columns and (s["protocol"] != "luna").any():
-            raise ValueError(f"{path}: protocol {s['protocol'].iloc[0]!r}, Fig. 7 reports the luna protocol (CPM)")
-        r = overall.iloc[0]
-        rates = [c for c in s.columns if c.startswith("FP@")]
+        r = overall_row(path, f"{run['dataset']} {run['mode']} {run['fraction']:g} seed {run['seed']}")
+        if r.get("protocol", "luna") != "luna":
+            raise ValueError(f"{path}: protocol {r['protocol']!r}, Fig. 7 reports the luna protocol (CPM)")
+        rates = [c for c in r.index if c.startswith("FP@")]
         rows.append({"dataset": run["dataset"], "mode": run["mode"], "fraction": float(run["fraction"]),
                      "seed": int(run["seed"]), **{c: float(r[c]) for c in rates},
                      "average": float(r["average"]), "n_gt": int(r["n_gt"]), "n_units": int(r["n_units"]),

@@ -3,12 +3,30 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 
 from lens_core.evaluation.froc import interpolate_sensitivity
 
 KEYS = ["variant", "protocol", "stratum_by", "stratum"]
+
+
+def overall_row(path, missing: str = "") -> pd.Series:
+    """The overall ('all') row of a `lens evaluate` summary.parquet. A missing file (``missing``: what it
+    is the evaluation of), a table without that row or without an average is an error naming the file."""
+    from lens_core.io import InputError, read_table
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: evaluation{' of ' + missing if missing else ''} missing")
+    s = read_table(path, {"stratum_by": "text", "average": "number?"}, "evaluation summary of lens evaluate")
+    overall = s[s["stratum_by"] == "all"]
+    if len(overall) != 1:
+        raise InputError(f"{path}: {len(overall)} overall ('all') rows, expected one; was it written by "
+                         "`lens evaluate`?")
+    return overall.iloc[0]
 
 
 def rate_label(rate: float) -> str:
