@@ -69,6 +69,14 @@ class FprTrainConfig:
         return cls(**{**base, **{k: v for k, v in overrides.items() if v is not None}})
 
 
+def fpr_deviations(cfg: "FprTrainConfig", extra_datasets: list[str]) -> dict:
+    """The FPR's departures from the paper (lens_core.deviations): its preset and the single-type datasets
+    whose proposals add samples (the paper: DeepLesion's alone)."""
+    from lens_core.deviations import in_effect
+
+    return in_effect({"fpr": {"preset": cfg.preset, "epochs": cfg.epochs, "extra_datasets": extra_datasets}})
+
+
 def prep_meta(prep_dir: Path) -> dict:
     """Preprocessing parameters recorded in ``volumes.h5`` (pixel_mm, slice_mm, hu_window)."""
     import json
@@ -282,7 +290,8 @@ def train_fpr(
             stats["val_auc_lens"] = roc_auc(yv, props["score"].to_numpy(np.float64)[val_idx])
             stats["val_auc_fused"] = roc_auc(yv, (props["score"].to_numpy(np.float64)[val_idx] + s) / 2)
     stats["seconds"] = time.perf_counter() - t_start
-    meta = {"config": asdict(cfg), "prep": prep_meta(prep_dir), "history": history, "stats": stats}
+    meta = {"config": asdict(cfg), "prep": prep_meta(prep_dir), "history": history, "stats": stats,
+            "deviations": fpr_deviations(cfg, [Path(src.prep_dir).name for src in extra_sources])}
     save_fpr(out, model, meta)
     log.info("FPR trained in %.1f s: %s", stats["seconds"], stats)
     return stats
