@@ -148,7 +148,7 @@ def train_overrides(wildcards):
     mined labels with the uncertain boxes as lesions instead of ignored (Table V's "uncertain as GT");
     an experiment's `pool` datasets are pooled into its first dataset's task (Table V's "data pooling",
     with `pool_positive_only` their lesion slices alone). Every round 2 (round2, round2u, review.smk's
-    round2rv<pct>) samples unlabelled slices as mining.unlabeled_slices says (Table IV, "+ Unlabeled")."""
+    round2rv<pct>) samples unlabelled slices as mining.unlabeled_slices says (Table IV, its last row)."""
     spec, seed = exp_spec(wildcards.exp)
     args = [f"--seed {seed}", f"--set 'datasets=[{','.join(exp_datasets(wildcards.exp))}]'"]
     if spec.get("pool"):
