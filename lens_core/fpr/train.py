@@ -27,6 +27,7 @@ from lens_core.fpr.model import FprNet, focal_loss, get_preset, save_fpr
 from lens_core.fpr.patches import BOX3D, augment, centre_window, crop_patches
 from lens_core.fpr.samples import FP, THETA, THETA_FP, TP, epoch_samples, label_proposals
 from lens_core.io import read_table
+from lens_core.preprocess.schema import prep_meta
 
 log = logging.getLogger(__name__)
 
@@ -75,19 +76,6 @@ def fpr_deviations(cfg: "FprTrainConfig", extra_datasets: list[str]) -> dict:
     from lens_core.deviations import in_effect
 
     return in_effect({"fpr": {"preset": cfg.preset, "epochs": cfg.epochs, "extra_datasets": extra_datasets}})
-
-
-def prep_meta(prep_dir: Path) -> dict:
-    """Preprocessing parameters recorded in ``volumes.h5`` (pixel_mm, slice_mm, hu_window)."""
-    import json
-
-    try:
-        with h5py.File(Path(prep_dir) / "volumes.h5", "r") as f:
-            raw = f.attrs.get("lens")
-    except OSError as e:
-        raise ValueError(f"{Path(prep_dir) / 'volumes.h5'}: cannot open: {e}") from e
-    meta = json.loads(raw) if raw is not None else {}
-    return {k: meta[k] for k in ("dataset", "pixel_mm", "slice_mm", "hu_window") if k in meta}
 
 
 def volume_patches(h5_path: Path, boxes: pd.DataFrame, patch, context: float, margin: int = 0

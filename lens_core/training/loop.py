@@ -13,9 +13,9 @@ import torch
 from tqdm import tqdm
 
 from lens_core.deviations import training_deviations
-from lens_core.fpr.train import prep_meta
 from lens_core.io import atomic_path, read_table
 from lens_core.model.lens import LENS, save_lens, total_loss
+from lens_core.preprocess.schema import prep_meta
 from lens_core.runtime import autocast, resolve_device
 from lens_core.training.config import TrainConfig
 from lens_core.training.curves import plot_losses, write_loss_table
