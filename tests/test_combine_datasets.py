@@ -57,6 +57,23 @@ def test_pooling_makes_one_task_of_every_datasets_slices_read_from_their_own_fil
     assert build_index(cfg(datasets=["deeplesion"]), prep)["deeplesion"] == alone["deeplesion"]
 
 
+def test_positive_only_pooling_adds_the_pooled_datasets_lesion_slices_and_none_of_their_negatives(prep):
+    """Table V's "positive data pooling": the single-type sets' lesion slices join DeepLesion's task,
+    their lesion-free slices do not (so only DeepLesion's own sampling decides its negatives)."""
+    alone = build_index(cfg(datasets=DATASETS, unlabeled_slices=True, neg_gap_2d=1), prep)
+    pos = build_index(cfg(datasets=["deeplesion"], pool=["luna", "lits"], pool_positive_only=True,
+                          unlabeled_slices=True, neg_gap_2d=1), prep)["deeplesion"]
+    assert pos.lesion_slices == [k for d in DATASETS for k in alone[d].lesion_slices]
+    assert alone["luna"].negatives and alone["deeplesion"].negatives
+    assert pos.negatives == alone["deeplesion"].negatives
+    plan = DatasetHomogeneousSampler({"deeplesion": pos}, batch_size=4, seed=0).plan(0)
+    sampled = {k for _, ks in plan for k in ks}
+    assert {v.split("_")[0] for v, _ in sampled} == set(DATASETS)
+    assert all(pos.labels[k].gt for k in sampled if not k[0].startswith("deeplesion"))
+    with pytest.raises(ValueError, match="pool_positive_only needs datasets to pool"):
+        cfg(datasets=["deeplesion"], pool_positive_only=True)
+
+
 def test_pooling_config_and_volume_id_clashes_fail_clearly():
     with pytest.raises(ValueError, match="pool"):
         cfg(datasets=["deeplesion", "luna"], pool=["luna"])

@@ -112,12 +112,23 @@ def test_model_file_round_trips_with_weights_only(tmp_path):
         load_lens(tmp_path / "junk.pt")
 
 
-def test_an_experts_score_is_its_classifier_tempered_by_its_own_afp():
+def test_an_experts_score_is_its_classifier_by_default_and_tempered_by_its_own_afp_with_two_stage():
+    """The paper (Sec. IV-B) scores a proposal by its expert's classifier; two_stage (an ablation row)
+    takes the geometric mean with the expert's own AFP centerness at the proposing pixel."""
     torch.manual_seed(0)
-    model = LENS(["a", "b"], "cpu", 3, fc_dim=32, rois_per_image=8).eval()
+    model = LENS(["a", "b"], "cpu", 3, fc_dim=32, rois_per_image=8, score="two_stage").eval()
     x = torch.randn(1, 3, H, W)
-    head_only = LENS(["a", "b"], "cpu", 3, fc_dim=32, rois_per_image=8, score="head").eval()
+    head_only = LENS(["a", "b"], "cpu", 3, fc_dim=32, rois_per_image=8).eval()
+    assert head_only.score == "head"
     head_only.load_state_dict(model.state_dict())
+    # the head score is the expert classifier's probability of each pooled RoI, whatever its AFP says
+    feat = head_only.backbone(x)
+    rois = head_only.detect(x)[0]["rois"]
+    cls = [torch.sigmoid(head_only.head.expert(head_only.head.shared_features(feat, [rois]), d)[0].float())
+           for d in ("a", "b")]
+    assert torch.allclose(head_only.detect(x)[0]["scores"], torch.stack(cls, 1), atol=1e-6)
+    with pytest.raises(ValueError, match="score must be one of"):
+        LENS(["a"], "cpu", 3, fc_dim=32, score="centerness")
     for afp in model.afps.values():  # a flat, certain centerness map: the AFP agrees everywhere
         torch.nn.init.zeros_(afp.center[-1].weight)
         torch.nn.init.constant_(afp.center[-1].bias, 30.0)

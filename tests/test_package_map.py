@@ -14,7 +14,7 @@ PACKAGE = ROOT / "lens_core"
 
 # The pipeline, bottom up (DESIGN's package map): a module may import its own layer and those below.
 LAYERS = [
-    {"config", "errors", "io", "boxes", "runtime", "arguments", "tracklets"},  # shared by every step
+    {"config", "errors", "io", "boxes", "runtime", "arguments", "tracklets", "deviations"},  # shared by every step
     {"datasets"},
     {"preprocess"},
     {"model"},

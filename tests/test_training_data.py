@@ -62,7 +62,7 @@ def test_bad_label_rows_name_the_file_and_row(prep):
 
 
 def test_batches_hold_one_dataset_and_positives_outnumber_negatives_two_to_one(prep):
-    index = build_index(cfg(), prep)
+    index = build_index(cfg(unlabeled_slices=True), prep)
     sampler = DatasetHomogeneousSampler(index, batch_size=4, pos_neg_ratio=2, seed=0)
     plan = sampler.plan(0)
     assert {name for name, _ in plan} == set(DATASETS)
@@ -78,7 +78,7 @@ def test_batches_hold_one_dataset_and_positives_outnumber_negatives_two_to_one(p
 
 
 def test_negative_slices_keep_away_from_2d_key_slices(prep):
-    c = cfg(neg_gap_2d=4)
+    c = cfg(neg_gap_2d=4, unlabeled_slices=True)
     ds = build_index(c, prep)["deeplesion"]
     les = pd.read_parquet(prep / "deeplesion" / "lesions.parquet")
     for r in les.itertuples():
@@ -139,15 +139,40 @@ def test_a_slice_with_only_uncertain_boxes_stays_a_negative_with_its_regions_ign
     vid = les.iloc[0].volume_id
     taken = set(les.loc[les.volume_id == vid, "z"].astype(int))
     n = int(pd.read_parquet(prep / "deeplesion" / "volumes.parquet").set_index("volume_id").n_slices[vid])
-    before = build_index(cfg(), prep)["deeplesion"]
+    before = build_index(cfg(unlabeled_slices=True), prep)["deeplesion"]
     free = [z for z in range(n) if (vid, z) in set(before.negatives)]
     assert free, "the synthetic volume needs a negative slice for this test"
     z = free[0]
     unc = les.iloc[[0]].assign(label_kind="uncertain", kind="2d", z=z, z1=z, z2=z + 1, lesion_id="u")
-    after = build_index(cfg(), prep, pd.concat([les, unc], ignore_index=True))["deeplesion"]
+    after = build_index(cfg(unlabeled_slices=True), prep, pd.concat([les, unc], ignore_index=True))["deeplesion"]
     assert (vid, z) in after.negatives and after.negatives == before.negatives
     assert after.labels[(vid, z)].ignore and not after.labels[(vid, z)].gt
     assert z not in taken
+
+
+def test_round_1_samples_only_the_labelled_slices_of_a_key_slice_dataset(prep):
+    """The paper's round 1: DeepLesion's slices without a label are unlabelled, not lesion-free, so they
+    are not sampled at all; a single-type set (3D labels, complete for its type) keeps its negatives.
+    With unlabeled_slices (round 2, Table IV "+ Unlabeled") DeepLesion's far slices join as negatives."""
+    les = pd.read_parquet(prep / "deeplesion" / "lesions.parquet")
+    vid = les.iloc[0].volume_id
+    z = next(z for z in range(24) if all(abs(z - int(k)) > 4 for k in les.loc[les.volume_id == vid, "z"]))
+    unc = les.iloc[[0]].assign(label_kind="uncertain", kind="2d", z=z, z1=z, z2=z + 1, lesion_id="u")
+    table = pd.concat([les, unc], ignore_index=True)
+    for labels in (None, table):  # round 1's own labels, and a round-2 table with an uncertain box
+        r1 = build_index(cfg(), prep, labels)
+        assert r1["deeplesion"].negatives == []
+        assert len(r1["deeplesion"].lesion_slices) == len(les)
+        plan = DatasetHomogeneousSampler(r1, batch_size=4, seed=0).plan(0)
+        sampled = {k for n, ks in plan if n == "deeplesion" for k in ks}
+        assert sampled == {k for keys in r1["deeplesion"].lesion_slices for k in keys}
+        assert all(r1["deeplesion"].labels[k].gt for k in sampled)  # no unlabelled or uncertain-only slice
+        full = build_index(cfg(unlabeled_slices=True), prep, labels)
+        assert r1["luna"].negatives and r1["luna"].negatives == full["luna"].negatives
+        assert (vid, z) in full["deeplesion"].negatives
+    # pooling keeps the pooled single-type set's negatives (they are lesion-free for its type)
+    pooled = build_index(cfg(datasets=["deeplesion"], pool=["luna"]), prep)["deeplesion"]
+    assert pooled.negatives == r1["luna"].negatives
 
 
 def test_volume_fraction_keeps_a_nested_seed_independent_subset_of_training_volumes(tmp_path):

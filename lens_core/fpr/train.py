@@ -27,6 +27,7 @@ from lens_core.fpr.model import FprNet, focal_loss, get_preset, save_fpr
 from lens_core.fpr.patches import BOX3D, augment, centre_window, crop_patches
 from lens_core.fpr.samples import FP, THETA, THETA_FP, TP, epoch_samples, label_proposals
 from lens_core.io import read_table
+from lens_core.preprocess.schema import prep_meta
 
 log = logging.getLogger(__name__)
 
@@ -69,17 +70,12 @@ class FprTrainConfig:
         return cls(**{**base, **{k: v for k, v in overrides.items() if v is not None}})
 
 
-def prep_meta(prep_dir: Path) -> dict:
-    """Preprocessing parameters recorded in ``volumes.h5`` (pixel_mm, slice_mm, hu_window)."""
-    import json
+def fpr_deviations(cfg: "FprTrainConfig", extra_datasets: list[str]) -> dict:
+    """The FPR's departures from the paper (lens_core.deviations): its preset and the single-type datasets
+    whose proposals add samples (the paper: DeepLesion's alone)."""
+    from lens_core.deviations import in_effect
 
-    try:
-        with h5py.File(Path(prep_dir) / "volumes.h5", "r") as f:
-            raw = f.attrs.get("lens")
-    except OSError as e:
-        raise ValueError(f"{Path(prep_dir) / 'volumes.h5'}: cannot open: {e}") from e
-    meta = json.loads(raw) if raw is not None else {}
-    return {k: meta[k] for k in ("dataset", "pixel_mm", "slice_mm", "hu_window") if k in meta}
+    return in_effect({"fpr": {"preset": cfg.preset, "epochs": cfg.epochs, "extra_datasets": extra_datasets}})
 
 
 def volume_patches(h5_path: Path, boxes: pd.DataFrame, patch, context: float, margin: int = 0
@@ -282,7 +278,8 @@ def train_fpr(
             stats["val_auc_lens"] = roc_auc(yv, props["score"].to_numpy(np.float64)[val_idx])
             stats["val_auc_fused"] = roc_auc(yv, (props["score"].to_numpy(np.float64)[val_idx] + s) / 2)
     stats["seconds"] = time.perf_counter() - t_start
-    meta = {"config": asdict(cfg), "prep": prep_meta(prep_dir), "history": history, "stats": stats}
+    meta = {"config": asdict(cfg), "prep": prep_meta(prep_dir), "history": history, "stats": stats,
+            "deviations": fpr_deviations(cfg, [Path(src.prep_dir).name for src in extra_sources])}
     save_fpr(out, model, meta)
     log.info("FPR trained in %.1f s: %s", stats["seconds"], stats)
     return stats

@@ -14,6 +14,8 @@ from lens_core.io import atomic_path
 
 log = logging.getLogger(__name__)
 
+SCORES = ("head", "two_stage")  # lens_core.model.lens.SCORES (not imported here: torch loads late)
+
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser("propose", help="LENS proposals of a dataset split (Sec. IV-C)",
@@ -30,6 +32,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--experts", default=None,
                    help="comma-separated experts to fuse (default: each model's fuse_experts, i.e. all)")
     p.add_argument("--min-score", type=probability, default=0.01, help="drop proposals below this fused score")
+    p.add_argument("--score", choices=SCORES, default="head",
+                   help="an expert's score: head = its classifier (the paper, Sec. IV-B); two_stage = "
+                        "sqrt(classifier x its AFP's centerness) (an ablation row)")
     p.add_argument("--max-per-slice", type=positive_int, default=20, help="fused proposals kept per slice")
     p.add_argument("--stack-iou", type=iou_threshold, default=0.5, help="theta of the 2D->3D stacking")
     p.add_argument("--batch-slices", type=positive_int, default=None, help="slices per forward pass (16 CPU, 64 CUDA)")
@@ -78,9 +83,19 @@ def add_parser(subparsers) -> None:
     p.set_defaults(func=run_detect)
 
 
-def _write(df, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        df.to_parquet(tmp, index=False)
+def _write(df, path: Path, meta: dict | None = None) -> None:
+    from lens_core.io import write_parquet
+
+    write_parquet(df, path, meta)
+
+
+def proposal_meta(score: str, metas: list[dict]) -> dict:
+    """The proposal tables' metadata: the score used and the deviations in effect (the models' own, recorded
+    by `lens train`, and this step's)."""
+    from lens_core.deviations import in_effect
+
+    deviations = {k: v for meta in metas for k, v in (meta.get("deviations") or {}).items()}
+    return {"score": score, "deviations": {**deviations, **in_effect({"propose": {"score": score}})}}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -96,6 +111,8 @@ def run(args: argparse.Namespace) -> int:
     dev = resolve_device(args.device)
     loaded = [load_lens(path, dev) for path in args.model]
     models = [m for m, _ in loaded]
+    for m in models:
+        m.score = args.score
     try:
         names = expert_names(models)
     except ValueError as e:
@@ -112,9 +129,10 @@ def run(args: argparse.Namespace) -> int:
                  None if args.split == "all" else args.split, args.shard, fuse, dev, batch, args.min_score,
                  args.max_per_slice, progress=not args.no_progress)
     df3 = stack_proposals_3d(df, args.stack_iou) if args.out3d else None
-    _write(df, args.out)
+    meta = proposal_meta(args.score, [meta for _, meta in loaded])
+    _write(df, args.out, meta)
     if df3 is not None:
-        _write(df3, args.out3d)
+        _write(df3, args.out3d, meta)
     log.info("wrote %d 2D proposals%s", len(df), f" and {len(df3)} 3D boxes" if df3 is not None else "")
     return 0
 

@@ -44,8 +44,8 @@ class LENS(nn.Module):
         pool_nms / pool_top_n: NMS IoU and count after pooling the AFPs' proposals.
         gt_jitter: jittered copies of each lesion box added to the head's training RoIs
             (:meth:`MultiTaskHead.jitter_boxes`).
-        score: an expert's lesion probability at inference: ``"head"`` (its classifier alone) or
-            ``"two_stage"`` (geometric mean of its classifier and its own AFP's centerness at the
+        score: an expert's lesion probability at inference: ``"head"`` (its classifier alone, the
+            paper's Sec. IV-B) or ``"two_stage"`` (geometric mean of its classifier and its own AFP's centerness at the
             pixel that proposed the box, as two-stage detectors with a probabilistic first stage do,
             e.g. CenterNet2: the AFP is trained on every pixel of every image, the head on a few RoIs).
     """
@@ -63,7 +63,7 @@ class LENS(nn.Module):
         pool_nms: float = 0.7,
         pool_top_n: int = 200,
         gt_jitter: int = 8,
-        score: str = "two_stage",
+        score: str = "head",
     ):
         super().__init__()
         if not datasets or len(set(datasets)) != len(datasets):

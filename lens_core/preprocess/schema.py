@@ -5,6 +5,8 @@ Kept apart from `lens_core.preprocess.volumes` (which needs SimpleITK) so that t
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import pyarrow as pa
 
 BOX = ["x1", "y1", "z1", "x2", "y2", "z2"]
@@ -28,3 +30,19 @@ TRUTH_EXTRA = [("instance_id", pa.string()), ("scan_key", pa.string()), ("size_m
 TRUTH_SCHEMA = pa.schema([f for f in LESION_SCHEMA if f.name not in ("kind", "label_kind")] + TRUTH_EXTRA)
 TEST3D_SCHEMA = pa.schema([("subvolume", pa.string()), ("volume_id", pa.string()), ("split", pa.string())]
                           + [(c, pa.float64()) for c in BOX])
+
+
+def prep_meta(prep_dir: Path) -> dict:
+    """Preprocessing parameters recorded in ``volumes.h5`` (pixel_mm, slice_mm, hu_window): the FPR and
+    the training record them in their model files."""
+    import json
+
+    import h5py
+
+    try:
+        with h5py.File(Path(prep_dir) / "volumes.h5", "r") as f:
+            raw = f.attrs.get("lens")
+    except OSError as e:
+        raise ValueError(f"{Path(prep_dir) / 'volumes.h5'}: cannot open: {e}") from e
+    meta = json.loads(raw) if raw is not None else {}
+    return {k: meta[k] for k in ("dataset", "pixel_mm", "slice_mm", "hu_window") if k in meta}

@@ -35,6 +35,11 @@ class TrainConfig:
     # (DeepLesion) leave the lesion's other slices unlabelled, so their neighbours are not negatives.
     neg_gap_2d: int = 4
     neg_gap_3d: int = 0
+    # Slices of a key-slice-labelled (DeepLesion-like) dataset that hold no lesion label are sampled as
+    # negatives (their uncertain regions ignored) only when this is on. The paper's round 1 trains on the
+    # labelled slices alone; unlabelled slices join in round 2 (Table IV, "+ Unlabeled"). Fully labelled
+    # (single-type, 3D) datasets keep their negatives either way.
+    unlabeled_slices: bool = False
     augment: bool = True
     scale_range: list[float] = field(default_factory=lambda: [0.8, 1.2])
     max_shift: float = 8.0
@@ -58,6 +63,8 @@ class TrainConfig:
     # Data pooling (paper Table V): these datasets' training slices join the FIRST dataset's task, as
     # if they were its own (its one AFP and expert; their negatives count as its negatives too).
     pool: list[str] = field(default_factory=list)
+    # Positive-only data pooling (Table V): the pooled datasets contribute their lesion slices alone.
+    pool_positive_only: bool = False
     seed: int = 0
 
     @classmethod
@@ -91,6 +98,8 @@ class TrainConfig:
             raise ValueError(f"fuse_experts {self.fuse_experts} not all in datasets {self.datasets}")
         if len(set(self.pool)) != len(self.pool) or set(self.pool) & set(self.datasets):
             raise ValueError(f"pool {self.pool} must name distinct datasets not in datasets {self.datasets}")
+        if self.pool_positive_only and not self.pool:
+            raise ValueError("pool_positive_only needs datasets to pool (pool is empty)")
         if not isinstance(self.volume_fraction, dict):
             raise ValueError(f"volume_fraction must map dataset -> fraction, got {self.volume_fraction!r}")
         for name, f in self.volume_fraction.items():

@@ -50,9 +50,10 @@ def _volumes(ds: DatasetIndex) -> set:
     return {v for v, _ in [*ds.labels, *ds.negatives]} | {v for keys in ds.lesion_slices for v, _ in keys}
 
 
-def pool_index(task: DatasetIndex, others: list[DatasetIndex]) -> DatasetIndex:
-    """Data pooling (paper Table V): ``others``' slices, positives and negatives alike, become ``task``'s,
-    each volume still read from its own dataset's file."""
+def pool_index(task: DatasetIndex, others: list[DatasetIndex], positive_only: bool = False) -> DatasetIndex:
+    """Data pooling (paper Table V): ``others``' slices, positives and negatives alike (only their
+    positives with ``positive_only``: Table V's "positive data pooling"), become ``task``'s, each volume
+    still read from its own dataset's file."""
     labels, lesion_slices, negatives = dict(task.labels), list(task.lesion_slices), list(task.negatives)
     h5_paths, owner = dict(task.h5_paths), dict.fromkeys(_volumes(task), task.name)
     for ds in others:
@@ -65,7 +66,8 @@ def pool_index(task: DatasetIndex, others: list[DatasetIndex]) -> DatasetIndex:
         h5_paths |= {v: ds.h5_of(v) for v in vols}
         labels |= ds.labels
         lesion_slices += ds.lesion_slices
-        negatives += ds.negatives
+        if not positive_only:
+            negatives += ds.negatives
     return DatasetIndex(task.name, task.h5_path, labels, lesion_slices, sorted(negatives), h5_paths)
 
 
@@ -153,13 +155,19 @@ def build_index(
                 zs = [z for z, _ in boxes]
                 blocked[row.volume_id][max(0, min(zs) - gap):max(zs) + 1 + gap] = True
                 lesion_slices.append(keys)
-            # an ignore-only slice stays a negative slice, its uncertain regions ignored (paper Table IV,
-            # last row: unlabeled slices join training with their uncertain lesions ignored)
-        negatives = [(v, z) for v, b in blocked.items() for z in np.flatnonzero(~b).tolist()]
+            # with cfg.unlabeled_slices an ignore-only slice stays a negative slice, its uncertain regions
+            # ignored (paper Table IV, last row: unlabeled slices join training, uncertain lesions ignored)
+        # a dataset labelled by key slices (2D boxes) leaves every other slice unlabelled, not lesion-free:
+        # its slices without a lesion label are negatives only with cfg.unlabeled_slices (round 2)
+        key_sliced = any(k == "2d" for k, kind in zip(lab["kind"], lab["label_kind"]) if kind in cfg.gt_kinds)
+        if key_sliced and not cfg.unlabeled_slices:
+            negatives = []
+        else:
+            negatives = [(v, z) for v, b in blocked.items() for z in np.flatnonzero(~b).tolist()]
         index[name] = DatasetIndex(name, ddir / "volumes.h5", per_slice, lesion_slices, sorted(negatives))
     if cfg.pool:
         first = cfg.datasets[0]
-        index[first] = pool_index(index[first], [index.pop(name) for name in cfg.pool])
+        index[first] = pool_index(index[first], [index.pop(name) for name in cfg.pool], cfg.pool_positive_only)
     return index
 
 

@@ -12,8 +12,10 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
+from lens_core.deviations import training_deviations
 from lens_core.io import atomic_path, read_table
 from lens_core.model.lens import LENS, save_lens, total_loss
+from lens_core.preprocess.schema import prep_meta
 from lens_core.runtime import autocast, resolve_device
 from lens_core.training.config import TrainConfig
 from lens_core.training.curves import plot_losses, write_loss_table
@@ -97,6 +99,8 @@ def train(
 
     torch.manual_seed(cfg.seed)  # the initial weights
     model, meta = build_model(cfg)
+    meta["deviations"] = training_deviations(cfg.to_dict(), prep_meta(Path(prep_dir) / cfg.datasets[0]),
+                                             round2=labels is not None)
     model.to(dev).train()
     opt = torch.optim.RAdam(model.parameters(), lr=cfg.lr)
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=list(cfg.lr_steps), gamma=0.1)

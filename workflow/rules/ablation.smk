@@ -40,6 +40,26 @@ use rule propose as propose_separate with:
 ruleorder: propose_separate > propose
 
 
+# the "two-stage score" row: round 2's model, no retraining, its experts scoring sqrt(head x AFP centerness)
+# instead of propose.score; its proposals live under results/<exp>/round2ts/
+use rule propose as propose_two_stage with:
+    input:
+        model="results/{exp}/round2/lens.pt",
+        prep=prep_tables(DATASETS),
+    output:
+        p2d=temp("results/{exp}/round2ts/proposals/{experts}/{dataset}/{split}/{shard}.parquet"),
+        p3d=temp("results/{exp}/round2ts/proposals/{experts}/{dataset}/{split}/{shard}.3d.parquet"),
+    log:
+        "results/logs/{exp}/propose_two_stage/{experts}.{dataset}.{split}.{shard}.log",
+    benchmark:
+        "results/benchmarks/propose_two_stage/{exp}.{experts}.{dataset}.{split}.{shard}.tsv"
+    params:
+        score="two_stage",
+
+
+ruleorder: propose_two_stage > propose
+
+
 rule ablation_table:
     input:
         ablation_summaries,

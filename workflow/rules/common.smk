@@ -29,11 +29,13 @@ ABLATION = config["ablation"]
 MAIN = "lens"
 # evaluated stages of an experiment: which model (round), which experts fused, FPR or not; sep = one
 # round-1 model per dataset of the experiment, each trained alone, their proposals fused (Table V)
-STAGES = ["r1_dl", "r1_fused", "r2_dl", "r2_fused", "r2u_fused", "r2_fpr", "fpr_only", "sep_fused"]
-ROUND_OF = {"r1": "round1", "r2": "round2", "r2u": "round2u", "sep": "separate"}
+# r2ts: round 2's model, its proposals scored two_stage instead of propose.score (inference only)
+STAGES = ["r1_dl", "r1_fused", "r2_dl", "r2_fused", "r2u_fused", "r2ts_fused", "r2_fpr", "fpr_only", "sep_fused"]
+ROUND_OF = {"r1": "round1", "r2": "round2", "r2u": "round2u", "r2ts": "round2ts", "sep": "separate"}
 STAGE_LABEL = {"r1_dl": "round 1, DeepLesion expert", "r1_fused": "round 1 (LENS)",
                "r2_dl": "round 2, DeepLesion expert", "r2_fused": "round 2 (LENS + mining)",
-               "r2u_fused": "round 2, uncertain as GT", "r2_fpr": "round 2 + FPR (Eq. 4)",
+               "r2u_fused": "round 2, uncertain as GT", "r2ts_fused": "round 2, two-stage score",
+               "r2_fpr": "round 2 + FPR (Eq. 4)",
                "fpr_only": "FPR score alone", "sep_fused": "separate models, proposals fused"}
 MAIN_STAGES = ["r1_fused", "r2_fused", "r2_fpr", "fpr_only"]
 
@@ -41,7 +43,7 @@ MAIN_STAGES = ["r1_fused", "r2_fused", "r2_fpr", "fpr_only"]
 wildcard_constraints:
     dataset="|".join(DATASETS),
     shard=r"\d+",
-    round=r"round1|round2|round2u|round2rv\d+(\.\d+)?|separate",  # round2rv<pct>: review.smk
+    round=r"round1|round2|round2u|round2ts|round2rv\d+(\.\d+)?|separate",  # round2rv<pct>: review.smk
     split="train|val|test",
     dim=r"|\.3d",
     exp=r"[a-z0-9]+(_s\d+)?",
@@ -144,12 +146,20 @@ def exp_datasets(exp):
 def train_overrides(wildcards):
     """`lens train --seed --set ...` of an experiment's round. round2u is round 2 trained from the same
     mined labels with the uncertain boxes as lesions instead of ignored (Table V's "uncertain as GT");
-    an experiment's `pool` datasets are pooled into its first dataset's task (Table V's "data pooling")."""
+    an experiment's `pool` datasets are pooled into its first dataset's task (Table V's "data pooling",
+    with `pool_positive_only` their lesion slices alone). Every round 2 (round2, round2u, review.smk's
+    round2rv<pct>) samples unlabelled slices as mining.unlabeled_slices says (Table IV, its last row)."""
     spec, seed = exp_spec(wildcards.exp)
     args = [f"--seed {seed}", f"--set 'datasets=[{','.join(exp_datasets(wildcards.exp))}]'"]
     if spec.get("pool"):
         args.append(f"'pool=[{','.join(spec['pool'])}]'")
-    if getattr(wildcards, "round", "round1") == "round2u":
+        if spec.get("pool_positive_only"):
+            args.append("pool_positive_only=true")
+    rnd = getattr(wildcards, "round", "round1")
+    if rnd.startswith("round2") or getattr(wildcards, "pct", None) is not None:
+        mining = {**config["mining"], **(spec.get("mining") or {})}
+        args.append(f"unlabeled_slices={str(bool(mining.get('unlabeled_slices', True))).lower()}")
+    if rnd == "round2u":
         args.append("'gt_kinds=[gt,mined_cross_slice,mined_intra_patient,uncertain]' 'ignore_kinds=[excluded]'")
     return " ".join(args)
 

@@ -52,6 +52,7 @@ rule propose:
     threads: 1
     params:
         p=settings("propose", "min_score", "stack_iou"),
+        score=settings("propose")["score"],
         prep=prep_root,
         split=split_arg,
         shard=propose_shard_arg,
@@ -60,6 +61,7 @@ rule propose:
         "lens propose --model {input.model} --prep-dir {params.prep} --dataset {wildcards.dataset} "
         "--split {params.split} {params.shard} {params.experts} --out {output.p2d} "
         "--out3d {output.p3d} --min-score {params.p[min_score]} --stack-iou {params.p[stack_iou]} "
+        "--score {params.score} "
         "--threads {threads} --no-progress 2> {log}"
 
 
