@@ -229,7 +229,7 @@ def train_overrides(wildcards):
     rnd = getattr(wildcards, "round", "round1")
     if rnd == "round2u":
         args.append("'gt_kinds=[gt,mined_cross_slice,mined_intra_patient,uncertain]' 'ignore_kinds=[excluded]'")
-    # an experiment's own mining.unlabeled_slices (Table IV's "+ Unlabeled" row) decides its round 2's
+    # an experiment's own mining.unlabeled_slices decides its round 2's (Table IV's last row: unlabeled slices)
     unlabeled = (spec.get("mining") or {}).get("unlabeled_slices")
     if rnd != "round1" and unlabeled is not None:
         args.append(f"'unlabeled_slices={str(bool(unlabeled)).lower()}'")
