@@ -19,6 +19,8 @@ include: "workflow/rules/review.smk"
 include: "workflow/rules/ablation.smk"
 include: "workflow/rules/fig7_common.smk"
 include: "workflow/rules/fig7.smk"
+include: "workflow/rules/fig5_common.smk"
+include: "workflow/rules/fig5.smk"
 include: "workflow/rules/report.smk"
 
 

@@ -5,7 +5,7 @@ from pathlib import Path
 import pandas as pd
 
 from lens_core.cli import main
-from lens_core.mining.calibrate import proposals_from_truth
+from lens_core.mining.delta_audit import proposals_from_truth
 
 
 def run(*args) -> None:

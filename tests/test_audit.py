@@ -1,11 +1,11 @@
-"""Mining audit against the hidden truth, delta calibration and the review montage (issue 5)."""
+"""Mining audit against the hidden truth, the delta audit and the review montage."""
 
 import numpy as np
 import pandas as pd
 import pytest
 
 from lens_core.io import InputError
-from lens_core.mining import audit, calibrate, montage
+from lens_core.mining import audit, delta_audit, montage
 from lens_core.mining.cross_slice import mine_cross_slice
 from lens_core.tracklets import tracklets_from_table
 
@@ -82,30 +82,17 @@ def test_write_audit_markdown_and_parquet(tmp_path):
     assert not list(tmp_path.glob("*.tmp"))
 
 
-def test_choose_delta_takes_the_largest_delta_with_enough_precision():
-    curve = pd.DataFrame({"delta": [0.1, 0.2, 0.3, 0.4, 0.5], "matched": [2, 5, 10, 20, 40],
-                          "precision": [1.0, 0.95, 0.92, 0.85, 0.91], "recall": [0.1, 0.3, 0.5, 0.7, 0.8]})
-    # 0.5 has precision 0.91 again: the rule is "largest delta with precision >= 0.9"
-    assert calibrate.choose_delta(curve, 0.9) == (0.5, True)
-    assert calibrate.choose_delta(curve, 0.93) == (0.2, True)
-    # never precise enough: the conservative fallback, smallest delta of the best precision
-    low = curve.assign(precision=[0.5, 0.6, 0.6, 0.4, 0.3])
-    assert calibrate.choose_delta(low, 0.9) == (0.2, False)
-    none = curve.assign(matched=0, precision=np.nan)
-    assert calibrate.choose_delta(none, 0.9) == (0.1, False)
-
-
 def test_precision_recall_curve_counts_nearest_matches():
     matches = pd.DataFrame({"distance": [0.05, 0.1, 0.2, 0.4], "correct": [True, True, False, True]})
-    curve = calibrate.precision_recall_curve(matches, n_findable=4, deltas=[0.08, 0.15, 0.3, 0.5])
+    curve = delta_audit.precision_recall_curve(matches, n_findable=4, deltas=[0.08, 0.15, 0.3, 0.5])
     assert curve["matched"].tolist() == [1, 2, 3, 4]
     assert curve["precision"].tolist() == pytest.approx([1.0, 1.0, 2 / 3, 0.75])
     assert curve["recall"].tolist() == pytest.approx([0.25, 0.5, 0.5, 0.75])
 
 
-def test_calibration_plot_is_written(tmp_path):
+def test_delta_audit_plot_is_written(tmp_path):
     curve = pd.DataFrame({"delta": [0.1, 0.2], "matched": [1, 2], "precision": [1.0, 0.5], "recall": [0.5, 0.5]})
-    calibrate.plot_calibration(curve, 0.1, tmp_path / "delta.png")
+    delta_audit.plot_delta_audit(curve, 0.15, tmp_path / "delta.png")
     assert (tmp_path / "delta.png").read_bytes()[:4] == b"\x89PNG"
 
 
@@ -118,7 +105,7 @@ def test_cross_slice_propagation_on_stand_in_proposals_is_precise(dl_prep):
     """Issue 5's bar: >= 95% of cross-slice boxes are real unlabeled lesion-slices (stand-in proposals)."""
     truth = pd.read_parquet(dl_prep / "truth.parquet")
     ann = pd.read_parquet(dl_prep / "lesions.parquet")
-    props = calibrate.proposals_from_truth(truth, dl_prep, seed=1)
+    props = delta_audit.proposals_from_truth(truth, dl_prep, seed=1)
     assert {"score", "score_deeplesion", "score_luna", "patient_id"} <= set(props.columns)
     cross = mine_cross_slice(tracklets_from_table(props, 0.5), ann)
     pad = audit.annotation_pad_px(dl_prep)

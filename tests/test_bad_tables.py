@@ -120,8 +120,9 @@ COMMANDS = {  # argv ({d}: inputs folder, {o}: output folder) and the tables eac
                          ["tracklets", "lesions", "volumes"]),
     "embed-lesions": ("embed-lesions --prep-dir {d}/prep --tracklets {d}/tracklets.parquet --source learned --steps 2 "
                       "--threads 1 --encoder-out {o}/encoder.pt --out {o}/emb.h5", ["tracklets", "lesions", "volumes"]),
-    "calibrate-delta": ("calibrate-delta --prep-dir {d}/prep --tracklets {d}/tracklets.parquet --embeddings {d}/emb.h5 "
-                        "--out {o}/delta.json", ["tracklets", "lesions", "volumes", "truth"]),
+    "audit-delta": ("audit-delta --prep-dir {d}/prep --tracklets {d}/tracklets.parquet --embeddings {d}/emb.h5 "
+                    "--delta 0.15 --out {o}/delta_audit.parquet --plot {o}/delta_audit.png",
+                    ["tracklets", "lesions", "volumes", "truth"]),
     "mine-intra-patient": ("mine-intra-patient --prep-dir {d}/prep --tracklets {d}/tracklets.parquet "
                            "--embeddings {d}/emb.h5 --delta {d}/delta.json --out {o}/intra.parquet",
                            ["tracklets", "lesions", "volumes"]),
@@ -299,7 +300,7 @@ def test_text_file_as_model_is_named(valid, tmp_path, caplog):
 @pytest.mark.parametrize("argv", [
     ["build-tracklets", "--min-score", "nan"], ["build-tracklets", "--theta", "1.5"],
     ["mine-cross-dataset", "--sigma", "-0.1"], ["embed-lesions", "--steps", "0"],
-    ["calibrate-delta", "--min-pairs", "-1"], ["propose", "--min-score", "nan"],
+    ["audit-delta", "--delta", "-1"], ["propose", "--min-score", "nan"],
     ["propose", "--max-per-slice", "-1"], ["audit-mining", "--n-review", "-1"],
 ])
 def test_bad_numeric_flags_are_usage_errors(argv, capsys):

@@ -15,7 +15,7 @@ TINY = yaml.safe_load(TINY_CONFIG.read_text())
 
 ROUND1 = {"train_lens"}
 DATA = {"synthesize_corpus", "preprocess", "gather_prep"}
-MINING_BEFORE_CROSS_DATASET = {"build_tracklets", "mine_cross_slice", "embed_lesions", "calibrate_delta",
+MINING_BEFORE_CROSS_DATASET = {"build_tracklets", "mine_cross_slice", "embed_lesions",
                                "mine_intra_patient"}
 EVALUATION = {"evaluate", "evaluate_val", "froc_plot", "html_report", "all"}
 

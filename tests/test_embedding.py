@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from lens_core.io import InputError
-from lens_core.mining import calibrate, embedding
+from lens_core.mining import delta_audit, embedding
 from lens_core.mining.audit import annotation_pad_px, match_truth, truth_slices
 from lens_core.mining.embed_model import EncoderTraining, load_encoder, save_encoder
 from lens_core.mining.intra_patient import match_intra_patient
@@ -57,12 +57,13 @@ def test_user_embedding_table_is_used_by_box(tmp_path):
     path = tmp_path / "mine.parquet"
     user.to_parquet(path)
     keys, emb = embedding.embed(boxes, None, str(path))
-    assert emb.tolist() == [[0.0, 0.0], [1.0, 1.0], [2.0, 0.0]]
+    # each row L2-normalised, as every embedding is (the paper's delta is on that scale); zero stays zero
+    assert np.allclose(emb, [[0.0, 0.0], [0.5 ** 0.5, 0.5 ** 0.5], [1.0, 0.0]])
     assert keys.tolist() == embedding.box_keys(boxes).tolist()
     # emb_0.. columns work too
     wide = user.drop(columns="embedding").assign(emb_0=[2.0, 0.0, 1.0, 9.0], emb_1=[0.0, 0.0, 1.0, 9.0])
     wide.to_parquet(tmp_path / "wide.parquet")
-    assert embedding.embed(boxes, None, tmp_path / "wide.parquet")[1].tolist() == emb.tolist()
+    assert np.array_equal(embedding.embed(boxes, None, tmp_path / "wide.parquet")[1], emb)
     with pytest.raises(InputError, match=r"mine\.parquet.*box row 0"):
         embedding.embed(boxes.assign(z=7), None, str(path))
     with pytest.raises(InputError, match="nothere"):
@@ -92,7 +93,7 @@ def dl(tiny_prep):
     prep = tiny_prep / "deeplesion"
     truth = pd.read_parquet(prep / "truth.parquet")
     ann = pd.read_parquet(prep / "lesions.parquet")
-    trk = tracklets_from_table(calibrate.proposals_from_truth(truth, prep, seed=0), 0.5)
+    trk = tracklets_from_table(delta_audit.proposals_from_truth(truth, prep, seed=0), 0.5)
     return prep, truth, ann, trk
 
 
@@ -156,14 +157,37 @@ def test_encoder_training_lowers_the_contrastive_loss_and_round_trips(dl, encode
 
 
 @pytest.mark.slow  # trains the encoder (shared module fixture)
-def test_learned_embedding_blocks_have_their_weights(dl, encoder):
+def test_learned_embedding_is_three_unit_blocks_of_equal_weight(dl, encoder):
+    """LesaNNet-like: the whole vector is unit length (distances in [0, 2], the paper's delta's scale), made of
+    appearance, position and size blocks that are each unit length, weighted equally (no tuned weights)."""
     prep, _, ann, _ = dl
-    w = embedding.EmbeddingWeights(w_app=0.3, w_pos=2.0, w_size=0.5)
-    _, e = embedding.embed(ann.head(3), prep, "learned", encoder=encoder[0], weights=w)
+    _, e = embedding.embed(ann.head(3), prep, "learned", encoder=encoder[0])
     pos = embedding.position_features(ann.head(3), prep)
-    assert e.shape == (3, encoder[1].dim + 3)
-    assert np.allclose(np.linalg.norm(e[:, :-3], axis=1), 0.3, atol=1e-5)
-    assert np.allclose(e[:, -3:-1], 2.0 * pos[:, :2]) and np.allclose(e[:, -1], 0.5 * pos[:, 2])
+    d = encoder[1].dim
+    assert e.shape == (3, d + 3 + 2)
+    assert np.allclose(np.linalg.norm(e, axis=1), 1.0, atol=1e-5)
+    for block in (e[:, :d], e[:, d:d + 3], e[:, d + 3:]):
+        assert np.allclose(np.linalg.norm(block, axis=1), 1 / np.sqrt(3), atol=1e-5)
+    assert np.allclose(e[:, d:d + 3] * np.sqrt(3), embedding.position_block(pos), atol=1e-6)
+    assert np.allclose(e[:, d + 3:] * np.sqrt(3), embedding.size_block(pos[:, 2]), atol=1e-6)
+
+
+def test_position_and_size_blocks_keep_order_and_scale():
+    # the body's centre is the pole; farther from it, farther on the sphere
+    p = embedding.position_block(np.array([[0.0, 0.0, 0.0], [0.1, 0.0, 0.0], [0.4, 0.0, 0.0]]))
+    assert np.allclose(p[0], [0, 0, 1]) and np.allclose(np.linalg.norm(p, axis=1), 1)
+    assert np.linalg.norm(p[1] - p[0]) < np.linalg.norm(p[2] - p[0])
+    # size: a 25 % larger lesion moves the block by ~0.07; 1 mm and 200 mm are 90 degrees apart
+    s = embedding.size_block(np.log([10.0, 12.5, 1.0, 200.0, 1000.0]))
+    assert np.linalg.norm(s[1] - s[0]) == pytest.approx(0.066, abs=0.005)
+    assert np.linalg.norm(s[3] - s[2]) == pytest.approx(np.sqrt(2))
+    assert np.allclose(s[4], s[3])  # beyond the range: clipped
+
+
+def test_position_embedding_is_unit_length(dl):
+    prep, _, ann, _ = dl
+    _, e = embedding.embed(ann.head(5), prep, "position")
+    assert e.shape == (min(5, len(ann)), 5) and np.allclose(np.linalg.norm(e, axis=1), 1.0, atol=1e-5)
 
 
 def test_tracklet_centre_is_the_middle_slice(dl):

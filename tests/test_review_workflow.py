@@ -7,7 +7,7 @@ import pytest
 from dag import finish, planned, run, tiny_workdir
 
 # rules upstream of merge_labels: verdicts never rerun them
-UPSTREAM = {"synthesize_corpus", "preprocess", "gather_prep", "train_lens", "build_tracklets", "mine_cross_slice", "embed_lesions", "calibrate_delta", "mine_intra_patient",
+UPSTREAM = {"synthesize_corpus", "preprocess", "gather_prep", "train_lens", "build_tracklets", "mine_cross_slice", "embed_lesions", "mine_intra_patient",
             "mine_cross_dataset"}
 
 

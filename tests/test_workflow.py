@@ -6,7 +6,7 @@ import sys
 import pytest
 import yaml
 
-from dag import ROOT, TINY_CONFIG, finish, planned, run, tiny_workdir
+from dag import ROOT, finish, planned, run, tiny_workdir
 
 # rules that run before mining (never rerun by --forcerun of a mining rule)
 UPSTREAM = {"synthesize_corpus", "preprocess", "gather_prep", "train_lens"}
@@ -16,9 +16,8 @@ MINING = {
                                 "train_lens_round2"}),
     "mine_cross_slice": ({"build_tracklets"}, {"mine_cross_dataset", "merge_labels", "audit_mining",
                                                 "train_lens_round2"}),
-    "embed_lesions": ({"build_tracklets"}, {"calibrate_delta", "mine_intra_patient", "train_lens_round2"}),
-    "calibrate_delta": ({"build_tracklets", "embed_lesions"}, {"mine_intra_patient", "train_lens_round2"}),
-    "mine_intra_patient": ({"build_tracklets", "embed_lesions", "calibrate_delta", "mine_cross_slice"},
+    "embed_lesions": ({"build_tracklets"}, {"audit_delta", "mine_intra_patient", "train_lens_round2"}),
+    "mine_intra_patient": ({"build_tracklets", "embed_lesions", "mine_cross_slice"},
                            {"mine_cross_dataset", "merge_labels", "audit_mining", "train_lens_round2"}),
     "mine_cross_dataset": ({"build_tracklets", "embed_lesions", "mine_intra_patient", "mine_cross_slice"},
                            {"merge_labels", "audit_mining", "train_lens_round2"}),
@@ -31,9 +30,8 @@ MINING = {
 @pytest.fixture(scope="module")
 def finished_workflow(tmp_path_factory):
     """A working folder where every output of the DAG exists and is up to date (created, then touched in DAG
-    order by `snakemake --touch`), with intra-patient delta calibration switched on."""
-    mining = {**yaml.safe_load(TINY_CONFIG.read_text())["mining"], "delta": "auto"}
-    return finish(tiny_workdir(tmp_path_factory.mktemp("wf"), mining=mining))
+    order by `snakemake --touch`)."""
+    return finish(tiny_workdir(tmp_path_factory.mktemp("wf")))
 
 
 def test_lint_reports_nothing():

@@ -74,6 +74,17 @@ def add_parser(sub) -> None:
                    help="also the validation split (<eval-dir>/<exp>/<stage>/val/), beside the test split")
     p.set_defaults(func=run_ablation_table)
 
+    p = sub.add_parser("fig5-table", help="Fig. 5: sensitivity against each swept mining setting (val, test)",
+                       description="The paper's Fig. 5 on our data (lens_core.evaluation.fig5).")
+    p.add_argument("--spec", required=True,
+                   help="JSON: setting -> {default: value, stage, runs: [{value, exp}, ...]}")
+    p.add_argument("--eval-dir", type=Path, default=Path("results/eval"))
+    p.add_argument("--out", type=Path, required=True, help="folder for table.md, table.parquet, fig5.png")
+    p.add_argument("--bootstrap", type=non_negative_int, default=2000,
+                   help="bootstrap draws (patients resampled) for the intervals; 0: none")
+    p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    p.set_defaults(func=run_fig5_table)
+
     p = sub.add_parser("fig7-table", help="Fig. 7: each single-type dataset alone vs joint, by training fraction",
                        description="The paper's Fig. 7 on our data (lens_core.evaluation.fig7).")
     p.add_argument("--spec", required=True,
@@ -262,6 +273,12 @@ def run_ablation_table(args: argparse.Namespace) -> int:
     from lens_core.evaluation import ablation
 
     return ablation.run(args)
+
+
+def run_fig5_table(args: argparse.Namespace) -> int:
+    from lens_core.evaluation import fig5
+
+    return fig5.run(args)
 
 
 def run_fig7_table(args: argparse.Namespace) -> int:

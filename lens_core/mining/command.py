@@ -128,29 +128,25 @@ def add_embedding_parsers(sub) -> None:
     p.add_argument("--out", type=Path, required=True, help="embeddings.h5")
     p.set_defaults(func=_embed)
 
-    p = sub.add_parser("calibrate-delta", help="choose delta from precision/recall on the validation split (Fig. 5)",
+    p = sub.add_parser("audit-delta", help="precision/recall of intra-patient matching against delta (an audit)",
                        description="Sweep the intra-patient distance threshold delta on the validation split of the "
-                                   "built-in corpus (correct = same hidden-truth lesion instance) and pick the largest "
-                                   "delta whose precision is at least --min-precision.")
+                                   "built-in corpus (correct = same hidden-truth lesion instance) and plot precision "
+                                   "and recall with the configured delta marked. An audit: it decides nothing.")
     p.add_argument("--prep-dir", type=Path, required=True)
     p.add_argument("--tracklets", type=Path, required=True)
     p.add_argument("--embeddings", type=Path, required=True)
     p.add_argument("--split", default="val")
-    p.add_argument("--min-precision", type=probability, default=0.9)
-    p.add_argument("--fallback", type=positive_float, default=0.15,
-                   help="delta when the split has fewer than --min-pairs pairs to calibrate on")
-    p.add_argument("--min-pairs", type=non_negative_int, default=20,
-                   help="findable pairs (a lesion annotated in one volume, detected in another) needed to trust "
-                        "the curve: a precision measured on a handful of pairs says little")
+    p.add_argument("--delta", type=positive_float, required=True, help="the configured delta, marked on the plot")
     p.add_argument("--theta", type=iou_threshold, default=0.5)
-    p.add_argument("--out", type=Path, required=True, help="delta.json (+ .parquet curve and .png plot beside it)")
-    p.set_defaults(func=_calibrate)
+    p.add_argument("--out", type=Path, required=True, help="delta_audit.parquet (the curve)")
+    p.add_argument("--plot", type=Path, required=True, help="delta_audit.png")
+    p.set_defaults(func=_audit_delta)
 
     p = sub.add_parser("mine-intra-patient", help="intra-patient lesion matching (Sec. V-B)")
     p.add_argument("--prep-dir", type=Path, required=True)
     p.add_argument("--tracklets", type=Path, required=True)
     p.add_argument("--embeddings", type=Path, required=True)
-    p.add_argument("--delta", required=True, help="a number, or delta.json from calibrate-delta")
+    p.add_argument("--delta", required=True, help="a number, or a JSON file {\"delta\": number}")
     p.add_argument("--theta", type=iou_threshold, default=0.5)
     p.add_argument("--out", type=Path, required=True)
     p.set_defaults(func=_intra_patient)
@@ -221,46 +217,33 @@ def _val_tables(args, split):
             lookup(keys, emb, centres, str(args.embeddings)) if len(centres) else emb[:0], trk)
 
 
-def _calibrate(args) -> int:
-    from ..io import InputError, atomic_path, check_output, read_table, write_parquet
+def _audit_delta(args) -> int:
+    from ..io import InputError, check_output, read_table, write_parquet
     from .audit import annotation_pad_px
-    from .calibrate import calibrate_delta, plot_calibration
+    from .delta_audit import delta_curve, plot_delta_audit
     from .schema import BOX, TRUTH
 
-    base = args.out.with_suffix("")
-    for path in (args.out, base.with_suffix(".parquet"), base.with_suffix(".png")):
-        check_output(path)
+    check_output(args.out)
+    check_output(args.plot, "--plot")
     truth_path = args.prep_dir / "truth.parquet"
     if not truth_path.exists():
-        raise InputError(f"{truth_path}: calibration needs the built-in corpus's truth; "
-                         "set mining.delta to a number for real data")
+        raise InputError(f"{truth_path}: the delta audit needs the built-in corpus's truth")
     lesions, ann_emb, centres, trk_emb, trk = _val_tables(args, args.split)
     truth = read_table(truth_path, {**TRUTH, "split": "text"}, "hidden truth table, truth.parquet", boxes=BOX)
     truth = truth[truth["split"] == args.split]
-    delta, curve = calibrate_delta(lesions, ann_emb, centres, trk_emb, trk, truth,
-                                   min_precision=args.min_precision, pad_px=annotation_pad_px(args.prep_dir),
-                                   iou_threshold=args.theta)
-    n_pairs = int(curve.attrs.get("n_findable", 0))
-    met = bool(curve.attrs.get("met_target", False))
-    fallback = n_pairs < args.min_pairs
-    if fallback:
-        log.warning("the %s split has %d findable pairs (< %d): delta falls back to %.3f (calibrated %.3f)",
-                    args.split, n_pairs, args.min_pairs, args.fallback, delta)
-        delta = args.fallback
-    write_parquet(curve, base.with_suffix(".parquet"), {"split": args.split})
-    plot_calibration(curve, delta, base.with_suffix(".png"),
-                     title=f"intra-patient matching on the {args.split} split (delta = {delta:.3f})")
-    result = {"delta": float(delta), "met_target": met, "n_findable": n_pairs, "min_precision": args.min_precision,
-              "split": args.split, "rule": curve.attrs.get("rule", ""), "fallback_used": fallback,
-              "min_pairs": args.min_pairs}
-    with atomic_path(args.out) as tmp:
-        tmp.write_text(json.dumps(result, indent=1))
-    log.info("delta = %.4f (%s)", delta, json.dumps(result))
+    curve = delta_curve(lesions, ann_emb, centres, trk_emb, trk, truth, pad_px=annotation_pad_px(args.prep_dir),
+                        iou_threshold=args.theta)
+    n = int(curve.attrs.get("n_findable", 0))
+    # the plot first: it is the step that can still fail; then the table
+    plot_delta_audit(curve, args.delta, args.plot,
+                     title=f"intra-patient matching on the {args.split} split ({n} findable tracklets)")
+    write_parquet(curve, args.out, {"split": args.split, "delta": args.delta, "n_findable": n})
+    log.info("delta audit (%d findable tracklets):\n%s", n, curve.to_string(index=False))
     return 0
 
 
 def _delta(text: str) -> float:
-    """--delta: a positive number, or delta.json as `lens calibrate-delta` writes it."""
+    """--delta: a number >= 0, or a JSON file {"delta": number}."""
     import math
 
     from ..io import InputError
@@ -268,7 +251,7 @@ def _delta(text: str) -> float:
     try:
         value, source = float(text), f"--delta {text}"
     except ValueError:
-        path, source = Path(text), f"{text} (delta file from lens calibrate-delta)"
+        path, source = Path(text), f"{text} (delta file)"
         if not path.is_file():
             raise InputError(f"{source}: no such file; --delta takes a number or a delta.json") from None
         try:
@@ -277,8 +260,8 @@ def _delta(text: str) -> float:
             raise InputError(f"{source}: not JSON ({e})") from None
         except (KeyError, TypeError):
             raise InputError(f"{source}: no 'delta' entry") from None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        raise InputError(f"{source}: delta = {value!r}, expected a positive distance")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise InputError(f"{source}: delta = {value!r}, expected a distance >= 0 (0: no lesion matched)")
     return float(value)
 
 

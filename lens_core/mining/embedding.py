@@ -2,25 +2,29 @@
 
 The paper embeds each annotation and the centre slice of each tracklet with LesaNNet, which "encodes
 the body part, type, and attributes of lesions", and matches pairs within a patient whose L2 distance
-is below delta. LesaNNet is not available, so an embedding here is three blocks, each on a fixed scale
-so that delta means the same thing on every corpus:
+is below delta = 0.15. LesaNNet's embedding is L2-normalised (distances in [0, 2]); so is every
+embedding here, so that the paper's delta is read on the same scale. LesaNNet is not available, so
+the learned embedding is three blocks, each a unit vector, concatenated with equal weight and the
+whole vector normalised (``/ sqrt(3)``: exactly unit, since each block is):
 
-- appearance (``w_app`` x a unit vector): :class:`~lens_core.mining.embed_model.LesionEncoder` on a
-  context-padded 3-slice crop, trained self-supervised from tracklets and annotations only;
-- body position (``w_pos`` x 2 numbers in [-0.5, 0.5]): the box centre relative to the body's extent
-  on its slice (the body found by thresholding the slice), which survives the patient lying a few mm
-  differently and a different field of view, unlike raw pixel positions;
-- size (``w_size`` x log of the box's mean side in mm): lesions grow or shrink between studies, so size
-  is a soft cue (a 25% change costs ``w_size * 0.22``).
+- appearance: :class:`~lens_core.mining.embed_model.LesionEncoder` on a context-padded 3-slice crop
+  (a unit vector), trained self-supervised from tracklets and annotations only;
+- body position: the box centre relative to the body's extent on its slice (``p`` in [-0.5, 0.5]^2;
+  the body found by thresholding the slice, which survives the patient lying a few mm differently and
+  a different field of view, unlike raw pixel positions), lifted onto the unit sphere as
+  ``(p_x, p_y, 0.5) / |.|``: the body's centre is the pole, its corners 55 degrees away;
+- size: the log of the box's mean side in mm on a quarter circle, 1 mm at 0 and 200 mm (beyond any
+  lesion CT shows) at 90 degrees: a 25 % change in size moves it by 0.07.
 
-So ``|e_i - e_j|^2 = w_app^2 |a_i - a_j|^2 + w_pos^2 |p_i - p_j|^2 + w_size^2 (s_i - s_j)^2``. The
-appearance block is L2-normalised; the whole vector deliberately is not: renormalising it would make
-a distance depend on where in the body two lesions lie. ``benchmarks/embedding_ablation.py`` measures
-each block's worth on the validation split.
+The weights are fixed by construction, not tuned: equal weight is the one choice that needs no data
+(an earlier version tuned per-block weights on the hidden truth, which real data does not have), and
+unit blocks make the whole vector's norm constant, so normalising it does not make a distance depend
+on where in the body two lesions lie. ``benchmarks/embedding_ablation.py`` audits each block's worth
+against the truth (an audit: it decides nothing).
 
 The source is pluggable (:func:`embed`): ``"learned"`` (all three blocks), ``"position"`` (position
 and size only: no training), ``"appearance"`` (the encoder alone), or the path of a user's Parquet
-table of embeddings keyed by box.
+table of embeddings keyed by box (L2-normalised here like the others).
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ from scipy import ndimage
 from lens_core.io import InputError, atomic_path, read_table, require_columns
 from lens_core.mining.overlap import same_slice_iou
 
-__all__ = ["EmbeddingWeights", "box_keys", "body_extents", "position_features", "extract_patches",
+__all__ = ["EmbeddingWeights", "unit_rows", "position_block", "size_block", "box_keys", "body_extents", "position_features", "extract_patches",
            "tracklet_centres", "training_groups", "fit_encoder", "embed", "lookup",
            "write_embeddings_h5", "read_embeddings_h5"]
 
@@ -48,16 +52,39 @@ BODY_THRESHOLD_U8 = int(np.ceil((-500 + 1024) / 4095 * 255))
 
 @dataclass(frozen=True)
 class EmbeddingWeights:
-    """Block weights of the composite embedding (see the module docstring)."""
+    """Crop settings of the appearance block (the blocks themselves are fixed: module docstring)."""
 
-    w_app: float = 0.1
-    w_pos: float = 1.0
-    w_size: float = 0.25
     context: float = 2.0      # crop side = context x the box's longer side ...
     min_crop_px: float = 16.0  # ... but at least this many pixels (small lesions need surroundings)
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+# the position block's lift: the pole's height above the body-relative plane (half the body's extent)
+POSITION_LIFT = 0.5
+# the size block's quarter circle: log(1 mm) at 0, log(200 mm) at 90 degrees
+SIZE_RANGE_MM = (1.0, 200.0)
+
+
+def unit_rows(x: np.ndarray) -> np.ndarray:
+    """Each row scaled to unit L2 norm (an all-zero row stays zero)."""
+    x = np.asarray(x, dtype=np.float64)
+    n = np.linalg.norm(x, axis=1, keepdims=True)
+    return np.where(n > 0, x / np.maximum(n, 1e-12), 0.0)
+
+
+def position_block(pos: np.ndarray) -> np.ndarray:
+    """[n, 3] unit vectors of the body-relative centres ``pos[:, :2]`` (module docstring)."""
+    p = np.asarray(pos, dtype=np.float64)[:, :2]
+    return unit_rows(np.column_stack([p, np.full(len(p), POSITION_LIFT)]))
+
+
+def size_block(log_side_mm: np.ndarray) -> np.ndarray:
+    """[n, 2] unit vectors of the log box sizes on a quarter circle (module docstring)."""
+    lo, hi = np.log(SIZE_RANGE_MM[0]), np.log(SIZE_RANGE_MM[1])
+    phi = 0.5 * np.pi * np.clip((np.asarray(log_side_mm, dtype=np.float64) - lo) / (hi - lo), 0.0, 1.0)
+    return np.column_stack([np.cos(phi), np.sin(phi)])
 
 
 def box_keys(df: pd.DataFrame) -> np.ndarray:
@@ -265,13 +292,13 @@ def embed(boxes: pd.DataFrame, prep_dir: str | Path | None, source: str | Path =
         if source in ("learned", "appearance"):
             from lens_core.mining.embed_model import encode
 
-            app = encode(_encoder(encoder), extract_patches(boxes, prep_dir, weights))
-            parts.append(app if source == "appearance" else weights.w_app * app)
+            parts.append(unit_rows(encode(_encoder(encoder), extract_patches(boxes, prep_dir, weights))))
         if source in ("learned", "position"):
             pos = position_features(boxes, prep_dir)
-            parts += [weights.w_pos * pos[:, :2], weights.w_size * pos[:, 2:]]
-        return keys, np.concatenate(parts, axis=1).astype(np.float32)
-    return keys, _user_embeddings(boxes, Path(source))
+            parts += [position_block(pos), size_block(pos[:, 2])]
+        # unit blocks, equal weight: the concatenation's norm is sqrt(len(parts)), so this is its L2 norm
+        return keys, (np.concatenate(parts, axis=1) / np.sqrt(len(parts))).astype(np.float32)
+    return keys, unit_rows(_user_embeddings(boxes, Path(source))).astype(np.float32)
 
 
 def _user_embeddings(boxes: pd.DataFrame, path: Path, min_iou: float = 0.9) -> np.ndarray:

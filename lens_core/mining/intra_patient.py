@@ -115,8 +115,8 @@ def match_intra_patient(ann_patient: np.ndarray, ann_volume: np.ndarray, ann_emb
     t_pat, t_vol, t_emb = _check("trk", trk_patient, trk_volume, trk_emb)
     if a_emb.shape[1] != t_emb.shape[1]:
         raise ValueError(f"embedding sizes differ: annotations {a_emb.shape[1]}, tracklets {t_emb.shape[1]}")
-    if not (np.isfinite(delta) and delta > 0):
-        raise ValueError(f"delta must be a positive distance, got {delta}")
+    if not (np.isfinite(delta) and delta >= 0):  # 0: nothing matches (Fig. 5's "no matched lesion added")
+        raise ValueError(f"delta must be a distance >= 0, got {delta}")
     a_ord = np.argsort(a_pat, kind="stable")
     t_ord = np.argsort(t_pat, kind="stable")
     args = (a_pat[a_ord], a_vol[a_ord], np.ascontiguousarray(a_emb[a_ord]), _group_bounds(a_pat[a_ord]),

@@ -15,7 +15,7 @@ def add_parser(sub) -> None:
     p.add_argument("--froc", type=Path, help="the FROC plot of every variant (froc.png of `lens froc-plot`)")
     p.add_argument("--audit", type=Path, help="audit.parquet of `lens audit-mining`")
     p.add_argument("--montage", type=Path, help="montage.png of `lens audit-mining`")
-    p.add_argument("--delta", type=Path, nargs="?", help="delta.png of `lens calibrate-delta` (when delta is auto)")
+    p.add_argument("--delta", type=Path, nargs="?", help="delta_audit.png of `lens audit-delta` (built-in corpus)")
     p.add_argument("--losses", type=Path, nargs="*", default=[], help="losses.png of each `lens train`")
     p.add_argument("--benchmarks", type=Path, help="Snakemake's benchmark folder: the per-rule times")
     p.add_argument("--captions", type=Path, default=Path("workflow/report"),

@@ -36,7 +36,7 @@ class ReportInputs:
     froc: Path | None = None         # results/eval/froc.png
     audit: Path | None = None        # results/<exp>/mining/audit.parquet
     montage: Path | None = None      # results/<exp>/mining/montage.png
-    delta: Path | None = None        # results/<exp>/mining/delta.png (delta: auto)
+    delta: Path | None = None        # results/<exp>/mining/delta_audit.png (an audit: built-in corpus)
     losses: list[Path] = field(default_factory=list)  # results/<exp>/<round>/losses.png
     benchmarks: Path | None = None   # results/benchmarks
 
@@ -136,7 +136,7 @@ def build_report(inp: ReportInputs, out: Path) -> None:
     if inp.montage is not None:
         parts.append(caption(inp.captions, "montage") + _img(inp.montage, "mined lesions for review"))
     if inp.delta is not None:
-        parts.append(caption(inp.captions, "delta") + _img(inp.delta, "delta calibration"))
+        parts.append(caption(inp.captions, "delta") + _img(inp.delta, "delta audit"))
 
     if inp.losses:
         parts.append("<h2>Training</h2>" + caption(inp.captions, "losses") + "<div class='row'>"

@@ -128,15 +128,92 @@ def exp_name(experiment, seed):
 
 
 def exp_spec(exp):
-    """(experiment settings, seed) of an experiment name."""
+    """(experiment settings, seed) of an experiment name: an ablation experiment or a Fig. 5 value (fig5.smk)."""
     if exp == MAIN:
         name, seed = "full", int(config["train"]["seed"])
     else:
         name, _, seed = exp.rpartition("_s")
         seed = int(seed)
-    if name not in ABLATION["experiments"]:
+    experiments = {**ABLATION["experiments"], **FIG5_EXPERIMENTS}
+    if name not in experiments:
         raise ValueError(f"unknown experiment {name!r} (config ablation.experiments: {list(ABLATION['experiments'])})")
-    return ABLATION["experiments"][name] or {}, seed
+    return experiments[name] or {}, seed
+
+
+# Fig. 5 (fig5.smk): one experiment per swept value of a mining setting: the main experiment's round-1
+# proposals mined again with that value (mining_from: full), round 2 retrained. The default value is the
+# main experiment itself. Named fig5<key><value x 1000> (the exp wildcard allows letters and digits only).
+FIG5 = config.get("fig5") or {}
+
+
+def fig5_name(key, value):
+    return f"fig5{key.replace('_', '')}{round(float(value) * 1000):04d}"
+
+
+def fig5_default(key, value):
+    return float(value) == float(config["mining"][key])
+
+
+FIG5_EXPERIMENTS = {fig5_name(k, v): {"mining_from": "full", "mining": {k: v}}
+                    for k, values in FIG5.get("values", {}).items() for v in values if not fig5_default(k, v)}
+
+
+# Mining strategies an experiment's `mining:` may switch off (Table IV); each is on unless switched off.
+STRATEGIES = ["cross_slice", "intra_patient", "cross_dataset"]
+
+
+def exp_mining(exp):
+    """The mining settings of an experiment: config's mining section with the experiment's `mining:` overrides."""
+    spec = exp_spec(exp)[0]
+    over = spec.get("mining") or {}
+    unknown = set(over) - set(config["mining"]) - set(STRATEGIES) - {"unlabeled_slices"}
+    if unknown:
+        raise ValueError(f"experiment {exp!r}: mining overrides {sorted(unknown)} are not mining settings")
+    return {**dict.fromkeys(STRATEGIES, True), **config["mining"], **over}
+
+
+def mining_settings(*keys):
+    """A params function: `keys` of the experiment's mining settings (a changed override reruns the rule)."""
+
+    def get(wildcards):
+        m = exp_mining(wildcards.exp)
+        return {k: m.get(k) for k in keys}
+
+    return get
+
+
+def mining_source(exp):
+    """The experiment whose round-1 proposals this experiment mines: its `mining_from` at the same seed, or itself."""
+    spec, seed = exp_spec(exp)
+    return exp_name(spec["mining_from"], seed) if spec.get("mining_from") else exp
+
+
+def round1_proposals(split):
+    """An input function: the fused DeepLesion-like round-1 proposals of `split` that the experiment mines."""
+
+    def path(wildcards):
+        return f"results/{mining_source(wildcards.exp)}/round1/proposals/fused/deeplesion/{split}.parquet"
+
+    return path
+
+
+def strategy_on(exp, strategy):
+    return bool(exp_mining(exp)[strategy])
+
+
+def mined_tables(wildcards):
+    """The mined tables (ground truth in round 2) of the experiment's strategies that are on."""
+    return [f"results/{wildcards.exp}/mining/{s}.parquet" for s in ("cross_slice", "intra_patient")
+            if strategy_on(wildcards.exp, s)]
+
+
+def uncertain_table(wildcards):
+    """The uncertain table (ignored in round 2) when cross-dataset mining is on."""
+    return [f"results/{wildcards.exp}/mining/uncertain.parquet"] if strategy_on(wildcards.exp, "cross_dataset") else []
+
+
+def uncertain_arg(wildcards, input):
+    return f"--uncertain {input.uncertain}" if input.uncertain else ""
 
 
 def exp_datasets(exp):
@@ -236,18 +313,9 @@ def proposal_shards(wildcards):
 
 
 def single_type_experts(wildcards):
-    """The cross-dataset experts (Sec. V-C) this experiment's model has."""
-    have = exp_datasets(wildcards.exp)
+    """The cross-dataset experts (Sec. V-C) of the model whose proposals this experiment mines."""
+    have = exp_datasets(mining_source(wildcards.exp))
     return ",".join(e for e in config["mining"]["single_type_experts"] if e in have) or "none"
-
-
-def delta_input(wildcards):
-    """delta.json when mining.delta is 'auto' (calibrated on the validation split of the built-in corpus)."""
-    return f"results/{wildcards.exp}/mining/delta.json" if config["mining"]["delta"] == "auto" else []
-
-
-def delta_arg(wildcards, input):
-    return input.delta if config["mining"]["delta"] == "auto" else config["mining"]["delta"]
 
 
 # ------------------------------------------------------------------------------------ evaluation
@@ -290,8 +358,8 @@ def main_paper_arg(wildcards):
 
 
 def delta_plot(wildcards):
-    """The delta calibration plot of the main experiment, when delta is chosen on validation (auto)."""
-    return [f"results/{MAIN}/mining/delta.png"] if config["mining"]["delta"] == "auto" else []
+    """The delta audit plot of the main experiment (built-in corpus: it reads the hidden truth)."""
+    return [f"results/{MAIN}/mining/delta_audit.png"] if config["corpus"]["builtin"] else []
 
 
 def ablation_summaries(wildcards):
@@ -321,7 +389,7 @@ def ablation_spec_arg(wildcards):
 
 
 def extent_arg(wildcards):
-    r = config["mining"].get("extent_ratio")
+    r = exp_mining(wildcards.exp).get("extent_ratio")
     return f"--extent-ratio {r}" if r else ""
 
 

@@ -1,14 +1,17 @@
 # Missing-annotation mining on the DeepLesion-like training split (paper Sec. V), each strategy
-# a rule with its own artifact, then round-2 training from the merged labels. Per experiment {exp}.
+# a rule with its own artifact, then round-2 training from the merged labels. Per experiment {exp}:
+# its mining settings are config's `mining` with the experiment's `mining:` overrides (exp_mining), and
+# it mines its own round-1 proposals or those of its `mining_from` experiment (round1_proposals).
+# No rule here reads the hidden truth except the audits (audit_delta, audit_mining), whose outputs only
+# the report reads (tests/test_truth_dag.py).
 
 DL_PREP = "results/prep/deeplesion"
-ROUND1 = "results/{exp}/round1/proposals/fused/deeplesion"
 
 
 rule build_tracklets:
     input:
-        train=f"{ROUND1}/train.parquet",
-        val=f"{ROUND1}/val.parquet",
+        train=round1_proposals("train"),
+        val=round1_proposals("val"),
     output:
         "results/{exp}/mining/tracklets.parquet",
     log:
@@ -18,7 +21,7 @@ rule build_tracklets:
     conda:
         ENV
     params:
-        m=settings("mining", "theta", "tracklet_min_score"),
+        m=mining_settings("theta", "tracklet_min_score"),
     shell:
         "lens build-tracklets --proposals {input.train} {input.val} --theta {params.m[theta]} "
         "--min-score {params.m[tracklet_min_score]} --out {output} 2> {log}"
@@ -38,7 +41,7 @@ rule mine_cross_slice:
     conda:
         ENV
     params:
-        m=settings("mining", "theta"),
+        m=mining_settings("theta"),
         extent=extent_arg,
     shell:
         "lens mine-cross-slice --tracklets {input.tracklets} --lesions {input.lesions} --volumes {input.volumes} "
@@ -60,7 +63,7 @@ rule embed_lesions:
         ENV
     threads: workflow.cores
     params:
-        m=settings("mining", "embedding", "encoder_steps", "theta"),
+        m=mining_settings("embedding", "encoder_steps", "theta"),
         prep=parent_of("prep"),
     shell:
         "lens embed-lesions --prep-dir {params.prep} --tracklets {input.tracklets} --source {params.m[embedding]} "
@@ -68,37 +71,36 @@ rule embed_lesions:
         "--encoder-out {output.encoder} --out {output.emb} 2> {log}"
 
 
-rule calibrate_delta:
+# An audit that decides nothing: precision and recall of intra-patient matching against delta on the
+# validation split (same hidden-truth lesion = correct), the configured delta marked; read by the report only.
+rule audit_delta:
     input:
         tracklets="results/{exp}/mining/tracklets.parquet",
         emb="results/{exp}/mining/embeddings.h5",
         truth=f"{DL_PREP}/truth.parquet",
         prep=prep_tables(["deeplesion"]),
     output:
-        delta="results/{exp}/mining/delta.json",
-        curve="results/{exp}/mining/delta.parquet",
-        plot=report("results/{exp}/mining/delta.png", caption="../report/delta.rst", category="Mining"),
+        curve="results/{exp}/mining/delta_audit.parquet",
+        plot=report("results/{exp}/mining/delta_audit.png", caption="../report/delta.rst", category="Mining"),
     log:
-        "results/logs/{exp}/calibrate_delta.log",
+        "results/logs/{exp}/audit_delta.log",
     benchmark:
-        "results/benchmarks/calibrate_delta/{exp}.tsv"
+        "results/benchmarks/audit_delta/{exp}.tsv"
     conda:
         ENV
     params:
-        m=settings("mining", "min_precision", "delta_fallback", "min_pairs", "theta"),
+        m=mining_settings("delta", "theta"),
         prep=parent_of("prep"),
     shell:
-        "lens calibrate-delta --prep-dir {params.prep} --tracklets {input.tracklets} --embeddings {input.emb} "
-        "--split val --min-precision {params.m[min_precision]} --fallback {params.m[delta_fallback]} "
-        "--min-pairs {params.m[min_pairs]} "
-        "--theta {params.m[theta]} --out {output.delta} 2> {log}"
+        "lens audit-delta --prep-dir {params.prep} --tracklets {input.tracklets} --embeddings {input.emb} "
+        "--split val --delta {params.m[delta]} --theta {params.m[theta]} --out {output.curve} "
+        "--plot {output.plot} 2> {log}"
 
 
 rule mine_intra_patient:
     input:
         tracklets="results/{exp}/mining/tracklets.parquet",
         emb="results/{exp}/mining/embeddings.h5",
-        delta=delta_input,
         prep=prep_tables(["deeplesion"]),
     output:
         "results/{exp}/mining/intra_patient.parquet",
@@ -109,20 +111,19 @@ rule mine_intra_patient:
     conda:
         ENV
     params:
-        m=settings("mining", "theta"),
-        delta=delta_arg,
+        m=mining_settings("delta", "theta"),
         prep=parent_of("prep"),
     shell:
         "lens mine-intra-patient --prep-dir {params.prep} --tracklets {input.tracklets} --embeddings {input.emb} "
-        "--delta {params.delta} --theta {params.m[theta]} --out {output} 2> {log}"
+        "--delta {params.m[delta]} --theta {params.m[theta]} --out {output} 2> {log}"
 
 
 rule mine_cross_dataset:
     input:
-        proposals=f"{ROUND1}/train.parquet",
+        proposals=round1_proposals("train"),
         volumes=f"{DL_PREP}/volumes.parquet",
         lesions=f"{DL_PREP}/lesions.parquet",
-        mined=["results/{exp}/mining/cross_slice.parquet", "results/{exp}/mining/intra_patient.parquet"],
+        mined=mined_tables,  # the strategies that are on: their boxes are labels, not uncertain
     output:
         "results/{exp}/mining/uncertain.parquet",
     log:
@@ -132,7 +133,7 @@ rule mine_cross_dataset:
     conda:
         ENV
     params:
-        m=settings("mining", "sigma"),
+        m=mining_settings("sigma"),
         experts=single_type_experts,
     shell:
         "lens mine-cross-dataset --proposals {input.proposals} --volumes {input.volumes} "
@@ -143,9 +144,9 @@ rule mine_cross_dataset:
 rule merge_labels:
     input:
         lesions=f"{DL_PREP}/lesions.parquet",
-        cross_slice="results/{exp}/mining/cross_slice.parquet",
-        intra_patient="results/{exp}/mining/intra_patient.parquet",
-        uncertain="results/{exp}/mining/uncertain.parquet",
+        # only the experiment's strategies that are on (Table IV switches them off one by one)
+        mined=mined_tables,
+        uncertain=uncertain_table,
         review=review_verdicts,  # the reviewer's verdicts, when imported (review_common.smk)
     output:
         "results/{exp}/mining/labels_round2.parquet",
@@ -156,11 +157,12 @@ rule merge_labels:
     conda:
         ENV
     params:
-        m=settings("mining", "theta"),
+        m=mining_settings("theta"),
         review=review_arg,
+        uncertain=uncertain_arg,
     shell:
-        "lens merge-labels --lesions {input.lesions} --mined {input.cross_slice} {input.intra_patient} "
-        "--uncertain {input.uncertain} --theta {params.m[theta]} {params.review} --out {output} 2> {log}"
+        "lens merge-labels --lesions {input.lesions} --mined {input.mined} "
+        "{params.uncertain} --theta {params.m[theta]} {params.review} --out {output} 2> {log}"
 
 
 rule audit_mining:

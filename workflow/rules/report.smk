@@ -8,7 +8,7 @@ rule html_report:
         froc="results/eval/froc.png",
         audit=f"results/{MAIN}/mining/audit.parquet",
         montage=f"results/{MAIN}/mining/montage.png",
-        delta=delta_plot,
+        delta=delta_plot,  # the delta audit (decides nothing)
         losses=expand("results/{exp}/{round}/losses.png", exp=MAIN, round=["round1", "round2"]),
         # the captions of `snakemake --report` (beside the Snakefile, whatever --directory says)
         captions=expand(f"{workflow.basedir}/workflow/report/{{item}}.rst",

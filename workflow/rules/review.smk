@@ -27,7 +27,7 @@ rule review_page:
     input:
         boxes="results/{exp}/mining/review_boxes.parquet",
         tracklets="results/{exp}/mining/tracklets.parquet",
-        proposals=f"{ROUND1}/train.parquet",
+        proposals=round1_proposals("train"),
         prep=prep_tables(["deeplesion"]),
     output:
         directory("results/{exp}/mining/review"),
@@ -94,9 +94,8 @@ rule review_import_simulated:
 use rule merge_labels as merge_labels_review_value with:
     input:
         lesions=f"{DL_PREP}/lesions.parquet",
-        cross_slice="results/{exp}/mining/cross_slice.parquet",
-        intra_patient="results/{exp}/mining/intra_patient.parquet",
-        uncertain="results/{exp}/mining/uncertain.parquet",
+        mined=mined_tables,
+        uncertain=uncertain_table,
         review="results/{exp}/mining/review_value/p{pct}/review.parquet",
     output:
         "results/{exp}/mining/review_value/p{pct}/labels_round2.parquet",

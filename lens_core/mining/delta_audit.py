@@ -1,12 +1,13 @@
-"""Calibration of delta, the intra-patient matching distance (paper Sec. V-B, Fig. 5 analogue).
+"""Audit of delta, the intra-patient matching distance (paper Sec. V-B, Fig. 5's precision analogue).
 
-On the validation split, every tracklet is matched as :func:`mine_intra_patient` would: to its nearest
-annotation in another volume of the patient, skipping tracklets that overlap an annotation of their
-own volume. A match is correct when the tracklet and the annotation show the same truth lesion
-instance (``instance_id``; used here only, never in training). Sweeping delta gives precision (correct
-/ matched) and recall (correct / tracklets whose lesion is annotated in another volume); recall grows
-with delta, so the rule :func:`choose_delta` takes **the largest delta whose precision is still >=
-min_precision (0.9, the paper's manual check)**: the most mined lesions at the accepted error rate.
+delta is the paper's 0.15 (config ``mining.delta``), or a value of the Fig. 5 sweep chosen on the
+validation split's detection sensitivity; this module decides nothing. On the validation split, every
+tracklet is matched as :func:`mine_intra_patient` would: to its nearest annotation in another volume
+of the patient, skipping tracklets that overlap an annotation of their own volume. A match is correct
+when the tracklet and the annotation show the same truth lesion instance (``instance_id``: the hidden
+truth, so the curve is an audit read by the report only). Sweeping delta gives precision (correct /
+matched) and recall (correct / tracklets whose lesion is annotated in another volume), with the
+configured delta marked.
 
 Also here: :func:`proposals_from_truth`, stand-in detector proposals for development and tests until
 the detector's round-1 proposals exist (they come from the truth, so they must never feed training).
@@ -24,8 +25,8 @@ from lens_core.mining.audit import annotation_pad_px, match_truth, truth_slices
 from lens_core.mining.intra_patient import match_intra_patient
 from lens_core.mining.overlap import same_slice_iou
 
-__all__ = ["proposals_from_truth", "nearest_matches", "precision_recall_curve", "choose_delta",
-           "calibrate_delta", "plot_calibration"]
+__all__ = ["proposals_from_truth", "nearest_matches", "precision_recall_curve", "delta_curve",
+           "plot_delta_audit"]
 
 BOX_COLS = ["x1", "y1", "x2", "y2"]
 EXPERT_OF_TYPE = {"lung_nodule": "luna", "liver_tumor": "lits", "lymph_node": "nihln"}
@@ -138,42 +139,25 @@ def precision_recall_curve(matches: pd.DataFrame, n_findable: int, deltas) -> pd
     return pd.DataFrame(rows)
 
 
-def choose_delta(curve: pd.DataFrame, min_precision: float = 0.9, min_matched: int = 1) -> tuple[float, bool]:
-    """The largest delta whose precision >= min_precision (with >= min_matched matches): ``(delta,
-    True)``. If none qualifies: ``(delta, False)`` with the conservative choice, the smallest delta of
-    the highest precision reached (the smallest delta of the grid if nothing was matched correctly)."""
-    c = curve[(curve["matched"] >= min_matched) & curve["precision"].notna()]
-    ok = c[c["precision"] >= min_precision]
-    if len(ok):
-        return float(ok["delta"].max()), True
-    if not len(c) or not (c["precision"] > 0).any():
-        return float(curve["delta"].min()), False
-    best = c["precision"].max()
-    return float(c.loc[c["precision"] == best, "delta"].min()), False
+def delta_curve(annotations: pd.DataFrame, ann_emb: np.ndarray, centres: pd.DataFrame, trk_emb: np.ndarray,
+                tracklet_boxes: pd.DataFrame, truth: pd.DataFrame, *, deltas=None, pad_px=0.0,
+                iou_threshold: float = 0.5) -> pd.DataFrame:
+    """The precision/recall table of :func:`precision_recall_curve` on the given (validation) tables.
 
-
-def calibrate_delta(annotations: pd.DataFrame, ann_emb: np.ndarray, centres: pd.DataFrame, trk_emb: np.ndarray,
-                    tracklet_boxes: pd.DataFrame, truth: pd.DataFrame, *, deltas=None, min_precision: float = 0.9,
-                    pad_px=0.0, iou_threshold: float = 0.5) -> tuple[float, pd.DataFrame]:
-    """Chosen delta and the precision/recall table on the given (validation) tables.
-
-    ``deltas`` defaults to 60 steps from 0 to the 95th percentile of nearest distances. The table's
-    attrs hold ``rule``, ``met_target`` and ``n_findable``.
+    ``deltas`` defaults to 50 steps over (0, 1] of the normalised embedding (distances in [0, 2]). The
+    table's attrs hold ``n_findable``.
     """
     matches, n_findable = nearest_matches(annotations, ann_emb, centres, trk_emb, tracklet_boxes, truth,
                                           pad_px=pad_px, iou_threshold=iou_threshold)
     if deltas is None:
-        top = float(np.quantile(matches["distance"], 0.95)) if len(matches) else 1.0
-        deltas = np.linspace(0, max(top, 1e-6), 61)[1:]
+        deltas = np.linspace(0, 1.0, 51)[1:]
     curve = precision_recall_curve(matches, n_findable, deltas)
-    delta, met = choose_delta(curve, min_precision)
-    curve.attrs.update({"rule": f"largest delta with precision >= {min_precision}", "met_target": met,
-                        "n_findable": n_findable, "delta": delta})
-    return delta, curve
+    curve.attrs["n_findable"] = n_findable
+    return curve
 
 
-def plot_calibration(curve: pd.DataFrame, delta: float, path: str | Path, title: str = "") -> None:
-    """Precision and recall against delta with the chosen delta marked (Fig. 5 analogue), PNG, atomic."""
+def plot_delta_audit(curve: pd.DataFrame, delta: float, path: str | Path, title: str = "") -> None:
+    """Precision and recall against delta with the configured delta marked, PNG, atomic."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -186,10 +170,10 @@ def plot_calibration(curve: pd.DataFrame, delta: float, path: str | Path, title:
     fig, ax = plt.subplots(figsize=(5, 3.5), dpi=120)
     ax.plot(curve["delta"], curve["precision"], "-o", ms=3, label="precision")
     ax.plot(curve["delta"], curve["recall"], "-s", ms=3, label="recall")
-    ax.axvline(delta, color="k", ls="--", lw=1, label=f"chosen δ = {delta:.3f}")
+    ax.axvline(delta, color="k", ls="--", lw=1, label=f"configured δ = {delta:.3f}")
     ax.set_xlabel("δ (embedding L2 distance)")
     ax.set_ylim(-0.02, 1.02)
-    ax.set_title(title or "Intra-patient matching on the validation split")
+    ax.set_title(title or "Intra-patient matching on the validation split (audit)")
     ax.legend(loc="lower right", fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
