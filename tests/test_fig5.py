@@ -108,7 +108,7 @@ def test_table_iv_experiments_merge_only_their_strategies_from_the_full_experime
     assert "results/lens/round1/proposals/fused/deeplesion/train.parquet" in cross[0]
     # round 2 on DeepLesion alone, with the experiment's own unlabeled-slice switch
     train = [c for c in _commands(printed, "train") if "--out results/minecs_s0/round2" in c]
-    assert len(train) == 1 and "'datasets=[deeplesion]'" in train[0] and "'unlabeled_slices=false'" in train[0]
+    assert len(train) == 1 and "'datasets=[deeplesion]'" in train[0] and " unlabeled_slices=false" in train[0]
     assert "results/minecs_s0/round1" not in printed  # no round 1 of its own
 
 
