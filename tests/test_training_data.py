@@ -214,3 +214,13 @@ def test_volume_fraction_keeps_a_nested_seed_independent_subset_of_training_volu
 def test_bad_volume_fractions_are_rejected_with_a_clear_error(fraction, message):
     with pytest.raises(ValueError, match=message):
         cfg(volume_fraction=fraction)
+
+
+@pytest.mark.parametrize("n,z,expect", [(3, 5, [4, 5, 6]), (6, 5, [2, 3, 4, 5, 6, 7]), (9, 1, [0, 0, 0, 0, 1, 2, 3, 4, 5]),
+                                        (6, 9, [6, 7, 8, 9, 9, 9])])
+def test_a_stack_has_the_asked_number_of_slices_around_its_key_slice(n, z, expect):
+    """Two groups of 3 (the CPU preset) as well as one or three: edge slices repeat past the ends."""
+    from lens_core.runtime import stack_slices
+
+    vol = np.arange(10)[:, None, None] * np.ones((1, 2, 2))
+    assert stack_slices(vol, z, n)[:, 0, 0].tolist() == expect

@@ -181,7 +181,7 @@ def generate_scans(cfg: dict) -> list[Scan]:
                 s = Scan("deeplesion", f"{pid}_{st + 1:02d}_{se + 1:02d}", pid, st + 1, se + 1, splits[pi], grid, hu,
                          _visible(p, st, grid), extra={"first_slice": int(r.integers(1, 60)),
                                                         "gender": "MF"[int(r.integers(2))],
-                                                        "age": int(r.integers(30, 85)) + st})
+                                                        "age": int(r.integers(30, 85)) + st, "look": look})
                 lo_p, hi_p = d["annotate_p"]
                 # partial labels: radiologists mark some lesions (larger ones more often), always on the
                 # slice of largest cross-section, so only lesions whose centre is in the scan qualify
@@ -215,7 +215,7 @@ def generate_scans(cfg: dict) -> list[Scan]:
                 key = str(ci)
             else:
                 key = f"{'MED' if reg == 'chest' else 'ABD'}_LYMPH_{ci + 1:03d}"
-            s = Scan(ds, key, pid, 1, 1, "", grid, hu, _visible(p, 0, grid), extra={"subset": ci % 2})
+            s = Scan(ds, key, pid, 1, 1, "", grid, hu, _visible(p, 0, grid), extra={"subset": ci % 2, "look": look})
             for v in s.lesions:
                 if v.lesion_type != LABELED_TYPE[ds]:
                     continue
