@@ -38,7 +38,7 @@ DEFAULT_CORPUS = {
     # DeepLesion's sub-volumes are short (the key slice +- ~30 mm): each patient's lesions lie in the body
     # range its series cover (that is why the series exist), several of them per sub-volume
     "deeplesion": {"patients": 90, "studies": [1, 3], "series": [1, 2], "lesions": [4, 8],
-                   "pixel_mm": [2.1, 2.6], "slice_mm": [2.5, 5.0], "z_extent_mm": [60, 80],
+                   "pixel_mm": [2.1, 2.6], "slice_mm": [2.5, 5.0], "z_extent_mm": [50, 70],
                    "split": {"train": 0.6, "val": 0.15, "test": 0.25},
                    "annotate_p": [0.25, 0.7],  # P(annotated) for the smallest .. largest lesions
                    # many scanners: any noise, smooth to sharp kernels; contrast alternates between series
