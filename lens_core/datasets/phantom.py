@@ -160,15 +160,19 @@ def make_patient(rng: np.random.Generator, patient_id: str, n_studies: int, lesi
     w = np.asarray([lesion_types[t] for t in types], float)
     n = int(rng.integers(n_lesions[0], n_lesions[1] + 1))
     for i in range(n):
-        for _ in range(200):  # bone and body-wall lesions reach every z, so a band is always met
+        # bone and body-wall lesions reach every z, so a band is always met; lesions do not overlap
+        # (at any study's growth), so that every label is one lesion
+        for _ in range(200):
             t = types[int(rng.choice(len(types), p=w / w.sum()))]
             site = _lesion_site(rng, p, t)
-            if z_band is None or z_band[0] <= site[2] <= z_band[1]:
+            lo, hi = _RADIUS_MM[t]
+            r = float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
+            aspect = rng.uniform(0.75, 1.0, 2)
+            radii = (r * aspect[0], r * aspect[1], r * rng.uniform(0.8, 1.3))
+            apart = all(np.linalg.norm(np.subtract(site, o.shape.centre)) > 1.3 * (max(radii) + max(o.shape.radii))
+                        for o in p.lesions)
+            if apart and (z_band is None or z_band[0] <= site[2] <= z_band[1]):
                 break
-        lo, hi = _RADIUS_MM[t]
-        r = float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
-        aspect = rng.uniform(0.75, 1.0, 2)
-        radii = (r * aspect[0], r * aspect[1], r * rng.uniform(0.8, 1.3))
         hu = {"lung_nodule": rng.uniform(-30, 50), "liver_tumor": -rng.uniform(35, 60),
               "lymph_node": rng.uniform(35, 60), "kidney_lesion": rng.uniform(0, 20),
               "bone_lesion": rng.uniform(80, 180), "soft_tissue": rng.uniform(30, 60)}[t]
