@@ -35,9 +35,12 @@ def normalize(slices: np.ndarray) -> torch.Tensor:
 def stack_slices(volume, z: int, n: int) -> np.ndarray:
     """The ``n`` slices centred on ``z`` (edge slices repeated past the volume's ends) ``[n, H, W]``.
 
+    An even ``n`` (two groups of 3) has no middle slice: ``z`` is slice ``n // 2``, one more slice above
+    it than below (6: z-3 .. z+2, so the groups are z-3..z-1 and z..z+2).
+
     ``volume`` is anything indexable like ``[z, y, x]`` (an h5py dataset or a numpy array)."""
     depth = volume.shape[0]
-    idx = np.clip(np.arange(z - n // 2, z + n // 2 + 1), 0, depth - 1)
+    idx = np.clip(np.arange(z - n // 2, z - n // 2 + n), 0, depth - 1)
     lo, hi = int(idx.min()), int(idx.max())
     block = volume[lo:hi + 1]
     return np.asarray(block)[idx - lo]

@@ -9,8 +9,9 @@ import pytest
 
 from lens_core.cli import main
 from lens_core.datasets import read_dataset
+from lens_core.datasets.corpus import LABELED_TYPE
 
-from conftest import FORMATS, TINY_CONFIG, build_corpus, preprocess_all
+from conftest import FORMATS, ROOT, TINY_CONFIG, build_corpus, preprocess_all
 
 
 def test_corpus_writes_the_four_released_layouts(tiny_corpus):
@@ -168,3 +169,68 @@ def test_real_layout_reader_reads_the_corpus_as_real_data(tiny_corpus):
     for fmt in FORMATS:
         idx = read_dataset(fmt, tiny_corpus / fmt)
         assert len(idx.volumes) and len(idx.lesions)
+
+
+@pytest.fixture(scope="module")
+def default_scans():
+    """The default run's corpus (config.yaml's `corpus:` on DEFAULT_CORPUS), generated without writing it."""
+    import yaml
+
+    from lens_core.datasets.corpus import generate_scans
+
+    return generate_scans(yaml.safe_load((ROOT / "config.yaml").read_text())["corpus"])
+
+
+def test_the_default_corpus_is_shaped_like_table_1(default_scans):
+    """DeepLesion-like labels dominate (the paper: 22.9 K against ~3 K), and its val/test splits hold enough
+    fully annotated lesions to choose delta and sigma on and to measure sensitivity."""
+    from lens_core.datasets.corpus import truth_table
+
+    truth = truth_table(default_scans)
+    released = {s.key for s in default_scans if s.dataset == "deeplesion" and any(v.labeled for v in s.lesions)}
+    dl = truth[(truth.dataset == "deeplesion") & truth.scan_key.isin(released)]
+    single = truth[truth.dataset != "deeplesion"]
+    n_train = int(dl[dl.split == "train"].labeled.sum())
+    assert n_train >= 300 and n_train >= 5 * int(single.labeled.sum())
+    test, val = dl[dl.split == "test"], dl[dl.split == "val"]  # every lesion of a val/test volume is a 3D box
+    assert len(test) >= 300 and test.scan_key.nunique() >= 60
+    assert len(val) >= 100 and val.scan_key.nunique() >= 20
+    # the single-type scans keep other lesion types, present and unlabelled
+    other = single[~single.labeled & single.apply(lambda r: r.lesion_type != LABELED_TYPE[r.dataset], axis=1)]
+    assert set(other.dataset) == {"luna", "lits", "nihln"}
+
+
+def test_each_dataset_is_its_own_scanner_domain(default_scans):
+    """Noise, reconstruction kernel, slice thickness and contrast phase differ by dataset as configured,
+    and the kernel shows in the pixels: a sharp kernel leaves more high-frequency energy than a smooth one."""
+    from scipy import ndimage
+
+    looks = {ds: [s.extra["look"] for s in default_scans if s.dataset == ds] for ds in FORMATS}
+    thick = {ds: np.mean([s.grid.spacing[0] for s in default_scans if s.dataset == ds]) for ds in FORMATS}
+    kernel = {ds: np.mean([lk.kernel for lk in looks[ds]]) for ds in FORMATS}
+    assert kernel["luna"] > 0 > kernel["lits"]
+    assert np.mean([lk.noise_hu for lk in looks["luna"]]) > np.mean([lk.noise_hu for lk in looks["lits"]])
+    assert thick["luna"] < thick["lits"]
+    assert np.mean([lk.contrast for lk in looks["lits"]]) > np.mean([lk.contrast for lk in looks["luna"]])
+    dl_kernels = [lk.kernel for lk in looks["deeplesion"]]
+    assert min(dl_kernels) < 0 < max(dl_kernels)  # DeepLesion: many scanners, smooth and sharp
+
+    def high_freq(s):  # the body's soft tissue, where only noise and kernel make texture
+        hu = s.hu.astype(np.float32)
+        lap = ndimage.laplace(hu, mode="nearest")
+        return float(np.std(lap[(hu > -150) & (hu < 150)]))
+
+    per = {ds: np.median([high_freq(s) for s in default_scans if s.dataset == ds]) for ds in ("luna", "lits")}
+    assert per["luna"] > 2 * per["lits"]
+
+
+def test_the_kernel_sharpens_or_smooths_a_rendered_scan():
+    from lens_core.datasets import phantom as ph
+
+    p = ph.make_patient(np.random.default_rng(0), "k", 1, {"liver_tumor": 1}, (2, 2))
+    grid = ph.scan_grid("abdomen", (150.0, 200.0), 2.5, 5.0, 64)
+    lap = {}
+    for k in (-1.0, 0.0, 1.0):
+        hu = ph.render(p, 0, ph.SeriesLook(contrast=True, noise_hu=15.0, kernel=k), grid, np.random.default_rng(1))
+        lap[k] = float(np.std(np.diff(hu.astype(np.float32), axis=2)))
+    assert lap[-1.0] < lap[0.0] < lap[1.0]

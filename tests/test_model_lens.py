@@ -1,4 +1,6 @@
 """LENS assembly (paper Sec. IV-A, IV-C): backbone presets, 3D fusion, per-dataset training."""
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -74,6 +76,29 @@ def test_3d_fusion_lets_every_slice_group_reach_the_output():
             x2 = x.clone()
             x2[:, 3 * group:3 * group + 3] += 1.0
             assert not torch.allclose(bb(x2), y)
+
+
+def test_the_default_cpu_preset_trains_its_3d_fusion_layers():
+    """config.yaml's CPU preset has two groups of 3 slices, so the fusion convolutions run and learn."""
+    import yaml
+
+    from lens_core.training.config import TrainConfig
+    from lens_core.training.loop import build_model
+
+    train = yaml.safe_load((Path(__file__).resolve().parent.parent / "config.yaml").read_text())["train"]
+    cfg = TrainConfig.from_config(train)
+    assert cfg.preset == "cpu" and cfg.slices // 3 >= 2
+    torch.manual_seed(0)
+    model, meta = build_model(cfg)
+    assert meta["n_slices"] == cfg.slices and len(model.backbone.fusion) > 0
+    images, afp, targets = batch_for(model, 0)
+    loss = total_loss(model.losses(images, cfg.datasets[0], afp, targets, generator=torch.Generator().manual_seed(0)))
+    loss.backward()
+    for conv in model.backbone.fusion:
+        assert conv.weight.grad is not None and conv.weight.grad.abs().sum() > 0
+        # every group's channels get gradient: none of the groups is ignored by the fusion
+        per_group = conv.weight.grad.abs().reshape(conv.out_channels, model.backbone.groups, -1).sum(dim=(0, 2))
+        assert (per_group > 0).all()
 
 
 def test_paper_preset_loads_imagenet_weights_from_a_local_file_only(tmp_path):

@@ -77,6 +77,35 @@ def test_batches_hold_one_dataset_and_positives_outnumber_negatives_two_to_one(p
     assert sampler.plan(0) == plan and sampler.plan(1) != plan
 
 
+@pytest.mark.parametrize("steps", [1, 3, 50])
+def test_a_step_budget_gives_that_many_batches_whatever_the_corpus_size(prep, steps):
+    """steps_per_epoch: N batches per epoch, one dataset each, the full pass's dataset mix, 2:1 pos:neg."""
+    index = build_index(cfg(), prep)
+    full = DatasetHomogeneousSampler(index, batch_size=4, pos_neg_ratio=2, seed=0).plan(0)
+    sampler = DatasetHomogeneousSampler(index, batch_size=4, pos_neg_ratio=2, seed=0, steps_per_epoch=steps)
+    plan = sampler.plan(0)
+    assert len(plan) == steps and all(len(ks) == 4 for _, ks in plan)
+    share = {n: sum(1 for m, _ in full if m == n) / len(full) for n in DATASETS}
+    for name in DATASETS:
+        got = sum(1 for n, _ in plan if n == name)
+        assert abs(got - share[name] * steps) < 1  # largest-remainder split of the full pass's mix
+        keys = [k for n, ks in plan if n == name for k in ks]
+        pos = [k for k in keys if index[name].labels.get(k) and index[name].labels[k].gt]
+        neg = [k for k in keys if k not in index[name].labels]
+        assert len(pos) + len(neg) == len(keys)
+        assert len(neg) == round(len(keys) / 3)
+        if len(keys) <= len(set(index[name].negatives)):  # within one pass over a list nothing repeats
+            assert len(set(neg)) == len(neg)
+    assert sampler.plan(0) == plan and sampler.plan(1) != plan
+    # the same budget on a corpus with every volume twice (the index's lists doubled): still N batches
+    for ds in index.values():
+        ds.lesion_slices = ds.lesion_slices * 2
+        ds.negatives = ds.negatives * 2
+    assert len(DatasetHomogeneousSampler(index, 4, 2, seed=0, steps_per_epoch=steps).plan(0)) == steps
+    with pytest.raises(ValueError, match="steps_per_epoch"):
+        cfg(steps_per_epoch=0)
+
+
 def test_negative_slices_keep_away_from_2d_key_slices(prep):
     c = cfg(neg_gap_2d=4, unlabeled_slices=True)
     ds = build_index(c, prep)["deeplesion"]
@@ -210,3 +239,13 @@ def test_volume_fraction_keeps_a_nested_seed_independent_subset_of_training_volu
 def test_bad_volume_fractions_are_rejected_with_a_clear_error(fraction, message):
     with pytest.raises(ValueError, match=message):
         cfg(volume_fraction=fraction)
+
+
+@pytest.mark.parametrize("n,z,expect", [(3, 5, [4, 5, 6]), (6, 5, [2, 3, 4, 5, 6, 7]), (9, 1, [0, 0, 0, 0, 1, 2, 3, 4, 5]),
+                                        (6, 9, [6, 7, 8, 9, 9, 9])])
+def test_a_stack_has_the_asked_number_of_slices_around_its_key_slice(n, z, expect):
+    """Two groups of 3 (the CPU preset) as well as one or three: edge slices repeat past the ends."""
+    from lens_core.runtime import stack_slices
+
+    vol = np.arange(10)[:, None, None] * np.ones((1, 2, 2))
+    assert stack_slices(vol, z, n)[:, 0, 0].tolist() == expect

@@ -63,6 +63,24 @@ def test_resume_after_a_killed_epoch_gives_the_weights_of_an_uninterrupted_run(p
     assert not all(torch.equal(a[k], c[k]) for k in a)
 
 
+def test_a_step_budget_trains_that_many_steps_and_resumes_exactly(prep, tmp_path):
+    cfg = small_cfg(steps_per_epoch=2)
+    ref = train(cfg, prep, tmp_path / "ref", device="cpu", progress=False)
+    losses = pd.read_parquet(tmp_path / "ref" / "losses.parquet")
+    assert losses.groupby("epoch").size().tolist() == [2, 2, 2]
+
+    def kill(epoch, batch):
+        if epoch == 1 and batch == 1:
+            raise Killed
+
+    with pytest.raises(Killed):
+        train(cfg, prep, tmp_path / "run", device="cpu", progress=False, on_step=kill)
+    ckpt = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    assert ckpt["config"]["steps_per_epoch"] == 2  # recorded with the other fields: a change retrains
+    resumed = train(cfg, prep, tmp_path / "run", device="cpu", progress=False, resume=True)
+    assert _same(_weights(ref), _weights(resumed))
+
+
 def _weights(path):
     return torch.load(path, weights_only=True)["state_dict"]
 

@@ -29,16 +29,29 @@ import pandas as pd
 
 from . import phantom as ph
 
+# Shaped like the paper's Table I: DeepLesion-like labelled training lesions far outnumber the single-type
+# sets' (22.9 K against ~3 K there; here ~9x), its val/test splits hold hundreds of fully annotated lesions,
+# and each dataset is its own scanner domain (noise, reconstruction kernel, slice thickness, contrast phase).
 DEFAULT_CORPUS = {
     "seed": 0,
     "size_px": 128,  # original in-plane size of every scan (pixel sizes scale so the body stays in view)
-    "deeplesion": {"patients": 16, "studies": [1, 3], "series": [1, 2], "lesions": [3, 7],
-                   "pixel_mm": [2.1, 2.6], "slice_mm": [2.5, 5.0], "z_extent_mm": [110, 170],
+    # DeepLesion's sub-volumes are short (the key slice +- ~30 mm): each patient's lesions lie in the body
+    # range its series cover (that is why the series exist), several of them per sub-volume
+    "deeplesion": {"patients": 90, "studies": [1, 3], "series": [1, 2], "lesions": [4, 8],
+                   "pixel_mm": [2.1, 2.6], "slice_mm": [2.5, 5.0], "z_extent_mm": [50, 70],
                    "split": {"train": 0.6, "val": 0.15, "test": 0.25},
-                   "annotate_p": [0.25, 0.7]},  # P(annotated) for the smallest .. largest lesions
-    "luna": {"cases": 10, "lesions": [2, 5], "pixel_mm": [2.0, 2.5], "slice_mm": [2.5, 3.0], "min_diameter_mm": 6.0},
-    "lits": {"cases": 8, "lesions": [2, 5], "pixel_mm": [2.0, 2.5], "slice_mm": [2.5, 5.0]},
-    "nihln": {"cases": 8, "lesions": [6, 10], "pixel_mm": [2.0, 2.5], "slice_mm": [2.5, 3.0], "min_short_axis_mm": 8.0},
+                   "annotate_p": [0.25, 0.7],  # P(annotated) for the smallest .. largest lesions
+                   # many scanners: any noise, smooth to sharp kernels; contrast alternates between series
+                   "noise_hu": [10, 25], "kernel": [-1.0, 1.0], "contrast_p": 0.6},
+    # low-dose chest CT, sharp lung kernel, thin slices, mostly without contrast
+    "luna": {"cases": 8, "lesions": [2, 4], "pixel_mm": [2.0, 2.5], "slice_mm": [1.5, 2.0], "min_diameter_mm": 6.0,
+             "noise_hu": [22, 32], "kernel": [0.5, 1.2], "contrast_p": 0.15},
+    # portal-venous abdominal CT, smooth soft-tissue kernel, thick slices
+    "lits": {"cases": 6, "lesions": [2, 4], "pixel_mm": [2.0, 2.5], "slice_mm": [4.0, 5.0],
+             "noise_hu": [8, 14], "kernel": [-1.0, -0.6], "contrast_p": 0.95},
+    # contrast CT of the mediastinum / abdomen, standard kernel
+    "nihln": {"cases": 6, "lesions": [4, 8], "pixel_mm": [2.0, 2.5], "slice_mm": [2.0, 2.5], "min_short_axis_mm": 8.0,
+              "noise_hu": [12, 20], "kernel": [-0.4, 0.2], "contrast_p": 0.8},
 }
 
 # lesion type mixes per dataset (weights); single-type sets still contain other lesions, unlabeled
@@ -153,23 +166,22 @@ def generate_scans(cfg: dict) -> list[Scan]:
         r = np.random.default_rng([cfg["seed"], 1, pi])
         pid = f"{pi + 1:06d}"
         n_st = int(r.integers(d["studies"][0], d["studies"][1] + 1))
-        p = ph.make_patient(r, pid, n_st, MIX["deeplesion"], tuple(d["lesions"]))
         # each patient is followed over one body range (that is where their disease is)
-        target = p.lesions[int(r.integers(len(p.lesions)))]
         ext = uni(r, d["z_extent_mm"])
-        z0 = float(np.clip(target.shape.centre[2] - r.uniform(0.3, 0.7) * ext, 40, 430 - ext))
+        z0 = uni(r, (60.0, 420.0 - ext))
+        p = ph.make_patient(r, pid, n_st, MIX["deeplesion"], tuple(d["lesions"]), z_band=(z0, z0 + ext))
         for st in range(n_st):
             n_se = int(r.integers(d["series"][0], d["series"][1] + 1))
             for se in range(n_se):
                 slice_mm = float(r.choice(d["slice_mm"]))
                 grid = ph.scan_grid("dl", (z0 + r.uniform(-10, 10), z0 + ext), uni(r, d["pixel_mm"]) * fov, slice_mm, size)
-                look = ph.SeriesLook(contrast=bool(se % 2 == 0) if n_se > 1 else bool(r.random() < 0.6),
-                                     noise_hu=uni(r, (10, 25)))
+                look = ph.SeriesLook(contrast=bool(se % 2 == 0) if n_se > 1 else bool(r.random() < d["contrast_p"]),
+                                     noise_hu=uni(r, d["noise_hu"]), kernel=uni(r, d["kernel"]))
                 hu = ph.render(p, st, look, grid, r)
                 s = Scan("deeplesion", f"{pid}_{st + 1:02d}_{se + 1:02d}", pid, st + 1, se + 1, splits[pi], grid, hu,
                          _visible(p, st, grid), extra={"first_slice": int(r.integers(1, 60)),
                                                         "gender": "MF"[int(r.integers(2))],
-                                                        "age": int(r.integers(30, 85)) + st})
+                                                        "age": int(r.integers(30, 85)) + st, "look": look})
                 lo_p, hi_p = d["annotate_p"]
                 # partial labels: radiologists mark some lesions (larger ones more often), always on the
                 # slice of largest cross-section, so only lesions whose centre is in the scan qualify
@@ -194,14 +206,16 @@ def generate_scans(cfg: dict) -> list[Scan]:
                 zlo, zhi = (255.0, 375.0) if reg == "chest" else (80.0, 230.0)
             grid = ph.scan_grid(reg, (zlo + r.uniform(0, 10), zhi - r.uniform(0, 10)), uni(r, d["pixel_mm"]) * fov,
                                 float(r.choice(d["slice_mm"])), size)
-            hu = ph.render(p, 0, ph.SeriesLook(contrast=bool(r.random() < 0.7), noise_hu=uni(r, (10, 25))), grid, r)
+            look = ph.SeriesLook(contrast=bool(r.random() < d["contrast_p"]), noise_hu=uni(r, d["noise_hu"]),
+                                 kernel=uni(r, d["kernel"]))
+            hu = ph.render(p, 0, look, grid, r)
             if ds == "luna":
                 key = _uid("luna", cfg["seed"], ci)
             elif ds == "lits":
                 key = str(ci)
             else:
                 key = f"{'MED' if reg == 'chest' else 'ABD'}_LYMPH_{ci + 1:03d}"
-            s = Scan(ds, key, pid, 1, 1, "", grid, hu, _visible(p, 0, grid), extra={"subset": ci % 2})
+            s = Scan(ds, key, pid, 1, 1, "", grid, hu, _visible(p, 0, grid), extra={"subset": ci % 2, "look": look})
             for v in s.lesions:
                 if v.lesion_type != LABELED_TYPE[ds]:
                     continue

@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+from scipy import ndimage
 
 LESION_TYPES = ("lung_nodule", "liver_tumor", "lymph_node", "kidney_lesion", "bone_lesion", "soft_tissue")
 
@@ -79,10 +80,14 @@ class Patient:
 
 @dataclass(frozen=True)
 class SeriesLook:
-    """How one series renders: contrast phase and noise (different series of one study)."""
+    """How one series renders: contrast phase, noise and reconstruction kernel (a scanner's domain)."""
 
     contrast: bool
     noise_hu: float
+    # reconstruction kernel as an in-plane unsharp mask applied after the noise (so it shapes the noise
+    # texture too, as a real kernel does): -1 = gaussian-smoothed (soft-tissue kernel), 0 = as rendered,
+    # > 0 = edges and noise amplified (sharp lung / bone kernel)
+    kernel: float = 0.0
 
 
 def _lesion_site(rng: np.random.Generator, p: Patient, lesion_type: str) -> tuple[float, float, float]:
@@ -133,8 +138,11 @@ _RADIUS_MM = {
 
 
 def make_patient(rng: np.random.Generator, patient_id: str, n_studies: int, lesion_types: dict[str, float],
-                 n_lesions: tuple[int, int]) -> Patient:
-    """A patient with anatomy, lung vessels and lesions drawn from `lesion_types` (type -> weight)."""
+                 n_lesions: tuple[int, int], z_band: tuple[float, float] | None = None) -> Patient:
+    """A patient with anatomy, lung vessels and lesions drawn from `lesion_types` (type -> weight).
+
+    `z_band` (mm): lesion centres fall in this body range (a patient whose disease one scan range
+    follows); a type whose sites miss the band is redrawn."""
     body = (rng.uniform(135, 165), rng.uniform(95, 118))
     shift = tuple(float(v) for v in rng.uniform([-8, -6, -15], [8, 6, 15]))
     # lung vessels: thin tubes running roughly along z (on one slice they look like small nodules)
@@ -152,16 +160,24 @@ def make_patient(rng: np.random.Generator, patient_id: str, n_studies: int, lesi
     w = np.asarray([lesion_types[t] for t in types], float)
     n = int(rng.integers(n_lesions[0], n_lesions[1] + 1))
     for i in range(n):
-        t = types[int(rng.choice(len(types), p=w / w.sum()))]
-        lo, hi = _RADIUS_MM[t]
-        r = float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
-        aspect = rng.uniform(0.75, 1.0, 2)
-        radii = (r * aspect[0], r * aspect[1], r * rng.uniform(0.8, 1.3))
+        # bone and body-wall lesions reach every z, so a band is always met; lesions do not overlap
+        # (at any study's growth), so that every label is one lesion
+        for _ in range(200):
+            t = types[int(rng.choice(len(types), p=w / w.sum()))]
+            site = _lesion_site(rng, p, t)
+            lo, hi = _RADIUS_MM[t]
+            r = float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
+            aspect = rng.uniform(0.75, 1.0, 2)
+            radii = (r * aspect[0], r * aspect[1], r * rng.uniform(0.8, 1.3))
+            apart = all(np.linalg.norm(np.subtract(site, o.shape.centre)) > 1.3 * (max(radii) + max(o.shape.radii))
+                        for o in p.lesions)
+            if apart and (z_band is None or z_band[0] <= site[2] <= z_band[1]):
+                break
         hu = {"lung_nodule": rng.uniform(-30, 50), "liver_tumor": -rng.uniform(35, 60),
               "lymph_node": rng.uniform(35, 60), "kidney_lesion": rng.uniform(0, 20),
               "bone_lesion": rng.uniform(80, 180), "soft_tissue": rng.uniform(30, 60)}[t]
         growth = tuple(1.0 if s == 0 else float(rng.uniform(0.8, 1.25)) for s in range(n_studies))
-        p.lesions.append(Lesion(f"{patient_id}-L{i:02d}", t, Ellipsoid(_lesion_site(rng, p, t), radii), float(hu), growth))
+        p.lesions.append(Lesion(f"{patient_id}-L{i:02d}", t, Ellipsoid(site, radii), float(hu), growth))
     return p
 
 
@@ -238,6 +254,9 @@ def render(p: Patient, study: int, look: SeriesLook, grid: Grid, rng: np.random.
             val += 15.0  # nodes enhance a little, much less than vessels
         hu = np.where(m, val, hu)
     hu = hu + rng.normal(0.0, look.noise_hu, hu.shape).astype(np.float32)
+    if look.kernel:
+        smooth = ndimage.gaussian_filter(hu, sigma=(0, 1.0, 1.0))  # in-plane only: a 2D reconstruction kernel
+        hu = smooth + (1.0 + look.kernel) * (hu - smooth)
     return np.clip(np.rint(hu), -1024, 3071).astype(np.int16)
 
 

@@ -31,6 +31,9 @@ class TrainConfig:
     # Up to this many slices of each 3D lesion are positives per epoch (None = all of them); the
     # paper samples one positive slice per 3D ground truth in its mining ablation (Table IV).
     slices_per_lesion: int | None = None
+    # The training budget: this many batches per epoch whatever the corpus size (None = one full pass
+    # over the positives and their negatives). lr_steps stay in epochs.
+    steps_per_epoch: int | None = None
     # Negative slices keep this distance (in slices) from any labelled box: 2D key-slice boxes
     # (DeepLesion) leave the lesion's other slices unlabelled, so their neighbours are not negatives.
     neg_gap_2d: int = 4
@@ -92,6 +95,8 @@ class TrainConfig:
             raise ValueError(f"grad_clip must be > 0 or null, got {self.grad_clip}")
         if self.warmup_steps < 0:
             raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
+        if self.steps_per_epoch is not None and (isinstance(self.steps_per_epoch, bool) or self.steps_per_epoch < 1):
+            raise ValueError(f"steps_per_epoch must be >= 1 or null, got {self.steps_per_epoch!r}")
         if self.batch_size < 1 or self.epochs < 1:
             raise ValueError("batch_size and epochs must be >= 1")
         if self.fuse_experts is not None and not set(self.fuse_experts) <= set(self.datasets):

@@ -95,7 +95,8 @@ def train(
     for name, ds in index.items():
         if not ds.lesion_slices:
             raise ValueError(f"{Path(prep_dir) / name}: no training lesions with label_kind in {cfg.gt_kinds}")
-    sampler = DatasetHomogeneousSampler(index, cfg.batch_size, cfg.pos_neg_ratio, cfg.slices_per_lesion, cfg.seed)
+    sampler = DatasetHomogeneousSampler(index, cfg.batch_size, cfg.pos_neg_ratio, cfg.slices_per_lesion, cfg.seed,
+                                        cfg.steps_per_epoch)
 
     torch.manual_seed(cfg.seed)  # the initial weights
     model, meta = build_model(cfg)
