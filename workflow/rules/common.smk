@@ -188,6 +188,23 @@ def mining_source(exp):
     return exp_name(spec["mining_from"], seed) if spec.get("mining_from") else exp
 
 
+def embedding_source(exp):
+    """The experiment whose tracklets and lesion embeddings this one's intra-patient matching reads: its
+    `mining_from` source when the settings that shape them (theta, tracklet threshold, embedding, encoder
+    steps) are the source's, so the table would be the same (the encoder is mining's costly step: Fig. 5's
+    delta/sigma values and Table IV's rows do not train it again); else its own."""
+    src = mining_source(exp)
+    keys = ("theta", "tracklet_min_score", "embedding", "encoder_steps")
+    if src != exp and all(exp_mining(exp)[k] == exp_mining(src)[k] for k in keys):
+        return src
+    return exp
+
+
+def embedding_inputs(wildcards):
+    src = embedding_source(wildcards.exp)
+    return {"tracklets": f"results/{src}/mining/tracklets.parquet", "emb": f"results/{src}/mining/embeddings.h5"}
+
+
 def round1_proposals(split):
     """An input function: the fused DeepLesion-like round-1 proposals of `split` that the experiment mines."""
 

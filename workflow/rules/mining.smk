@@ -99,8 +99,7 @@ rule audit_delta:
 
 rule mine_intra_patient:
     input:
-        tracklets="results/{exp}/mining/tracklets.parquet",
-        emb="results/{exp}/mining/embeddings.h5",
+        unpack(embedding_inputs),  # the source experiment's, when they would be the same (embedding_source)
         prep=prep_tables(["deeplesion"]),
     output:
         "results/{exp}/mining/intra_patient.parquet",
