@@ -107,7 +107,7 @@ def test_page_is_self_contained_with_one_card_per_mined_box(mining, boxes, dl_pr
         if c["strategy"] == "cross_slice":  # propagated from the key slice of the same scan
             assert src["volume_id"] == c["volume_id"] and c["key_iou"] > 0.5
         else:  # matched to the lesion annotated in another study or series of the patient
-            assert src["volume_id"] != c["volume_id"] and c["embedding_distance"] < 0.3
+            assert src["volume_id"] != c["volume_id"] and c["embedding_distance"] <= 0.3  # the fixture's delta (cards round to 4 decimals)
             assert row["patient_id"].iloc[0] == c["patient_id"]
 
 

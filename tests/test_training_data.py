@@ -80,7 +80,7 @@ def test_batches_hold_one_dataset_and_positives_outnumber_negatives_two_to_one(p
 @pytest.mark.parametrize("steps", [1, 3, 50])
 def test_a_step_budget_gives_that_many_batches_whatever_the_corpus_size(prep, steps):
     """steps_per_epoch: N batches per epoch, one dataset each, the full pass's dataset mix, 2:1 pos:neg."""
-    index = build_index(cfg(), prep)
+    index = build_index(cfg(unlabeled_slices=True), prep)  # DeepLesion's negatives too (round 2's sampling)
     full = DatasetHomogeneousSampler(index, batch_size=4, pos_neg_ratio=2, seed=0).plan(0)
     sampler = DatasetHomogeneousSampler(index, batch_size=4, pos_neg_ratio=2, seed=0, steps_per_epoch=steps)
     plan = sampler.plan(0)

@@ -103,9 +103,9 @@ def test_the_check_fails_when_a_mining_rule_reads_the_truth(tmp_path, workdir):
     shutil.copy(ROOT / "Snakefile", repo / "Snakefile")
     rules = repo / "workflow" / "rules" / "mining.smk"
     text = rules.read_text()
-    anchor = 'rule mine_intra_patient:\n    input:\n'
-    assert anchor in text
-    rules.write_text(text.replace(anchor, anchor + '        truth=f"{DL_PREP}/truth.parquet",\n'))
+    rule = text.index("rule mine_intra_patient:")
+    anchor = text.index('        prep=prep_tables(["deeplesion"]),\n', rule)  # its last named input
+    rules.write_text(text[:anchor] + '        truth=f"{DL_PREP}/truth.parquet",\n' + text[anchor:])
     wd = tmp_path / "wd"
     wd.mkdir()
     shutil.copy(workdir / "config.yaml", wd / "config.yaml")
