@@ -283,3 +283,13 @@ def check_output(path, flag: str = "--out") -> None:
             if not parent.is_dir():
                 raise InputError(f"{path}: {flag} lies under {parent}, which is a file, not a folder")
             break
+
+
+def save_figure(fig, path: str | Path, **savefig_kwargs) -> None:
+    """Write a matplotlib figure as PNG atomically (under the same unique-temp-name rule as every artifact)
+    and close it, so long plotting loops do not keep figures alive."""
+    import matplotlib.pyplot as plt
+
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", **savefig_kwargs)
+    plt.close(fig)

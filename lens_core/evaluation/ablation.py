@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from lens_core.evaluation.tables import overall_row
-from lens_core.io import atomic_path, write_parquet
+from lens_core.io import atomic_path, save_figure, write_parquet
 
 
 def run_dir(eval_dir: Path, exp: str, stage: str, split: str = "test") -> Path:
@@ -189,9 +189,7 @@ def plot(table: pd.DataFrame, path: Path) -> None:
     ax.legend(fontsize=7, loc="upper left")
     ax.set_title("Ablation on the built-in corpus (mean ± sd over seeds)")
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def run(args) -> int:

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from lens_core.evaluation import ablation
-from lens_core.io import atomic_path, write_parquet
+from lens_core.io import atomic_path, save_figure, write_parquet
 
 LABELS = {"delta": "δ (intra-patient distance)", "sigma": "σ (cross-dataset expert score)",
           "tracklet_min_score": "tracklet score threshold"}
@@ -120,9 +120,7 @@ def plot(table: pd.DataFrame, path: Path) -> None:
         ax.legend(fontsize=7)
     fig.suptitle("Fig. 5 on the built-in corpus (dotted: configured value)", fontsize=9)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def run(args) -> int:

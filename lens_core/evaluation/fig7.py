@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from lens_core.evaluation.tables import overall_row
-from lens_core.io import atomic_path, write_parquet, write_text
+from lens_core.io import save_figure, write_parquet, write_text
 
 MODES = ("alone", "joint")
 TITLES = {"deeplesion": "DeepLesion", "luna": "LUNA", "lits": "LiTS", "nihln": "NIH-LN"}
@@ -152,9 +152,7 @@ def plot(table: pd.DataFrame, path: Path, scored_on: str = "validation split") -
     axes[0][0].legend(fontsize=7, loc="lower right")
     fig.suptitle(f"Single dataset vs joint training: CPM on the {scored_on} (mean ± sd over seeds)", fontsize=9)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def run(args) -> int:

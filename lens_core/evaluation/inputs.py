@@ -14,7 +14,6 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from lens_core import io
-from lens_core.io import atomic_path  # noqa: F401  (re-exported: plots write through it)
 
 BOX2D = ["x1", "y1", "x2", "y2"]
 BOX3D = ["x1", "y1", "z1", "x2", "y2", "z2"]

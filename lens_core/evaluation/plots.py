@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 
 from lens_core.evaluation.froc import interpolate_sensitivity
-from lens_core.evaluation.inputs import atomic_path
+from lens_core.io import save_figure
 
 
 def plot_froc(froc: pd.DataFrame, fp_rates, path, title: str = "FROC", stratum: str = "all") -> None:
@@ -45,6 +45,4 @@ def plot_froc(froc: pd.DataFrame, fp_rates, path, title: str = "FROC", stratum: 
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
+    save_figure(fig, path)

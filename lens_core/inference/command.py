@@ -10,7 +10,6 @@ from pathlib import Path
 
 from lens_core.arguments import (add_torch_args, iou_threshold, non_negative_int, positive_float, positive_int,
                                  positive_shard, probability, set_torch_threads)
-from lens_core.io import atomic_path
 
 log = logging.getLogger(__name__)
 

@@ -163,7 +163,7 @@ def plot_delta_audit(curve: pd.DataFrame, delta: float, path: str | Path, title:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from lens_core.io import atomic_path
+    from lens_core.io import save_figure
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -177,6 +177,4 @@ def plot_delta_audit(curve: pd.DataFrame, delta: float, path: str | Path, title:
     ax.legend(loc="lower right", fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp)
-    plt.close(fig)
+    save_figure(fig, path)

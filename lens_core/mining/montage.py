@@ -11,7 +11,7 @@ import h5py
 import numpy as np
 import pandas as pd
 
-from lens_core.io import InputError, atomic_path, require_columns
+from lens_core.io import InputError, require_columns, save_figure
 
 __all__ = ["sample_for_review", "write_montage"]
 
@@ -99,6 +99,4 @@ def write_montage(boxes: pd.DataFrame, prep_dir: str | Path, path: str | Path, *
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp)
-    plt.close(fig)
+    save_figure(fig, path)

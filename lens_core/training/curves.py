@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from lens_core.io import atomic_path
+from lens_core.io import atomic_path, save_figure
 
 LOSS_TERMS = ["center", "size", "class", "box", "total"]
 
@@ -35,6 +35,4 @@ def plot_losses(df: pd.DataFrame, path: Path) -> None:
         ax.set_yscale("log")
     axes[0].legend(fontsize=7)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=90)
-    plt.close(fig)
+    save_figure(fig, path, dpi=90)
