@@ -136,6 +136,37 @@ def test_pooled_intervals_and_paired_differences_with_their_verdicts(tmp_path):
         out / "table.parquet").columns
 
 
+def test_a_row_compared_with_several_references_gets_one_paired_difference_each(tmp_path):
+    # Table V: separate models against the single-dataset row (+2.8 in the paper) and the proposed one (-8.0)
+    ev = tmp_path / "eval"
+    for s in range(2):
+        evaluated_run(ev, f"single_s{s}", "r1_dl", 0.35, 10 + s)
+        evaluated_run(ev, f"sep_s{s}", "sep_fused", 0.6, 20 + s)
+        evaluated_run(ev, f"full_s{s}", "r2_fused", 0.85, 30 + s)
+    rows = {"single": {"stage": "r1_dl", "paper": 36.8, "exps": ["single_s0", "single_s1"]},
+            "proposed": {"stage": "r2_fused", "paper": 47.6, "exps": ["full_s0", "full_s1"]},
+            "separate": {"stage": "sep_fused", "paper": 39.6, "exps": ["sep_s0", "sep_s1"],
+                         "vs": ["single", "proposed"]}}
+    out = tmp_path / "ablation"
+    argv = ["ablation-table", "--spec", json.dumps(rows), "--eval-dir", str(ev), "--out", str(out),
+            "--bootstrap", "300"]
+    assert main(argv) == 0
+    t = pd.read_parquet(out / "table.parquet").set_index("row")["average_mean"]
+    d = pd.read_parquet(out / "differences.parquet").set_index("vs")
+    assert list(d.index) == ["single", "proposed"] and set(d["row"]) == {"separate"}
+    assert d.loc["single", "delta"] == pytest.approx(t["separate"] - t["single"])
+    assert d.loc["proposed", "delta"] == pytest.approx(t["separate"] - t["proposed"])
+    assert d.loc["single", "paper_delta"] == pytest.approx(2.8) and d.loc["proposed", "paper_delta"] == pytest.approx(-8.0)
+    # each difference has its own interval, on the side of zero that its sign says
+    assert d.loc["single", "delta_low"] > 0 and d.loc["proposed", "delta_high"] < 0
+    assert (d.loc["single", "verdict"], d.loc["proposed", "verdict"]) == ("reproduced", "reproduced")
+    # one unknown label in the list is refused, naming it, and nothing is written
+    rows["separate"]["vs"] = ["single", "(z) missing"]
+    bad = tmp_path / "bad"
+    assert main(argv[:2] + [json.dumps(rows)] + argv[3:5] + ["--out", str(bad)] + argv[7:]) == 1
+    assert not bad.exists()
+
+
 def test_verdict_needs_the_interval_to_exclude_zero_with_the_papers_sign():
     from lens_core.evaluation.ablation import verdict
 

@@ -91,15 +91,13 @@ def intervals(spec: dict, table: pd.DataFrame, eval_dir: Path, n_boot: int, seed
     means = table.set_index("row")[f"{prefix}average_mean"]
     diffs = []
     for label, r in spec.items():
-        ref = r.get("vs")
-        if not ref:
-            continue
-        d = interval(row_mean[label] - row_mean[ref])
-        pa, pb = spec[label].get("paper"), spec[ref].get("paper")
-        paper_delta = pa - pb if pa is not None and pb is not None else None
-        diffs.append({"row": label, "vs": ref, "split": split, "delta": means[label] - means[ref],
-                      "delta_low": 100 * d["low"], "delta_high": 100 * d["high"], "paper_delta": paper_delta,
-                      "verdict": verdict(d["low"], d["high"], paper_delta)})
+        for ref in references(r):
+            d = interval(row_mean[label] - row_mean[ref])
+            pa, pb = spec[label].get("paper"), spec[ref].get("paper")
+            paper_delta = pa - pb if pa is not None and pb is not None else None
+            diffs.append({"row": label, "vs": ref, "split": split, "delta": means[label] - means[ref],
+                          "delta_low": 100 * d["low"], "delta_high": 100 * d["high"], "paper_delta": paper_delta,
+                          "verdict": verdict(d["low"], d["high"], paper_delta)})
     return table, pd.DataFrame(diffs, columns=DIFF_COLUMNS), next(iter(items.values()))[0].n_patients
 
 
@@ -107,15 +105,30 @@ DIFF_COLUMNS = ["row", "vs", "split", "delta", "delta_low", "delta_high", "paper
 
 
 def check_spec(spec) -> dict:
-    """The --spec mapping: row -> {stage, exps: [...], paper?, vs?}; every `vs` names a row of the table."""
+    """The --spec mapping: row -> {stage, exps: [...], paper?, vs?}; every `vs` (a label or a list of them)
+    names a row of the table."""
     if not isinstance(spec, dict) or not spec:
         raise ValueError("--spec: expected a JSON mapping of row -> {stage, exps, paper, vs}")
     for label, r in spec.items():
         if not isinstance(r, dict) or "stage" not in r or not r.get("exps"):
             raise ValueError(f"--spec row {label!r}: expected {{stage, exps: [experiment per seed], ...}}")
-        if r.get("vs") and r["vs"] not in spec:
-            raise ValueError(f"--spec row {label!r}: reference row {r['vs']!r} is not a row of the table")
+        for ref in references(r):
+            if ref not in spec:
+                raise ValueError(f"--spec row {label!r}: reference row {ref!r} is not a row of the table")
     return spec
+
+
+def references(row: dict) -> list[str]:
+    """A row's reference rows: `vs` is one row's label or a list of them (Table V compares one method with
+    both the single-dataset baseline and the proposed framework)."""
+    vs = row.get("vs")
+    if not vs:
+        return []
+    if isinstance(vs, str):
+        return [vs]
+    if isinstance(vs, list) and all(isinstance(v, str) for v in vs):
+        return vs
+    raise ValueError(f"--spec: `vs` must be a row's label or a list of labels, not {vs!r}")
 
 
 def _ci(low, high) -> str:
