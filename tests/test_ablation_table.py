@@ -156,7 +156,8 @@ def test_a_row_compared_with_several_references_gets_one_paired_difference_each(
     assert list(d.index) == ["single", "proposed"] and set(d["row"]) == {"separate"}
     assert d.loc["single", "delta"] == pytest.approx(t["separate"] - t["single"])
     assert d.loc["proposed", "delta"] == pytest.approx(t["separate"] - t["proposed"])
-    assert d.loc["single", "paper_delta"] == pytest.approx(2.8) and d.loc["proposed", "paper_delta"] == pytest.approx(-8.0)
+    assert d.loc["single", "paper_delta"] == pytest.approx(2.8)
+    assert d.loc["proposed", "paper_delta"] == pytest.approx(-8.0)
     # each difference has its own interval, on the side of zero that its sign says
     assert d.loc["single", "delta_low"] > 0 and d.loc["proposed", "delta_high"] < 0
     assert (d.loc["single", "verdict"], d.loc["proposed", "verdict"]) == ("reproduced", "reproduced")

@@ -113,7 +113,8 @@ def _with(path: str, value):
     ("preprocess.pixel_mm", 0, "0 is less than or equal to the minimum of 0"),
     ("propose.shards", 0, "0 is less than the minimum of 1"),
     ("minig", {"theta": 0.5}, "'minig' was unexpected"),
-    ("ablation.rows.(x)", {"experiment": "full", "stage": "r1_dl", "vs": 3}, "is not valid under any of the given schemas"),
+    ("ablation.rows.(x)", {"experiment": "full", "stage": "r1_dl", "vs": 3},
+     "is not valid under any of the given schemas"),
 ])
 def test_the_schema_refuses_a_bad_setting_at_the_dryrun(tmp_path, path, value, message):
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(_with(path, value)))

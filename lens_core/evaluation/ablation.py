@@ -93,7 +93,7 @@ def intervals(spec: dict, table: pd.DataFrame, eval_dir: Path, n_boot: int, seed
     for label, r in spec.items():
         for ref in references(r):
             d = interval(row_mean[label] - row_mean[ref])
-            pa, pb = spec[label].get("paper"), spec[ref].get("paper")
+            pa, pb = r.get("paper"), spec[ref].get("paper")
             paper_delta = pa - pb if pa is not None and pb is not None else None
             diffs.append({"row": label, "vs": ref, "split": split, "delta": means[label] - means[ref],
                           "delta_low": 100 * d["low"], "delta_high": 100 * d["high"], "paper_delta": paper_delta,

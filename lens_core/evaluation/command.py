@@ -64,7 +64,8 @@ def add_parser(sub) -> None:
 
     p = sub.add_parser("ablation-table", help="the paper's ablation rows: mean ± sd over seeds, paper beside")
     p.add_argument("--spec", required=True,
-                   help="JSON: row -> {stage, paper, exps: [experiment per seed], vs: reference row or list of rows (optional)}")
+                   help="JSON: row -> {stage, paper, exps: [experiment per seed], "
+                        "vs: reference row or list of rows (optional)}")
     p.add_argument("--eval-dir", type=Path, default=Path("results/eval"))
     p.add_argument("--out", type=Path, required=True, help="folder for table.md, table.parquet, froc.png")
     p.add_argument("--bootstrap", type=non_negative_int, default=2000,
