@@ -87,20 +87,24 @@ def luna_run(folder, quality, seed, n_scans=24):
     return str(out / "summary.parquet")
 
 
-def test_cells_carry_pooled_intervals_and_joint_minus_alone_a_paired_one(tmp_path):
+@pytest.mark.parametrize("joint_quality, expected", [(0.9, "reproduced"), (0.05, "contradicted")])
+def test_cells_carry_pooled_intervals_and_joint_minus_alone_a_paired_one(tmp_path, joint_quality, expected):
     runs = [{"dataset": "luna", "mode": m, "fraction": 0.5, "seed": s,
              "summary": luna_run(tmp_path / f"{m}{s}", q, 10 * s + (m == "joint"))}
-            for m, q in (("alone", 0.3), ("joint", 0.9)) for s in (0, 1)]
+            for m, q in (("alone", 0.3), ("joint", joint_quality)) for s in (0, 1)]
     out = tmp_path / "fig7"
     assert main(["fig7-table", "--spec", json.dumps(runs), "--out", str(out), "--bootstrap", "400"]) == 0
     t = pd.read_parquet(out / "table.parquet").set_index("mode")
     for mode in ("alone", "joint"):
         assert t.loc[mode, "average_low"] < t.loc[mode, "average_mean"] < t.loc[mode, "average_high"]
     delta = t.loc["joint", "average_mean"] - t.loc["alone", "average_mean"]
-    assert 0 < t.loc["joint", "delta_low"] < delta < t.loc["joint", "delta_high"]
+    assert t.loc["joint", "delta_low"] < delta < t.loc["joint", "delta_high"]
+    # far apart on 24 scans: the paired interval excludes 0, on the side the marks were made
+    assert (t.loc["joint", "delta_low"] > 0) if expected == "reproduced" else (t.loc["joint", "delta_high"] < 0)
+    assert t.loc["joint", "verdict"] == expected and pd.isna(t.loc["alone", "verdict"])
     assert np.isnan(t.loc["alone", "delta_low"])
     md = (out / "table.md").read_text()
     j = t.loc["joint"]
     assert f"{j['average_mean']:.1f} ± {j['average_sd']:.1f} [{j['average_low']:.1f}, {j['average_high']:.1f}]" in md
-    assert f"{delta:+.1f} [{j['delta_low']:.1f}, {j['delta_high']:.1f}]" in md
+    assert f"{delta:+.1f} [{j['delta_low']:.1f}, {j['delta_high']:.1f}] | 2/2 | 48 / 24 | {expected} |" in md
     assert "percentile bootstrap over the scored patients (400 draws" in md
