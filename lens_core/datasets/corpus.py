@@ -141,6 +141,12 @@ def _visible(p: ph.Patient, study: int, grid: ph.Grid, min_px: float = 1.0) -> l
     return out
 
 
+def centre_in_scan(v: VisibleLesion, grid: ph.Grid) -> bool:
+    """A mark at a lesion's centre (a RECIST key slice, a LUNA16 or NIH-LN point) needs that centre inside
+    the scan; a lesion cut by the first or last slice is visible but stays unmarked."""
+    return 0 <= v.centre_idx[2] < grid.shape[0]
+
+
 def _uid(*parts) -> str:
     """A deterministic DICOM-style UID (digits and dots only) from the given parts."""
     h = int(hashlib.sha256("/".join(map(str, parts)).encode()).hexdigest()[:24], 16)
@@ -185,7 +191,7 @@ def generate_scans(cfg: dict) -> list[Scan]:
                 lo_p, hi_p = d["annotate_p"]
                 # partial labels: radiologists mark some lesions (larger ones more often), always on the
                 # slice of largest cross-section, so only lesions whose centre is in the scan qualify
-                markable = [v for v in s.lesions if 0 <= v.centre_idx[2] < grid.shape[0]]
+                markable = [v for v in s.lesions if centre_in_scan(v, grid)]
                 for v in markable:
                     frac = np.clip((v.diameter_mm - 8) / 25, 0, 1)
                     v.labeled = bool(r.random() < lo_p + (hi_p - lo_p) * frac)
@@ -217,7 +223,8 @@ def generate_scans(cfg: dict) -> list[Scan]:
                 key = f"{'MED' if reg == 'chest' else 'ABD'}_LYMPH_{ci + 1:03d}"
             s = Scan(ds, key, pid, 1, 1, "", grid, hu, _visible(p, 0, grid), extra={"subset": ci % 2, "look": look})
             for v in s.lesions:
-                if v.lesion_type != LABELED_TYPE[ds]:
+                # LiTS draws a mask, which a tumour cut by the scan's end still gets; the others mark centres
+                if v.lesion_type != LABELED_TYPE[ds] or (ds != "lits" and not centre_in_scan(v, grid)):
                     continue
                 if ds == "luna":
                     v.labeled = v.diameter_mm >= d["min_diameter_mm"]

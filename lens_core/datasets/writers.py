@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from .corpus import DL_TYPE_CODE, LABELED_TYPE, Scan
+from .corpus import DL_TYPE_CODE, LABELED_TYPE, Scan, centre_in_scan
 from .deeplesion import DeepLesionWriter
 from .lits import write_lits_case
 from .luna16 import LunaWriter
@@ -28,7 +28,7 @@ def write_luna(root: Path, scans: list[Scan]) -> None:
         nodules = [(tuple(v.centre_world), v.diameter_mm) for v in s.lesions if v.labeled]
         # LUNA16's excluded findings: nodules below the size threshold (neither positive nor negative)
         excluded = [(tuple(v.centre_world), v.diameter_mm) for v in s.lesions
-                    if v.lesion_type == LABELED_TYPE["luna"] and not v.labeled]
+                    if v.lesion_type == LABELED_TYPE["luna"] and not v.labeled and centre_in_scan(v, s.grid)]
         w.add_case(s.extra["subset"], s.key, s.hu, s.grid.spacing, _origin(s), nodules=nodules, excluded=excluded)
     w.finish()
 
