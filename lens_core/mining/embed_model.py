@@ -163,9 +163,10 @@ def train_encoder(patches: np.ndarray, group: np.ndarray, patient: np.ndarray, v
             loss.backward()
             opt.step()
             sched.step()
-            history.append({"step": step, "loss": float(loss.detach()), "seconds": time.perf_counter() - t0})
+            value = float(loss.detach())
+            history.append({"step": step, "loss": value, "seconds": time.perf_counter() - t0})
             if log is not None and (step % 100 == 0 or step == cfg.steps - 1):
-                log(f"encoder step {step}: loss {float(loss):.3f} (chance {math.log(2 * b - 1):.3f})")
+                log(f"encoder step {step}: loss {value:.3f} (chance {math.log(2 * b - 1):.3f})")
     finally:
         torch.set_num_threads(old_threads)
     model.eval()
