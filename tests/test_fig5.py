@@ -41,6 +41,8 @@ def test_fig5_table_reads_validation_first_with_intervals_and_paired_differences
     assert ("delta = 0.15", "val") not in d.index  # the configured value is the reference
     md = (out / "table.md").read_text()
     assert "| **0.15** |" in md and "| 0 |" in md and "chosen on the validation split" in md
+    # the configured value is the better one with an interval that excludes 0: the paper's choice holds
+    assert f"{zero['delta']:+.1f} | [{zero['delta_low']:.1f}, {zero['delta_high']:.1f}] | reproduced |" in md
     with Image.open(out / "fig5.png") as im:
         assert im.size[0] > 300
     # the same command again: the same intervals
