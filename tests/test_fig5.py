@@ -39,6 +39,7 @@ def test_fig5_table_reads_validation_first_with_intervals_and_paired_differences
     assert zero["delta_high"] < 0 and zero["delta"] == pytest.approx(
         t.set_index("value").loc[0.0, "val_average_mean"] - t.set_index("value").loc[0.15, "val_average_mean"])
     assert ("delta = 0.15", "val") not in d.index  # the configured value is the reference
+    assert zero["verdict"] == "reproduced"  # the configured (paper's) value is the better one
     md = (out / "table.md").read_text()
     assert "| **0.15** |" in md and "| 0 |" in md and "chosen on the validation split" in md
     # the configured value is the better one with an interval that excludes 0: the paper's choice holds

@@ -53,6 +53,9 @@ def setting_table(key: str, s: dict, eval_dir: Path, n_boot: int, seed: int):
         table, d_test, _ = ablation.intervals(rows, table, eval_dir, n_boot, seed)
         table, d_val, _ = ablation.intervals(rows, table, eval_dir, n_boot, seed, "val", "val_")
         diffs = pd.concat([d_val, d_test], ignore_index=True)
+        # the paper's Fig. 5 peaks at its values (the configured ones): any other value is expected worse
+        diffs["verdict"] = [ablation.verdict(lo, hi, PAPER_SIGN) for lo, hi in zip(diffs["delta_low"],
+                                                                                   diffs["delta_high"])]
     values = {row_label(key, float(r["value"])): float(r["value"]) for r in s["runs"]}
     exps = {label: r["exps"][0] for label, r in rows.items()}
     table.insert(0, "setting", key)
@@ -83,9 +86,7 @@ def to_markdown(table: pd.DataFrame, diffs: pd.DataFrame, stage: str, n_boot: in
             value = f"**{r['value']:g}**" if r["default"] else f"{r['value']:g}"
             if d is not None and r["row"] in d.index:
                 x = d.loc[r["row"]]
-                # the paper's Fig. 5 peaks at its values (the configured ones): any other value is expected worse
-                delta = (f"{x['delta']:+.1f} | {ablation._ci(x['delta_low'], x['delta_high'])} | "
-                         f"{ablation.verdict(x['delta_low'], x['delta_high'], PAPER_SIGN)}")
+                delta = f"{x['delta']:+.1f} | {ablation._ci(x['delta_low'], x['delta_high'])} | {x['verdict']}"
             else:
                 delta = "– | – | –"
             lines.append(f"| {value} | {r['val_average_mean']:.1f} | {_ci(t, r, 'val_')} | {r['average_mean']:.1f} | "
