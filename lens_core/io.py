@@ -80,16 +80,24 @@ def atomic_path(path):
         yield tmp
 
 
+# Every folder atomic_folder publishes holds this file: a non-empty folder without it is not the project's,
+# and no command may replace (delete) it.
+MARKER = ".lens-output"
+
+
 @contextmanager
-def atomic_folder(path, own: Iterable[str] | Callable[[str], object] | None = None):
+def atomic_folder(path, own: Iterable[str] | Callable[[str], object] | None = None, marker: bool = True):
     """Yield a fresh temporary folder that replaces the folder ``path`` as a whole if the block succeeds:
     a step whose outputs are one folder (tables + volumes.h5, overlay PNGs) is published as one unit, so
     a reader sees the old set, then no folder for an instant, then the new set; never a mix of two runs.
 
-    ``own``: the names the step writes (or a test of a name). When given, an existing ``path`` holding
-    anything else (besides temporary files of killed runs) is refused instead of being replaced: --out
-    pointed at a folder of other files must not delete them. Without ``own`` the whole folder is the
-    artifact. The working folder and those above it are never replaced.
+    Never delete what the project did not write: an existing non-empty ``path`` is replaced only if it
+    holds the project's marker file (:data:`MARKER`, written into every folder published here), or, when
+    ``own`` is given, only names the step writes (a folder of an earlier version, before the marker).
+    ``own``: the names the step writes (or a test of a name). When given, a folder holding anything else
+    (besides the marker and temporary files of killed runs) is refused even with the marker: a file a
+    user put among the step's outputs must not go. ``marker=False``: a folder nested in another published
+    folder (that one carries the marker). The working folder and those above it are never replaced.
     """
     path = Path(os.path.abspath(path))
     if path == Path.cwd() or path in Path.cwd().parents:
@@ -97,15 +105,17 @@ def atomic_folder(path, own: Iterable[str] | Callable[[str], object] | None = No
     mine = own if callable(own) or own is None else set(own).__contains__
 
     def check() -> None:
-        if mine is None or not path.is_dir():
-            if path.exists() and not path.is_dir():
+        if not path.is_dir():
+            if path.exists():
                 raise ValueError(f"{path}: exists and is not a folder (the output here is a folder)")
             return
-        other = sorted(p.name for p in path.iterdir()
-                       if not mine(p.name) and not p.name.endswith(".tmp"))
-        if other:
-            raise ValueError(f"{path}: holds files this step does not write ({', '.join(other[:5])}"
-                             f"{' ...' if len(other) > 5 else ''}); give it a folder of its own")
+        names = [p.name for p in path.iterdir() if p.name != MARKER and not p.name.endswith(".tmp")]
+        marked = (path / MARKER).is_file()
+        other = sorted(n for n in names if mine is None or not mine(n))
+        if other and (mine is not None or not marked):
+            raise ValueError(f"{path}: holds files this project did not write here ({', '.join(other[:5])}"
+                             f"{' ...' if len(other) > 5 else ''}); nothing was changed: give the output a "
+                             f"folder of its own (an empty one, or one this step wrote)")
 
     check()
     made: list[Path] = []
@@ -114,6 +124,9 @@ def atomic_folder(path, own: Iterable[str] | Callable[[str], object] | None = No
     published = False
     try:
         yield tmp
+        if marker:
+            (tmp / MARKER).write_text("written by the LENS pipeline (lens_core); replaced as a whole when its "
+                                      "step runs again\n")
         check()  # again: something may have appeared while the step ran
         _publishable(tmp)
         while True:

@@ -20,6 +20,7 @@ from PIL import Image
 
 from lens_core.cli import main
 from lens_core.datasets import DatasetError, read_scan
+from lens_core.io import MARKER
 
 PREP = ["--pixel-mm", "4", "--slice-mm", "5", "--dl-box-pad-px", "0", "--no-progress"]
 
@@ -226,7 +227,8 @@ def test_failed_rerun_keeps_the_previous_outputs(tiny_corpus, tmp_path, caplog):
     argv = ["preprocess", "--format", "lits", "--root", str(root), "--out", str(out), *PREP]
     assert _run(argv, caplog)[0] == 0
     before = {p.name: p.read_bytes() for p in out.iterdir()}
-    assert sorted(before) == ["lesions.parquet", "test3d.parquet", "truth.parquet", "volumes.h5", "volumes.parquet"]
+    assert sorted(before) == [MARKER, "lesions.parquet", "test3d.parquet", "truth.parquet", "volumes.h5",
+                              "volumes.parquet"]
     nifti_truncated(root)
     rc, errors = _run(argv, caplog)
     assert rc == 1 and "truncated NIfTI" in errors[0]

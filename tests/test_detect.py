@@ -20,6 +20,7 @@ from lens_core.datasets.nihln import write_dicom_series
 from lens_core.inference.detect import BOX, CENTRE, WORLD, read_scan, to_scan_coordinates, write_label_map, write_markups
 from lens_core.fpr.train import FprTrainConfig, train_fpr
 from lens_core.inference.proposals import propose, stack_proposals_3d
+from lens_core.io import MARKER
 from lens_core.preprocess.volumes import PrepParams, map_boxes, prepare
 from lens_core.training.config import TrainConfig
 from lens_core.training.loop import train
@@ -381,6 +382,6 @@ def test_the_overlay_folder_holds_the_pngs_of_the_last_scan_only(models, tmp_pat
                           "--min-score", "0", *GRID]) == 0
         det = pd.read_csv(tmp_path / "det.csv").head(top)
         names.append(sorted(f"detection_{r.detection_id:03d}_slice{r.key_slice}.png" for r in det.itertuples()))
-        assert sorted(p.name for p in pngs.iterdir()) == names[-1]
+        assert sorted(p.name for p in pngs.iterdir()) == [MARKER, *names[-1]]  # the marker: the project's folder
     assert len(names[0]) == 3 and len(names[1]) == 1
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]

@@ -3,6 +3,7 @@ only when all are written, and a failed run leaves neither a partial artifact no
 import hashlib
 import json
 import re
+import shutil
 import threading
 from pathlib import Path
 
@@ -14,8 +15,9 @@ import SimpleITK as sitk
 
 import lens_core.preprocess.volumes as preprocess
 from lens_core.cli import main
+from conftest import TINY_CONFIG
 from lens_core.datasets.common import atomic_write_image
-from lens_core.io import atomic_folder, atomic_paths
+from lens_core.io import MARKER, atomic_folder, atomic_paths
 from lens_core.preprocess.shards import gather
 from lens_core.preprocess.volumes import PREP_FILES, PrepParams, preprocess_dataset
 
@@ -77,16 +79,16 @@ def test_an_output_folder_is_replaced_whole_and_other_files_are_never_deleted(tm
         (t / "b").write_text("1")
     with atomic_folder(out, own=["a", "b"]) as t:  # the second run wrote only a: b of the first run goes
         (t / "a").write_text("2")
-    assert listing(out) == ["a"] and (out / "a").read_text() == "2"
+    assert listing(out) == [MARKER, "a"] and (out / "a").read_text() == "2"
     (out / "notes.txt").write_text("mine")
     with pytest.raises(ValueError, match="notes.txt"):
         with atomic_folder(out, own=["a", "b"]):
             pass
-    assert listing(out) == ["a", "notes.txt"]
+    assert listing(out) == [MARKER, "a", "notes.txt"]
     with pytest.raises(ValueError, match="working folder"):
         with atomic_folder(Path.cwd()):
             pass
-    assert listing(tmp_path) == ["out", "out/a", "out/notes.txt"]
+    assert listing(tmp_path) == ["out", f"out/{MARKER}", "out/a", "out/notes.txt"]
 
 
 @pytest.fixture
@@ -98,7 +100,7 @@ def test_a_failed_preprocess_leaves_the_previous_set_untouched(luna, tmp_path, m
     out = tmp_path / "prep" / "luna"
     preprocess_dataset("luna", luna, out, PrepParams(4.0, 5.0), progress=False)
     before = digests(out)
-    assert sorted(before) == sorted(PREP_FILES)
+    assert sorted(before) == sorted([MARKER, *PREP_FILES])
     real = preprocess.write_parquet
 
     def fail_on_last_table(df, path, *a, **k):
@@ -110,7 +112,7 @@ def test_a_failed_preprocess_leaves_the_previous_set_untouched(luna, tmp_path, m
     with pytest.raises(OSError, match="disk full"):
         preprocess_dataset("luna", luna, out, PrepParams(6.0, 5.0), progress=False)
     assert digests(out) == before  # no table of the failed run beside the old volumes.h5
-    assert sorted(listing(tmp_path)) == sorted(["prep", "prep/luna", *[f"prep/luna/{n}" for n in PREP_FILES]])
+    assert sorted(listing(tmp_path)) == sorted(["prep", "prep/luna", *[f"prep/luna/{n}" for n in (MARKER, *PREP_FILES)]])
 
 
 def test_two_runs_into_one_folder_leave_one_whole_set(luna, tmp_path, monkeypatch):
@@ -131,7 +133,7 @@ def test_two_runs_into_one_folder_leave_one_whole_set(luna, tmp_path, monkeypatc
     preprocess_dataset("luna", luna, out, PrepParams(6.0, 5.0), progress=False)
     assert calls[:2] == [6.0, 4.0]
     assert pixel_mm_of_each_file(out) == {name: 6.0 for name in PREP_FILES}
-    assert listing(tmp_path) == ["luna", *[f"luna/{n}" for n in sorted(PREP_FILES)]]
+    assert listing(tmp_path) == ["luna", *[f"luna/{n}" for n in sorted([MARKER, *PREP_FILES])]]
 
 
 def test_concurrent_runs_into_one_folder_leave_one_whole_set(luna, tmp_path):
@@ -151,7 +153,7 @@ def test_concurrent_runs_into_one_folder_leave_one_whole_set(luna, tmp_path):
         t.join()
     assert not errors
     assert len(set(pixel_mm_of_each_file(out).values())) == 1  # all five files of one run
-    assert listing(tmp_path) == ["luna", *[f"luna/{n}" for n in sorted(PREP_FILES)]]
+    assert listing(tmp_path) == ["luna", *[f"luna/{n}" for n in sorted([MARKER, *PREP_FILES])]]
 
 
 def test_preprocess_refuses_a_folder_of_other_files(luna, tmp_path):
@@ -161,12 +163,57 @@ def test_preprocess_refuses_a_folder_of_other_files(luna, tmp_path):
     assert listing(tmp_path) == ["notes.txt"]
 
 
+def test_synthesize_never_deletes_a_folder_it_did_not_write(tiny_corpus, tmp_path, caplog):
+    """Issue 23's reproduction: `lens synthesize --out userdata` deleted the user's files with exit 0."""
+    user = tmp_path / "userdata"
+    (user / "my_scans").mkdir(parents=True)
+    (user / "notes.txt").write_text("keep")
+    argv = ["synthesize", "--out", str(user), "--config", str(TINY_CONFIG), "--no-progress"]
+    assert main(argv) == 1
+    assert "userdata: holds files this project did not write here (my_scans, notes.txt)" in caplog.text
+    assert listing(tmp_path) == ["userdata", "userdata/my_scans", "userdata/notes.txt"]
+    assert (user / "notes.txt").read_text() == "keep"
+    # a corpus the project wrote carries the marker and is replaced as a whole on the next run
+    ours = tmp_path / "corpus"
+    shutil.copytree(tiny_corpus, ours)
+    (ours / "stale.txt").write_text("")
+    assert main([*argv[:2], str(ours), *argv[3:]]) == 0
+    assert (ours / MARKER).is_file() and not (ours / "stale.txt").exists()
+    assert digests(ours / "luna" / "subset0") == digests(tiny_corpus / "luna" / "subset0")
+
+
+def test_a_folder_of_the_project_without_the_marker_is_replaced_only_if_it_holds_the_steps_names(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "a").write_text("from an earlier version")  # no marker: a step's own names only
+    with atomic_folder(out, own=["a"]) as t:
+        (t / "a").write_text("new")
+    assert listing(out) == [MARKER, "a"] and (out / "a").read_text() == "new"
+    (tmp_path / "user").mkdir()
+    (tmp_path / "user" / "x").write_text("")
+    with pytest.raises(ValueError, match=r"user: holds files this project did not write here \(x\)"):
+        with atomic_folder(tmp_path / "user"):  # the whole folder would be the artifact: refused
+            pass
+    assert listing(tmp_path / "user") == ["x"]
+
+
+def test_gather_prep_refuses_a_folder_of_other_files(luna, tmp_path, caplog):
+    shards = [tmp_path / "shards" / str(i) for i in range(2)]
+    for i, s in enumerate(shards):
+        preprocess_dataset("luna", luna, s, PrepParams(4.0, 5.0), shard=(i, 2), progress=False)
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep")
+    assert main(["gather-prep", *map(str, shards), "--out", str(tmp_path / "mine")]) == 1
+    assert "notes.txt" in caplog.text
+    assert listing(tmp_path / "mine") == ["notes.txt"]
+
+
 def test_gather_publishes_its_folder_as_one_unit(luna, tmp_path):
     shards = [tmp_path / "shards" / str(i) for i in range(2)]
     for i, s in enumerate(shards):
         preprocess_dataset("luna", luna, s, PrepParams(4.0, 5.0), shard=(i, 2), progress=False)
     gather(shards, tmp_path / "g")
-    assert listing(tmp_path / "g") == sorted(PREP_FILES)
+    assert listing(tmp_path / "g") == sorted([MARKER, *PREP_FILES])
     (shards[1] / "lesions.parquet").unlink()  # a broken shard: the gathered folder stays as it was
     before = digests(tmp_path / "g")
     with pytest.raises(FileNotFoundError):

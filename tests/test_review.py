@@ -123,6 +123,18 @@ def test_a_failed_page_build_keeps_the_previous_page(mining, boxes, dl_prep, tmp
     assert [p.name for p in tmp_path.iterdir()] == ["review"]  # no temporary folder left behind
 
 
+def test_the_page_never_replaces_a_folder_it_did_not_write(mining, dl_prep, tmp_path, caplog):
+    out = tmp_path / "my_review"
+    out.mkdir()
+    (out / "index.html").write_text("a page of mine")  # a name the step writes, beside one it does not
+    (out / "notes.txt").write_text("keep")
+    assert main(["review", "--boxes", str(mining / "review_boxes.parquet"), "--prep-dir", str(dl_prep),
+                 "--out", str(out)]) == 1
+    assert "notes.txt" in caplog.text
+    assert sorted(p.name for p in out.iterdir()) == ["index.html", "notes.txt"]
+    assert (out / "index.html").read_text() == "a page of mine"
+
+
 # ------------------------------------------------------------------------------------------ import
 def _import(tmp_path, doc, boxes_path, name="verdicts.json"):
     src = tmp_path / name

@@ -125,7 +125,7 @@ def write_dicom_series(case_dir: Path, case_id: str, hu: np.ndarray, spacing_zyx
     origin = np.asarray(origin_xyz, float)
     uid = {k: generate_uid(entropy_srcs=["lens-nihln", case_id, k]) for k in ("study", "series", "frame")}
     case_dir = Path(case_dir)
-    with atomic_folder(case_dir) as tmp:
+    with atomic_folder(case_dir, marker=False) as tmp:  # inside the corpus folder, which has the marker
         _write_slices(tmp / "CT", case_id, hu, sz, sy, sx, origin, row_dir, col_dir, normal, uid)
     return case_dir / "CT"
 
