@@ -1,50 +1,87 @@
-"""LENS training and inference speed per backbone preset (issue 3; paper Sec. VI-B: 54 ms per slice
+"""LENS training and inference speed per backbone preset (issues 3 and 22; paper Sec. VI-B: 54 ms per slice
 on a Quadro RTX 6000 for the paper's model).
 
-Times full training steps (forward, Eq. 3 losses, backward, RAdam step; batches of 4 images from one
-dataset, 4 dataset AFPs/experts) and inference (all experts, proposal fusion) on random images.
-Prints samples/s, slices/s and ms/slice for each preset side by side; the `cpu` preset is the one
-meant for this 2-core machine, `paper` (DenseNet-121, 9 slices) is run at a small count here.
+Training: full steps (forward, Eq. 3 losses, backward, the training loop's optimizer step) on batches from one
+dataset, 4 dataset AFPs/experts, at the default run's settings (config.yaml `train:`: 6 slices, 48 px crops,
+batch 8). Inference: `propose_volume`, the path `lens propose` and `lens detect` share (2.5D stacks, every
+expert, proposal fusion, the per-slice table), on a CT-sized volume (112 x 144 px, the built-in corpus's mean
+DeepLesion-like slice at 2 mm). Random weights and images: the speed, not the result, is measured.
 
-    python benchmarks/lens_speed.py [--size 128] [--device auto|cpu|cuda] [--steps 10] [--paper-steps 2]
+    python benchmarks/lens_speed.py [--size 112,144] [--threads N] [--precision fp32|bf16] [--compare REF]
+
+--compare REF runs the same benchmark on another checkout REF (e.g. `git worktree add /tmp/ref d879e6b`) in a
+child process, alternating with this checkout, and prints this / REF for each figure: speed is a ratio
+measured in one run, on one machine.
 """
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 
-import torch
-
-from lens_core.inference.fusion import fuse_experts
-from lens_core.model.lens import LENS, ImageTargets, total_loss
-from lens_core.runtime import autocast, resolve_device
-from lens_core.training.targets import batch_targets
-
-DATASETS = ["deeplesion", "luna", "lits", "nihln"]
 PAPER_MS_PER_SLICE = 54.0  # Quadro RTX 6000, Sec. VI-B
+DATASETS = ["deeplesion", "luna", "lits", "nihln"]
 
 
 def sync(dev):
+    import torch
+
     if dev.type == "cuda":
         torch.cuda.synchronize()
 
 
-def bench(preset: str, slices: int, size: int, steps: int, infer_slices: int, dev: torch.device) -> dict:
+def make_optimizer(model, lr: float):
+    """The training loop's optimizer (an older checkout without lens_core.training.loop.make_optimizer
+    built plain RAdam there)."""
+    import torch
+    from lens_core.training import loop
+
+    if hasattr(loop, "make_optimizer"):
+        return loop.make_optimizer(model, lr)
+    return torch.optim.RAdam(model.parameters(), lr=lr)
+
+
+def precision_context(dev, precision: str):
+    """The autocast of the given precision: lens_core.runtime.autocast where it takes one."""
+    import inspect
+
+    from lens_core.runtime import autocast
+
+    if "precision" in inspect.signature(autocast).parameters:
+        return autocast(dev, precision)
+    if precision != "fp32" and dev.type == "cpu":
+        raise SystemExit("this checkout has no CPU precision switch")
+    return autocast(dev)
+
+
+def bench(preset: str, slices: int, crop: int, batch: int, hw: tuple[int, int], depth: int, steps: int,
+          reps: int, dev, precision: str) -> dict:
+    import numpy as np
+    import torch
+
+    from lens_core.inference.proposals import propose_volume
+    from lens_core.model.lens import LENS, ImageTargets, total_loss
+    from lens_core.training.targets import batch_targets
+
     torch.manual_seed(0)
     model = LENS(DATASETS, preset=preset, n_slices=slices).to(dev)
-    opt = torch.optim.RAdam(model.parameters(), lr=1e-4)
-    b = 4
-    images = torch.randn(b, slices, size, size, device=dev)
-    boxes = [torch.tensor([[20.0 + 8 * i, 30.0, 44.0 + 8 * i, 50.0]]) for i in range(b)]
-    ign = [torch.zeros(0, 4)] * b
-    afp = batch_targets(boxes, ign, (size // model.stride, size // model.stride), model.stride).to(dev)
+    opt = make_optimizer(model, 1e-4)
+    images = torch.randn(batch, slices, crop, crop, device=dev)
+    boxes = [torch.tensor([[8.0 + (3 * i) % 16, 10.0, 24.0 + (3 * i) % 16, 30.0]]) for i in range(batch)]
+    ign = [torch.zeros(0, 4)] * batch
+    afp = batch_targets(boxes, ign, (crop // model.stride, crop // model.stride), model.stride).to(dev)
     targets = [ImageTargets(x, y).to(dev) for x, y in zip(boxes, ign)]
 
     def train_step(i):
-        with autocast(dev):
+        with precision_context(dev, precision):
             loss = total_loss(model.losses(images, DATASETS[i % 4], afp, targets))
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
         opt.step()
 
     model.train()
@@ -57,53 +94,119 @@ def bench(preset: str, slices: int, size: int, steps: int, infer_slices: int, de
     train_s = time.perf_counter() - t
 
     model.eval()
-    batch = infer_slices
-    x = torch.randn(batch, slices, size, size, device=dev)
+    # a CT-like uint8 volume (window -1024..3071 HU -> 0..255): air around a noisy soft-tissue body
+    rng = np.random.default_rng(0)
+    h, w = hw
+    yy, xx = np.mgrid[:h, :w]
+    body = ((yy - h / 2) / (0.42 * h)) ** 2 + ((xx - w / 2) / (0.45 * w)) ** 2 < 1
+    volume = np.where(body, 66 + rng.normal(0, 3, (depth, h, w)), 0).clip(0, 255).astype(np.uint8)
+    fuse = list(DATASETS)
 
     def infer():
-        with autocast(dev):
-            dets = model.detect(x)
-        for d in dets:
-            fuse_experts(d["boxes"].float().cpu(), d["scores"].float().cpu(), list(range(len(DATASETS))))
+        # the precision switch reaches propose_volume where this checkout has it
+        import inspect
+
+        kw = {"precision": precision} if "precision" in inspect.signature(propose_volume).parameters else {}
+        return propose_volume(model, volume, fuse, dev, **kw)
 
     infer()
     sync(dev)
     t = time.perf_counter()
-    reps = max(1, steps // 2)
     for _ in range(reps):
         infer()
     sync(dev)
     infer_s = time.perf_counter() - t
-    return {"samples_per_s": steps * b / train_s, "slices_per_s": reps * batch / infer_s,
-            "ms_per_slice": 1000 * infer_s / (reps * batch)}
+    return {"samples_per_s": steps * batch / train_s, "slices_per_s": reps * depth / infer_s,
+            "ms_per_slice": 1000 * infer_s / (reps * depth)}
+
+
+def run_all(a) -> dict:
+    import torch
+
+    from lens_core.runtime import resolve_device
+
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    dev = resolve_device(a.device)
+    hw = tuple(int(v) for v in a.size.split(","))
+    rows = {"cpu": ("cpu", a.slices, a.crop, a.batch, hw, a.depth, a.steps, a.reps),
+            "paper": ("paper", 9, a.paper_crop, 4, hw, 9, a.paper_steps, 1)}
+    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    out = {"device": name, "rows": {}}
+    for preset in a.presets.split(","):
+        out["rows"][preset] = {"setting": rows[preset], **bench(*rows[preset], dev=dev, precision=a.precision)}
+    return out
+
+
+def describe(preset: str, r: dict) -> str:
+    _, slices, crop, batch, hw, _, _, _ = r["setting"]
+    return (f"{preset:>5} preset ({slices} slices, train {batch} x {crop}^2, inference {hw[0]}x{hw[1]}): "
+            f"train {r['samples_per_s']:7.1f} samples/s | inference {r['slices_per_s']:7.1f} slices/s = "
+            f"{r['ms_per_slice']:7.1f} ms/slice (paper: {PAPER_MS_PER_SLICE:.0f} ms/slice on a Quadro RTX 6000, "
+            f"ratio {r['ms_per_slice'] / PAPER_MS_PER_SLICE:.2f}x)")
+
+
+def child(checkout: Path, argv: list[str]) -> dict:
+    """This benchmark, with ``checkout``'s lens_core, in a child process: its figures as JSON."""
+    env = {**os.environ, "PYTHONPATH": str(checkout)}
+    done = subprocess.run([sys.executable, __file__, *argv, "--json"], env=env, cwd=checkout,
+                          capture_output=True, text=True)
+    if done.returncode:
+        raise SystemExit(f"benchmark on {checkout} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--size", type=int, default=128, help="image side in pixels")
-    p.add_argument("--paper-size", type=int, default=None, help="image side for the paper preset (default --size)")
-    p.add_argument("--steps", type=int, default=10, help="timed training steps of the cpu preset")
+    p.add_argument("--size", default="112,144", help="inference slice size H,W in pixels")
+    p.add_argument("--depth", type=int, default=32, help="slices of the inference volume")
+    p.add_argument("--slices", type=int, default=6, help="input slices of the cpu preset (config train.slices)")
+    p.add_argument("--crop", type=int, default=48, help="training crop of the cpu preset (train.crop_size)")
+    p.add_argument("--batch", type=int, default=8, help="training batch of the cpu preset (train.batch_size)")
+    p.add_argument("--paper-crop", type=int, default=128, help="training crop of the paper preset")
+    p.add_argument("--steps", type=int, default=20, help="timed training steps of the cpu preset")
+    p.add_argument("--reps", type=int, default=2, help="timed passes over the inference volume")
     p.add_argument("--paper-steps", type=int, default=2, help="timed training steps of the paper preset")
-    p.add_argument("--infer-slices", type=int, default=8, help="slices per inference batch")
+    p.add_argument("--presets", default="cpu,paper", help="comma-separated: cpu, paper")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's, one per core)")
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                   help="autocast precision (bf16 on the CPU: the runtime.precision switch)")
+    p.add_argument("--compare", type=Path, default=None, metavar="REF",
+                   help="another checkout: run the same benchmark there too and print the ratios")
+    p.add_argument("--rounds", type=int, default=2, help="with --compare: alternating runs of each (best kept)")
+    p.add_argument("--json", action="store_true", help=argparse.SUPPRESS)
     a = p.parse_args()
-    if a.threads:
-        torch.set_num_threads(a.threads)
-    dev = resolve_device(a.device)
-    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    print(f"device: {name}; images {a.size}x{a.size}; train batch 4; {len(DATASETS)} datasets")
-    rows = [("cpu", 3, a.size, a.steps), ("paper", 9, a.paper_size or a.size, a.paper_steps)]
-    results = {}
-    for preset, slices, size, steps in rows:
-        results[preset] = r = bench(preset, slices, size, steps, a.infer_slices, dev)
-        print(f"{preset:>5} preset ({slices} slices, {size}^2): train {r['samples_per_s']:7.1f} samples/s | "
-              f"inference {r['slices_per_s']:7.1f} slices/s = {r['ms_per_slice']:7.1f} ms/slice "
-              f"(paper: {PAPER_MS_PER_SLICE:.0f} ms/slice on a Quadro RTX 6000, ratio "
-              f"{r['ms_per_slice'] / PAPER_MS_PER_SLICE:.2f}x)")
-    c, pp = results["cpu"], results["paper"]
-    print(f"cpu / paper preset speed ratio: training {c['samples_per_s'] / pp['samples_per_s']:.1f}x, "
-          f"inference {c['slices_per_s'] / pp['slices_per_s']:.1f}x")
+    if a.json:
+        print(json.dumps(run_all(a)))
+        return
+    if a.compare is None:
+        res = run_all(a)
+        print(f"device: {res['device']}; {len(DATASETS)} datasets; precision {a.precision}")
+        for preset, r in res["rows"].items():
+            print(describe(preset, r))
+        return
+    here = Path(__file__).resolve().parent.parent
+    argv = [x for x in sys.argv[1:] if x not in ("--compare", str(a.compare))]
+    ref_argv = [x for x in argv] if a.precision == "fp32" else \
+        [x for i, x in enumerate(argv) if x != "--precision" and (i == 0 or argv[i - 1] != "--precision")]
+    best: dict[str, dict] = {}
+    for _ in range(a.rounds):  # alternate, so drifting load hits both alike; keep each one's best
+        for who, path, args in (("ref", a.compare.resolve(), ref_argv), ("this", here, argv)):
+            res = child(path, args)
+            for preset, r in res["rows"].items():
+                b = best.setdefault(who, {}).setdefault(preset, r)
+                for k in ("samples_per_s", "slices_per_s"):
+                    b[k] = max(b[k], r[k])
+                b["ms_per_slice"] = 1000 / b["slices_per_s"]
+    print(f"device: {res['device']}; {len(DATASETS)} datasets; this: {here} (precision {a.precision}); "
+          f"REF: {a.compare} (fp32); best of {a.rounds} alternating runs each")
+    for preset in best["this"]:
+        t, r = best["this"][preset], best["ref"][preset]
+        print(f"REF  {describe(preset, r)}")
+        print(f"this {describe(preset, t)}")
+        print(f"this / REF, {preset} preset: training {t['samples_per_s'] / r['samples_per_s']:.2f}x, "
+              f"inference {t['slices_per_s'] / r['slices_per_s']:.2f}x")
 
 
 if __name__ == "__main__":

@@ -15,6 +15,15 @@ def add_torch_args(p: argparse.ArgumentParser) -> None:
                    help="torch CPU threads (default 1: on a shared 2-core machine 2 threads ran up to 7x slower)")
 
 
+def add_numerics_args(p: argparse.ArgumentParser) -> None:
+    """--kernels and --precision (README "Speed"): how the CPU computes LENS; both change float rounding."""
+    p.add_argument("--kernels", choices=["fast", "exact"], default="fast",
+                   help="fast: the same functions in a cheaper order (an AFP's distances at its proposing cells "
+                        "only); exact: d879e6b's arithmetic")
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                   help="bf16: bfloat16 autocast on the CPU (CUDA always uses bf16 autocast)")
+
+
 def set_torch_threads(args: argparse.Namespace) -> None:
     import torch
 

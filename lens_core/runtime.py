@@ -20,10 +20,19 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def autocast(device: torch.device):
-    """Mixed precision on CUDA (bfloat16: no loss scaling needed), full precision on the CPU."""
+PRECISIONS = ("fp32", "bf16")
+
+
+def autocast(device: torch.device, precision: str = "fp32"):
+    """Mixed precision on CUDA (bfloat16: no loss scaling needed). On the CPU full precision, or bfloat16
+    autocast with ``precision="bf16"`` (a named switch: other numerics, ~2x faster convolutions and matrix
+    products where the CPU has AVX-512 BF16)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     if device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
+    if precision == "bf16":
+        return torch.autocast("cpu", dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 

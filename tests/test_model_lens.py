@@ -164,3 +164,68 @@ def test_an_experts_score_is_its_classifier_by_default_and_tempered_by_its_own_a
     torch.nn.init.constant_(model.afps["b"].center[-1].bias, -30.0)  # expert b's AFP sees nothing
     s = model.detect(x)[0]["scores"]
     assert torch.allclose(s[:, 0], a["scores"][:, 0]) and (s[:, 1] < 1e-5).all()
+
+
+# ------------------------------------------------------------------ fast kernels (issue 22): the same functions
+def test_separable_roi_align_is_torchvisions_roi_align_forward_and_backward():
+    """Training's ROIAlign as matrix products against torchvision's (aligned, adaptive sampling): RoIs
+    inside, across the border and outside the map, thinner than a cell and spanning it."""
+    from torchvision.ops import roi_align
+
+    from lens_core.model.roi_align import roi_align_separable
+
+    g = torch.Generator().manual_seed(0)
+    feat = torch.randn(3, 16, 20, 26, generator=g, requires_grad=True)
+    rois = []
+    for n in (30, 0, 25):
+        xy = torch.rand(n, 2, generator=g) * 70 - 10
+        wh = torch.rand(n, 2, generator=g) ** 2 * 45 + 0.2
+        rois.append(torch.cat([xy, xy + wh], 1))
+    rois[2][0] = torch.tensor([-30.0, -30.0, -5.0, -4.0])  # wholly outside: zeros
+    ref = roi_align(feat, rois, 7, spatial_scale=0.5, sampling_ratio=0, aligned=True)
+    out = roi_align_separable(feat, rois, 7, 0.5)
+    assert out.shape == ref.shape == (55, 16, 7, 7)
+    assert torch.allclose(out, ref, atol=1e-5) and (ref.abs() > 0.1).any()
+    up = torch.randn(ref.shape, generator=g)
+    (g_ref,) = torch.autograd.grad(ref, feat, up)
+    (g_out,) = torch.autograd.grad(out, feat, up)
+    assert torch.allclose(g_out, g_ref, atol=1e-5) and (g_ref.abs() > 0.1).any()
+
+
+def test_an_afps_distances_at_its_cells_are_its_size_branch_there():
+    from lens_core.model.afp import AnchorFreeProposalNetwork
+
+    torch.manual_seed(0)
+    afp = AnchorFreeProposalNetwork(8, 2, 6).eval()
+    feat = torch.randn(2, 8, 9, 11)
+    with torch.no_grad():
+        _, maps = afp(feat)
+        image = torch.tensor([0, 0, 1, 1, 1, 0])
+        cells = torch.tensor([0, 10, 98, 50, 11 * 4, 11 * 8 + 3])  # corners and borders: the zero padding
+        at = afp.distances_at(feat, image, cells)
+    expected = maps.flatten(2)[image, :, cells]  # [K, 4]
+    assert torch.allclose(at, expected, rtol=1e-5)
+
+
+def test_exact_kernels_compute_what_the_fast_ones_approximate():
+    """kernels="exact" is the d879e6b arithmetic (a default run's tables equal bit for bit, see README
+    "Speed"); "fast" computes the same detections up to float rounding, on a map large enough that an AFP's
+    distances are taken at its cells only."""
+    from torchvision.ops import box_iou
+
+    torch.manual_seed(0)
+    fast = LENS(["a", "b"], "cpu", 6, fc_dim=32).eval()
+    exact = LENS(["a", "b"], "cpu", 6, fc_dim=32, kernels="exact").eval()
+    exact.load_state_dict(fast.state_dict())
+    x = torch.randn(2, 6, 144, 160)
+    assert fast.afp_pre_nms * 8 < (144 // fast.stride) * (160 // fast.stride)  # the sparse path runs
+    a, b = fast.detect(x), exact.detect(x)
+    for da, db in zip(a, b):
+        assert da["rois"].shape == db["rois"].shape and len(da["rois"])
+        # the same RoIs; two with scores equal to rounding may swap places in NMS's order
+        match = box_iou(da["rois"], db["rois"]).argmax(1)
+        assert torch.allclose(da["rois"], db["rois"][match], atol=1e-3)
+        assert torch.allclose(da["scores"], db["scores"][match], atol=1e-4)
+        assert torch.allclose(da["boxes"], db["boxes"][:, match], atol=1e-2)
+    with pytest.raises(ValueError, match="kernels must be one of"):
+        LENS(["a"], "cpu", 3, kernels="quick")

@@ -8,7 +8,7 @@ import logging
 import math
 from pathlib import Path
 
-from lens_core.arguments import (add_torch_args, iou_threshold, non_negative_int, positive_float, positive_int,
+from lens_core.arguments import (add_numerics_args, add_torch_args, iou_threshold, non_negative_int, positive_float, positive_int,
                                  positive_shard, probability, set_torch_threads)
 
 log = logging.getLogger(__name__)
@@ -38,6 +38,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--stack-iou", type=iou_threshold, default=0.5, help="theta of the 2D->3D stacking")
     p.add_argument("--batch-slices", type=positive_int, default=None, help="slices per forward pass (16 CPU, 64 CUDA)")
     add_torch_args(p)
+    add_numerics_args(p)
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run)
 
@@ -79,6 +80,7 @@ def add_parser(subparsers) -> None:
                    help="slice resampling (default: recorded in the model files, else 4.0)")
     p.add_argument("--stack-iou", type=iou_threshold, default=0.5, help="theta of the 2D->3D stacking")
     add_torch_args(p)
+    add_numerics_args(p)
     p.set_defaults(func=run_detect)
 
 
@@ -88,13 +90,14 @@ def _write(df, path: Path, meta: dict | None = None) -> None:
     write_parquet(df, path, meta)
 
 
-def proposal_meta(score: str, metas: list[dict]) -> dict:
-    """The proposal tables' metadata: the score used and the deviations in effect (the models' own, recorded
-    by `lens train`, and this step's)."""
+def proposal_meta(score: str, metas: list[dict], kernels: str = "fast", precision: str = "fp32") -> dict:
+    """The proposal tables' metadata: the score used, how it was computed, and the deviations in effect (the
+    models' own, recorded by `lens train`, and this step's)."""
     from lens_core.deviations import in_effect
 
     deviations = {k: v for meta in metas for k, v in (meta.get("deviations") or {}).items()}
-    return {"score": score, "deviations": {**deviations, **in_effect({"propose": {"score": score}})}}
+    return {"score": score, "kernels": kernels, "precision": precision,
+            "deviations": {**deviations, **in_effect({"propose": {"score": score}})}}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -111,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
     loaded = [load_lens(path, dev) for path in args.model]
     models = [m for m, _ in loaded]
     for m in models:
-        m.score = args.score
+        m.score, m.kernels = args.score, args.kernels
     try:
         names = expert_names(models)
     except ValueError as e:
@@ -126,9 +129,9 @@ def run(args: argparse.Namespace) -> int:
     batch = args.batch_slices or (64 if dev.type == "cuda" else 16)
     df = propose(models[0] if len(models) == 1 else models, args.prep_dir, args.dataset,
                  None if args.split == "all" else args.split, args.shard, fuse, dev, batch, args.min_score,
-                 args.max_per_slice, progress=not args.no_progress)
+                 args.max_per_slice, progress=not args.no_progress, precision=args.precision)
     df3 = stack_proposals_3d(df, args.stack_iou) if args.out3d else None
-    meta = proposal_meta(args.score, [meta for _, meta in loaded])
+    meta = proposal_meta(args.score, [meta for _, meta in loaded], args.kernels, args.precision)
     _write(df, args.out, meta)
     if df3 is not None:
         _write(df3, args.out3d, meta)
@@ -219,6 +222,7 @@ def run_detect(args: argparse.Namespace) -> int:
         if not args.model.is_file():
             raise FileNotFoundError(f"LENS model file not found: {args.model}")
         lens, lens_meta = load_lens(args.model, dev)
+        lens.kernels = args.kernels
         fpr = None
         if args.fpr is not None:
             from lens_core.fpr.model import load_fpr
@@ -228,7 +232,8 @@ def run_detect(args: argparse.Namespace) -> int:
         det = detect_scan(lens, lens_meta, img, params, dev, fpr=fpr,
                           experts=args.experts.split(",") if args.experts else None, min_score=args.min_score,
                           stack_iou=args.stack_iou, max_detections=args.max_detections,
-                          batch_slices=64 if dev.type == "cuda" else 16, volume_id=args.input.name)
+                          batch_slices=64 if dev.type == "cuda" else 16, volume_id=args.input.name,
+                          precision=args.precision)
         write_label_map(det, img, label_tmp)
         write_markups(det, img, markups_tmp)
         write_table(det, table_tmp)

@@ -100,7 +100,7 @@ def to_scan_coordinates(det: pd.DataFrame, pre: Prepared, img: sitk.Image) -> pd
 def detect_scan(lens, lens_meta: dict, img: sitk.Image, params: PrepParams, device, *, fpr=None,
                 experts: list[str] | None = None, min_score: float = 0.05, proposal_min_score: float = 0.01,
                 max_per_slice: int = 20, stack_iou: float = 0.5, max_detections: int = 100,
-                batch_slices: int = 16, volume_id: str = "scan") -> pd.DataFrame:
+                batch_slices: int = 16, volume_id: str = "scan", precision: str = "fp32") -> pd.DataFrame:
     """Detections of one scan (see the module doc); ``fpr`` is ``(FprNet, meta)`` or None.
 
     Columns: ``detection_id``, the box in the scan's voxels (x1, y1, z1, x2, y2, z2), ``key_slice``,
@@ -116,7 +116,7 @@ def detect_scan(lens, lens_meta: dict, img: sitk.Image, params: PrepParams, devi
         raise ValueError(f"experts {unknown} are not among the model's datasets {lens.datasets}")
     pre = prepare(img, params)
     props = propose_volume(lens, pre.image, fuse, device, batch_slices, min_score=proposal_min_score,
-                           max_per_slice=max_per_slice)
+                           max_per_slice=max_per_slice, precision=precision)
     props.insert(0, "volume_id", volume_id)
     det = stack_proposals_3d(props, stack_iou)
     if len(det):

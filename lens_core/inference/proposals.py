@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from lens_core.inference.fusion import fuse_experts, fuse_models
 from lens_core.io import read_table
 from lens_core.model.lens import LENS
-from lens_core.runtime import PAD_MULTIPLE, autocast, normalize, stack_slices
+from lens_core.runtime import PAD_MULTIPLE, autocast, normalize
 
 ID_COLUMNS = ["volume_id", "patient_id", "study_id", "series_id"]
 
@@ -27,11 +27,15 @@ def select_volumes(volumes: pd.DataFrame, split: str | None, shard: tuple[int, i
 
 
 def _slice_batches(image: np.ndarray, n_slices: set[int], batch: int):
-    """Batches of slice indices and, per input depth in ``n_slices``, their 2.5D stacks."""
+    """Batches of slice indices and, per input depth in ``n_slices``, their 2.5D stacks: the volume is
+    normalised once (the same elementwise values as :func:`normalize` of each stack) and each stack is
+    gathered by index, as :func:`stack_slices` places it."""
     depth = image.shape[0]
+    volume = normalize(image)
     for z0 in range(0, depth, batch):
-        zs = list(range(z0, min(depth, z0 + batch)))
-        yield zs, {n: torch.stack([normalize(stack_slices(image, z, n)) for z in zs]) for n in n_slices}
+        zs = np.arange(z0, min(depth, z0 + batch))
+        yield zs.tolist(), {n: volume[torch.from_numpy(np.clip(zs[:, None] - n // 2 + np.arange(n), 0, depth - 1))]
+                            for n in n_slices}
 
 
 def expert_names(models: list[LENS]) -> list[str]:
@@ -52,23 +56,24 @@ def propose_volume(
     nms_thresh: float = 0.5,
     min_score: float = 0.01,
     max_per_slice: int = 20,
+    precision: str = "fp32",
 ) -> pd.DataFrame:
     """2D proposals of every slice of one ``[z, y, x]`` uint8 volume: ``z, x1, y1, x2, y2,
     score_<dataset>...`` (each expert's score), ``score`` (fused), ``expert``.
 
     Several ``model`` s (separately trained, Table V) each run on every slice and their experts'
-    proposals are fused like one model's (:func:`fuse_models`)."""
+    proposals are fused like one model's (:func:`fuse_models`). ``precision``: :func:`autocast`'s."""
     models = list(model) if isinstance(model, (list, tuple)) else [model]
     names = expert_names(models)
     h, w = image.shape[1:]
     ph, pw = -(-h // PAD_MULTIPLE) * PAD_MULTIPLE, -(-w // PAD_MULTIPLE) * PAD_MULTIPLE
     fuse_idx = [[m.datasets.index(d) for d in fuse if d in m.datasets] for m in models]
-    parts = []
+    parts = []  # per slice with proposals: z, boxes, fused, scores, expert
     for zs, stacks in _slice_batches(image, {m.backbone.n_slices for m in models}, batch_slices):
         dets = []
         for m in models:
             x = F.pad(stacks[m.backbone.n_slices], (0, pw - w, 0, ph - h), value=-1.0).to(device)
-            with autocast(device):
+            with autocast(device, precision):
                 dets.append(m.detect(x))
         for i, z in enumerate(zs):
             outs = []
@@ -82,20 +87,17 @@ def propose_volume(
                                                             max_per_slice)
             else:
                 boxes, fused, scores, expert = fuse_models(outs, fuse_idx, nms_thresh, min_score, max_per_slice)
-            if not len(fused):
-                continue
-            part = {"z": np.full(len(fused), z, np.int64)}
-            for j, c in enumerate(["x1", "y1", "x2", "y2"]):
-                part[c] = boxes[:, j].numpy().astype(np.float32)
-            for j, d in enumerate(names):
-                part[f"score_{d}"] = scores[:, j].numpy().astype(np.float32)
-            part["score"] = fused.numpy().astype(np.float32)
-            part["expert"] = [names[int(k)] for k in expert]
-            parts.append(pd.DataFrame(part))
+            if len(fused):
+                parts.append((np.full(len(fused), z, np.int64), boxes.numpy(), fused.numpy(), scores.numpy(),
+                              expert.numpy()))
     cols = ["z", "x1", "y1", "x2", "y2", *[f"score_{d}" for d in names], "score", "expert"]
     if not parts:
         return pd.DataFrame({c: pd.Series(dtype="float32") for c in cols}).astype({"z": "int64", "expert": "object"})
-    return pd.concat(parts, ignore_index=True)[cols]
+    z, boxes, fused, scores, expert = (np.concatenate(a) for a in zip(*parts))  # one table, not one per slice
+    table = {"z": z, **{c: boxes[:, j].astype(np.float32) for j, c in enumerate(["x1", "y1", "x2", "y2"])},
+             **{f"score_{d}": scores[:, j].astype(np.float32) for j, d in enumerate(names)},
+             "score": fused.astype(np.float32), "expert": np.asarray(names, dtype=object)[expert]}
+    return pd.DataFrame(table)[cols]
 
 
 def propose(
@@ -110,6 +112,7 @@ def propose(
     min_score: float = 0.01,
     max_per_slice: int = 20,
     progress: bool = False,
+    precision: str = "fp32",
 ) -> pd.DataFrame:
     """:func:`propose_volume` over a shard of ``prep_dir/dataset``'s volumes, with their id columns."""
     from tqdm import tqdm
@@ -124,7 +127,7 @@ def propose(
             except KeyError:
                 raise ValueError(f"{ddir / 'volumes.h5'}: no volume {row.volume_id!r}") from None
             df = propose_volume(model, image, fuse, device, batch_slices, min_score=min_score,
-                                max_per_slice=max_per_slice)
+                                max_per_slice=max_per_slice, precision=precision)
             for c in reversed(ID_COLUMNS):
                 df.insert(0, c, getattr(row, c))
             parts.append(df)

@@ -2,12 +2,15 @@
 classification (lesion vs non-lesion) and one box-regression layer per dataset ("dataset experts")."""
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import box_iou, roi_align
 
 from lens_core.model import boxes as box_coding
+from lens_core.model.roi_align import roi_align_separable
 
 
 class MultiTaskHead(nn.Module):
@@ -27,14 +30,18 @@ class MultiTaskHead(nn.Module):
             nn.init.normal_(self.box[d].weight, std=0.001)
             nn.init.constant_(self.box[d].bias, 0.0)
 
-    def shared_features(self, feat: torch.Tensor, rois: list[torch.Tensor]) -> torch.Tensor:
-        """``feat [B, C, h, w]``, per-image rois ``[Ni, 4]`` (input px) -> ``[sum Ni, fc_dim]``."""
+    def shared_features(self, feat: torch.Tensor, rois: list[torch.Tensor], separable: bool = False) -> torch.Tensor:
+        """``feat [B, C, h, w]``, per-image rois ``[Ni, 4]`` (input px) -> ``[sum Ni, fc_dim]``.
+        ``separable``: ROIAlign as matrix products where a gradient flows (lens_core.model.roi_align)."""
         # float32 boxes even under autocast: bfloat16 would round coordinates by up to ~0.5 px.
         # Adaptive sampling (Detectron2's default): as many bilinear samples per bin as the bin spans
         # feature cells. Lesion RoIs span only a few cells, so a fixed 2x2 per bin mostly resampled the
         # same cells, and ROIAlign's backward on the CPU was ~25 % of a training step.
-        pooled = roi_align(feat.float(), [r.float() for r in rois], self.roi_size,
-                           spatial_scale=1.0 / self.stride, sampling_ratio=0, aligned=True)
+        # Training (a gradient to the features) takes the separable form of the same function: torchvision's
+        # CPU backward was ~20 % of a step (lens_core.model.roi_align)
+        separable = separable and feat.requires_grad
+        align = roi_align_separable if separable else partial(roi_align, sampling_ratio=0, aligned=True)
+        pooled = align(feat.float(), [r.float() for r in rois], self.roi_size, spatial_scale=1.0 / self.stride)
         return self.shared(pooled)
 
     def expert(self, x: torch.Tensor, dataset: str) -> tuple[torch.Tensor, torch.Tensor]:

@@ -17,6 +17,10 @@ from lens_core.model.head import MultiTaskHead
 __all__ = ["AfpTargets", "ImageTargets", "LENS", "total_loss"]
 
 SCORES = ("head", "two_stage")
+# "fast": the same functions computed in another order where that is cheaper on the CPU (the separable
+# ROIAlign in training, an AFP's distances at its proposing cells only); "exact": the d879e6b arithmetic.
+# Float rounding differs (~1e-7 relative), and training amplifies it: a named switch, measured on validation.
+KERNELS = ("fast", "exact")
 
 
 @dataclass
@@ -48,6 +52,7 @@ class LENS(nn.Module):
             paper's Sec. IV-B) or ``"two_stage"`` (geometric mean of its classifier and its own AFP's centerness at the
             pixel that proposed the box, as two-stage detectors with a probabilistic first stage do,
             e.g. CenterNet2: the AFP is trained on every pixel of every image, the head on a few RoIs).
+        kernels: ``KERNELS`` (a setting of the run, not of the weights: not saved with them).
     """
 
     def __init__(
@@ -64,6 +69,7 @@ class LENS(nn.Module):
         pool_top_n: int = 200,
         gt_jitter: int = 8,
         score: str = "head",
+        kernels: str = "fast",
     ):
         super().__init__()
         if not datasets or len(set(datasets)) != len(datasets):
@@ -86,6 +92,9 @@ class LENS(nn.Module):
         if score not in SCORES:
             raise ValueError(f"score must be one of {SCORES}, got {score!r}")
         self.score = score
+        if kernels not in KERNELS:
+            raise ValueError(f"kernels must be one of {KERNELS}, got {kernels!r}")
+        self.kernels = kernels
 
     @property
     def stride(self) -> int:
@@ -102,15 +111,20 @@ class LENS(nn.Module):
         """
         per_afp, probs = [], []
         known = known or {}
+        # on a large map (inference on whole slices) an AFP's distances are computed only at the cells it
+        # proposes from (AnchorFreeProposalNetwork.distances_at); on a training crop those are half the map
+        sparse = self.kernels == "fast" and self.afp_pre_nms * 8 < feat.shape[-2] * feat.shape[-1]
         with torch.no_grad():
             for d in self.datasets:
                 if d in known:
                     logits, dist = (t.detach() for t in known[d])
+                elif sparse:
+                    logits, dist = self.afps[d].centerness(feat), None
                 else:
                     logits, dist = self.afps[d](feat)
                 probs.append(torch.sigmoid(logits.float()).flatten(1))
                 per_afp.append(self.afps[d].proposals(logits, dist, image_hw, pre_nms_top_n=self.afp_pre_nms,
-                                                      post_nms_top_n=self.proposals_per_afp))
+                                                      post_nms_top_n=self.proposals_per_afp, feat=feat))
         pooled, cells = [], []
         for i in range(feat.shape[0]):
             b = torch.cat([p[i][0] for p in per_afp])
@@ -136,7 +150,7 @@ class LENS(nn.Module):
         """
         if dataset not in self.afps:
             raise KeyError(f"dataset {dataset!r} is not one of the model's datasets {self.datasets}")
-        feat = self.backbone(images)
+        feat = self.backbone(images, channels_last=self.kernels == "fast")
         logits, dist = self.afps[dataset](feat)
         l_center, l_size = AnchorFreeProposalNetwork.compute_loss(logits, dist, afp_targets)
         proposals, _, _ = self._pooled_proposals(feat, images.shape[-2:], known={dataset: (logits, dist)})
@@ -147,7 +161,7 @@ class LENS(nn.Module):
             rois.append(r)
             labels.append(l)
             matched.append(m)
-        x = self.head.shared_features(feat, rois)
+        x = self.head.shared_features(feat, rois, separable=self.kernels == "fast")
         cls, deltas = self.head.expert(x, dataset)
         l_class, l_box = MultiTaskHead.compute_loss(cls, deltas, torch.cat(rois), torch.cat(labels), torch.cat(matched))
         return {"center": l_center, "size": l_size, "class": l_class, "box": l_box}
@@ -159,7 +173,7 @@ class LENS(nn.Module):
         ``rois [N, 4]``; ``boxes [D, N, 4]`` (each expert's regressed boxes); ``scores [N, D]``
         (each expert's lesion probability, see ``score``), D = ``len(self.datasets)`` in that order.
         """
-        feat = self.backbone(images)
+        feat = self.backbone(images, channels_last=self.kernels == "fast")
         proposals, cells, afp_probs = self._pooled_proposals(feat, images.shape[-2:])
         x = self.head.shared_features(feat, proposals)
         out, start = [], 0

@@ -68,6 +68,11 @@ class TrainConfig:
     pool: list[str] = field(default_factory=list)
     # Positive-only data pooling (Table V): the pooled datasets contribute their lesion slices alone.
     pool_positive_only: bool = False
+    # How the CPU computes (issue 22; README "Speed"): kernels "fast" (the same functions in a cheaper
+    # order) or "exact" (d879e6b's arithmetic); precision "fp32" or "bf16" (autocast). Neither is the paper's
+    # concern, both change the float rounding: named switches, recorded with the model.
+    kernels: str = "fast"
+    precision: str = "fp32"
     seed: int = 0
 
     @classmethod
@@ -105,6 +110,10 @@ class TrainConfig:
             raise ValueError(f"pool {self.pool} must name distinct datasets not in datasets {self.datasets}")
         if self.pool_positive_only and not self.pool:
             raise ValueError("pool_positive_only needs datasets to pool (pool is empty)")
+        if self.kernels not in ("fast", "exact"):
+            raise ValueError(f"kernels must be fast or exact, got {self.kernels!r}")
+        if self.precision not in ("fp32", "bf16"):
+            raise ValueError(f"precision must be fp32 or bf16, got {self.precision!r}")
         if not isinstance(self.volume_fraction, dict):
             raise ValueError(f"volume_fraction must map dataset -> fraction, got {self.volume_fraction!r}")
         for name, f in self.volume_fraction.items():

@@ -31,7 +31,14 @@ def build_model(cfg: TrainConfig) -> tuple[LENS, dict]:
         "fc_dim": cfg.fc_dim, "rois_per_image": cfg.rois_per_image,
         "fuse_experts": list(cfg.fuse_experts or cfg.datasets), "config": cfg.to_dict(),
     }
-    return LENS(cfg.datasets, cfg.preset, cfg.slices, cfg.weights_path, cfg.fc_dim, cfg.rois_per_image), meta
+    return LENS(cfg.datasets, cfg.preset, cfg.slices, cfg.weights_path, cfg.fc_dim, cfg.rois_per_image,
+                kernels=cfg.kernels), meta
+
+
+def make_optimizer(model: torch.nn.Module, lr: float, kernels: str = "fast") -> torch.optim.Optimizer:
+    """RAdam [57] (Sec. VI-B); with the fast kernels in its multi-tensor form, one update over all parameters
+    instead of a Python loop of small ones (~9 % of a CPU training step; the same update up to rounding)."""
+    return torch.optim.RAdam(model.parameters(), lr=lr, foreach=kernels == "fast")
 
 
 def warmup_factor(step: int, warmup_steps: int) -> float:
@@ -103,7 +110,7 @@ def train(
     meta["deviations"] = training_deviations(cfg.to_dict(), prep_meta(Path(prep_dir) / cfg.datasets[0]),
                                              round2=labels is not None)
     model.to(dev).train()
-    opt = torch.optim.RAdam(model.parameters(), lr=cfg.lr)
+    opt = make_optimizer(model, cfg.lr, cfg.kernels)
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=list(cfg.lr_steps), gamma=0.1)
     rows: list[dict] = []
     start_epoch = 0
@@ -139,7 +146,7 @@ def train(
                 rng = sampler.rng(epoch, b, 1)
                 batch = load_batch(keys, index[name], reader, cfg, model.stride, rng)
                 gen = torch.Generator().manual_seed(int(sampler.rng(epoch, b, 2).integers(2**62)))
-                with autocast(dev):
+                with autocast(dev, cfg.precision):
                     losses = model.losses(batch.images.to(dev), name, batch.afp.to(dev),
                                           [t.to(dev) for t in batch.targets], generator=gen)
                 loss = total_loss(losses, cfg.lambda1, cfg.lambda2)

@@ -53,6 +53,7 @@ rule propose:
     params:
         p=settings("propose", "min_score", "stack_iou"),
         score=settings("propose")["score"],
+        numerics=settings("propose", "kernels", "precision"),
         prep=prep_root,
         split=split_arg,
         shard=propose_shard_arg,
@@ -61,7 +62,7 @@ rule propose:
         "lens propose --model {input.model} --prep-dir {params.prep} --dataset {wildcards.dataset} "
         "--split {params.split} {params.shard} {params.experts} --out {output.p2d} "
         "--out3d {output.p3d} --min-score {params.p[min_score]} --stack-iou {params.p[stack_iou]} "
-        "--score {params.score} "
+        "--score {params.score} --kernels {params.numerics[kernels]} --precision {params.numerics[precision]} "
         "--threads {threads} --no-progress 2> {log}"
 
 
