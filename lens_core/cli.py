@@ -88,6 +88,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.verbose:
             raise
         return 1
+    except OSError as e:
+        # the machine said no (permission, disk full, a read-only folder): one line naming the file, exit 1
+        where = f"{e.filename}: " if e.filename else ""
+        logging.getLogger("lens").error("%s%s (%s)", where, e.strerror or e, type(e).__name__)
+        if args.verbose:
+            raise
+        return 1
 
 
 if __name__ == "__main__":
