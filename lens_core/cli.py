@@ -10,6 +10,7 @@ import importlib
 import logging
 import sys
 
+import lens_core
 from lens_core.errors import InputError
 
 # every step, in the order the pipeline runs them (the order of `lens --help`), and the command module
@@ -59,6 +60,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     not pay for importing the others (`lens synthesize`'s readers need SimpleITK, pydicom, scipy)."""
     p = LensParser(prog="lens", description=__doc__.splitlines()[0])
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.add_argument("--version", action="version", version=f"lens {lens_core.__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="STEP")
     step = next((a for a in argv or [] if not a.startswith("-")), None)
     modules = [STEPS[step]] if step in STEPS else list(dict.fromkeys(STEPS.values()))

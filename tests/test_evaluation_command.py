@@ -211,3 +211,23 @@ def test_score_column_ranks_by_another_score(toy):
     assert base == 0
     assert curves["score"] == pd.read_parquet(toy / "eval/base/summary.parquet").query("stratum == 'all'")["average"].item()
     assert curves["score_fpr"] != curves["score"]
+
+
+@pytest.mark.parametrize("flag, value, expected", [
+    ("--fp-rates", "0", "expected a finite number > 0"),   # was: the outputs written, then exit 1
+    ("--fp-rates", "-1", "expected a finite number > 0"),  # was: a traceback
+    ("--threshold", "2", "expected a finite number in [0, 1]"),  # was: every sensitivity 0
+    ("--threshold", "nan", "expected a finite number in [0, 1]"),
+    ("--max-marks", "0", "expected a whole number > 0"),
+])
+def test_out_of_range_flags_are_one_line_and_nothing_is_written(toy, capsys, flag, value, expected):
+    from lens_core.cli import main
+
+    argv = ["evaluate", "--pred", str(toy / "pred.parquet"), "--truth", str(toy / "test3d.parquet"),
+            "--protocol", "lens3d", "--out", str(toy / "out"), flag, value]
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code != 0
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert f"argument {flag}: '{value}'" in err and expected in err, err
+    assert not (toy / "out").exists()

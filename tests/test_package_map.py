@@ -173,3 +173,12 @@ def test_a_step_imports_only_its_own_command_module():
     loaded = set(eval(out))
     assert "lens_core.training.command" in loaded
     assert not loaded & {"lens_core.datasets", "lens_core.mining.command", "lens_core.evaluation.command"}
+
+
+def test_lens_version_is_the_packages():
+    import tomllib
+
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    done = subprocess.run([sys.executable, "-m", "lens_core.cli", "--version"], capture_output=True, text=True,
+                          cwd=ROOT)
+    assert done.returncode == 0 and done.stdout.strip() == f"lens {version}"

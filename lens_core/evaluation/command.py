@@ -7,7 +7,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from lens_core.arguments import non_negative_int
+from lens_core.arguments import non_negative_int, positive_float, positive_int, probability
 
 log = logging.getLogger("lens")
 
@@ -33,9 +33,11 @@ def add_parser(sub) -> None:
                    help="unit column (lens3d: subvolume, else volume_id; luna: scan, else volume_id)")
     p.add_argument("--split", help="keep only --units / --truth rows of this split (e.g. test)")
     p.add_argument("--volumes", type=Path, help="volumes.parquet: voxel spacing for luna on box tables")
-    p.add_argument("--threshold", type=float, help="IoBB (lens3d, 0.3) or IoU (deeplesion2d, 0.5) threshold")
-    p.add_argument("--fp-rates", type=float, nargs="+", help="FP rates to report (protocol default)")
-    p.add_argument("--max-marks", type=int, default=100, help="luna: marks kept per scan")
+    p.add_argument("--threshold", type=probability,
+                   help="IoBB (lens3d, 0.3) or IoU (deeplesion2d, 0.5) threshold, in [0, 1]")
+    p.add_argument("--fp-rates", type=positive_float, nargs="+",
+                   help="FP rates to report, each > 0 (protocol default)")
+    p.add_argument("--max-marks", type=positive_int, default=100, help="luna: marks kept per scan")
     p.add_argument("--bootstrap", type=non_negative_int, default=2000,
                    help="bootstrap draws (test patients resampled) for the 95%% interval of the average; 0: none")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed (the same seed draws the same patients)")
