@@ -383,3 +383,28 @@ def test_training_and_scoring_steps_import_no_image_io_library():
             "lens_core.training.loop, lens_core.mining.schema; "
             "sys.exit('SimpleITK' in sys.modules or 'pydicom' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code], timeout=120).returncode == 0
+
+
+@pytest.mark.parametrize("step, column, value, expected", [
+    ("score-fpr", "score", np.nan, "score = nan, expected a finite number"),   # was: NaN final scores, exit 0
+    ("train-fpr", "z2", -5.0, "inverted box"),                                # was: trained on anyway
+    ("train-fpr", "z1", np.nan, "z1 = nan, expected a finite number"),        # was: an IndexError traceback
+])
+def test_fpr_steps_refuse_bad_proposal_values_naming_file_and_row(blob_prep, tmp_path, caplog, step, column, value,
+                                                                   expected):
+    from lens_core.cli import main
+
+    props, _ = synthetic_proposals(blob_prep / "train", "deeplesion", 0)
+    props.loc[3, column] = value
+    props.to_parquet(tmp_path / "p.parquet")
+    pd.read_parquet(blob_prep / "train" / "deeplesion" / "lesions.parquet").to_parquet(tmp_path / "l.parquet")
+    prep = ["--prep-dir", str(blob_prep / "train" / "deeplesion"), "--proposals3d", str(tmp_path / "p.parquet")]
+    if step == "score-fpr":
+        save_fpr(tmp_path / "m.pt", FprNet("cpu"), {})  # any network: the table is refused before it is used
+        argv = [step, "--model", str(tmp_path / "m.pt"), *prep, "--out", str(tmp_path / "out.parquet")]
+    else:
+        argv = [step, *prep, "--labels", str(tmp_path / "l.parquet"), "--out", str(tmp_path / "out.parquet")]
+    assert main(argv) == 1
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and "p.parquet (3D proposal table): row 3" in errors[0] and expected in errors[0], errors
+    assert not (tmp_path / "out.parquet").exists()

@@ -18,6 +18,9 @@ import torch
 from torchvision.ops import roi_align
 
 BOX3D = ["x1", "y1", "z1", "x2", "y2", "z2"]
+# A 3D proposal table as the FPR reads it: finite boxes (a NaN z was an IndexError deep in patch cropping),
+# none inverted (one was trained on anyway)
+PROPOSALS3D = {"volume_id": "text", **dict.fromkeys(BOX3D, "number")}
 
 
 def crop_patches(volume: np.ndarray, boxes: np.ndarray, patch: tuple[int, int, int], context: float = 2.0,

@@ -14,7 +14,7 @@ import pandas as pd
 import torch
 
 from lens_core.fpr.model import FprNet
-from lens_core.fpr.patches import BOX3D, crop_patches
+from lens_core.fpr.patches import BOX3D, PROPOSALS3D, crop_patches
 
 SCORE_CHOICES = ("fused", "fpr", "lens")
 
@@ -84,7 +84,8 @@ def score_table(model_path: Path, prep_dir: Path, proposals3d: Path, out: Path, 
     from lens_core.io import read_meta, read_table, write_parquet
 
     model, meta = load_fpr(model_path, device)
-    props = read_table(proposals3d, ["volume_id", "score", *BOX3D], "3D proposal table")
+    props = read_table(proposals3d, {**PROPOSALS3D, "score": "number"}, "3D proposal table", boxes=BOX3D,
+                       empty_boxes=True)  # a NaN score gave NaN final scores (Eq. 4)
     s = fpr_scores(model, props, h5_volumes(Path(prep_dir) / "volumes.h5"), device)
     df = with_fpr_scores(props, s, score)
     write_parquet(df, out, {**read_meta(proposals3d), "fpr_model": str(model_path), "score": score})

@@ -24,10 +24,12 @@ import pandas as pd
 import torch
 
 from lens_core.fpr.model import FprNet, focal_loss, get_preset, save_fpr
-from lens_core.fpr.patches import BOX3D, augment, centre_window, crop_patches
+from lens_core.fpr.patches import BOX3D, PROPOSALS3D, augment, centre_window, crop_patches
 from lens_core.fpr.samples import FP, THETA, THETA_FP, TP, epoch_samples, label_proposals
 from lens_core.io import read_table
 from lens_core.preprocess.schema import prep_meta
+
+BOX2D = ["x1", "y1", "x2", "y2"]
 
 log = logging.getLogger(__name__)
 
@@ -146,9 +148,10 @@ def source_samples(src: SampleSource, split: str | None, theta: float, theta_fp:
     """The proposals of ``src`` on its ``split`` volumes (None: all) and their TP / FP / unused labels."""
     prep_dir = Path(src.prep_dir)
     props = src.proposals3d if isinstance(src.proposals3d, pd.DataFrame) else \
-        read_table(src.proposals3d, ["volume_id", *BOX3D], "3D proposal table")
+        read_table(src.proposals3d, PROPOSALS3D, "3D proposal table", boxes=BOX3D, empty_boxes=True)
     labs = src.labels if isinstance(src.labels, pd.DataFrame) else \
-        read_table(src.labels, ["volume_id", "z", "x1", "y1", "x2", "y2", "label_kind"], "label table")
+        read_table(src.labels, {"volume_id": "text", "z": "integer", **dict.fromkeys(BOX2D, "number"),
+                                "label_kind": "text"}, "label table", boxes=BOX2D, empty_boxes=True)
     vols = read_table(prep_dir / "volumes.parquet", ["volume_id", "split"], "volume table")
     if split is not None:
         vols = vols[vols["split"] == split]
