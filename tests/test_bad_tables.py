@@ -331,3 +331,22 @@ def test_read_table_checks_each_kind_and_names_the_row(tmp_path):
         read_table(tmp_path / "nope.parquet", (), "boxes")
     with pytest.raises(InputError, match="is a folder"):
         read_table(tmp_path, (), "boxes")
+
+
+THREE_D = [(c, t) for c, (_, tables) in COMMANDS.items() for t in tables if t in ("proposals", "tracklets")]
+
+
+@pytest.mark.parametrize("command, table", THREE_D, ids=[f"{c}-{t}" for c, t in THREE_D])
+def test_a_3d_box_table_where_2d_boxes_belong_is_refused(command, table, valid, tmp_path, caplog):
+    """`lens propose --out3d`'s table has a key slice z and tracklet ids too: it passed as 2D proposals or
+    tracklets, and mining ran to an empty output with exit 0 (issue 23)."""
+    d = tmp_path / "in"
+    shutil.copytree(valid, d)
+    path = d / TABLES[table]
+    df = pd.read_parquet(path)
+    df.assign(z1=df["z"].astype(float), z2=df["z"] + 1.0).to_parquet(path, index=False)
+    out = tmp_path / "out"
+    rc, errors = run(_argv(command, d, out), caplog)
+    assert rc == 1 and len(errors) == 1, errors
+    assert f"{path}: a 3D box table (z1, z2 columns)" in errors[0] and "--out3d" in errors[0]
+    assert not out.exists() or not any(out.iterdir())

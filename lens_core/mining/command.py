@@ -33,12 +33,24 @@ def _lesions(path: Path, columns=None) -> "pd.DataFrame":  # noqa: F821
                       boxes=BOX)
 
 
+def _slice_table(path: Path, columns: dict, what: str, **checks) -> "pd.DataFrame":  # noqa: F821
+    """A table of 2D boxes, one slice each (proposals, tracklets): ``read_table`` and a 3D box table refused.
+    A 3D table of `lens propose --out3d` has a key slice ``z`` and tracklet ids too, so it passed the
+    column checks and mining ran on it to an empty output with exit 0."""
+    from ..io import InputError, read_table
+
+    df = read_table(path, columns, what, **checks)
+    if {"z1", "z2"} <= set(df.columns):
+        raise InputError(f"{path}: a 3D box table (z1, z2 columns); expected the {what}, one 2D box per slice "
+                         f"(lens propose --out, not --out3d)")
+    return df
+
+
 def _tracklets(path: Path, patient: bool = False) -> "pd.DataFrame":  # noqa: F821
-    from ..io import read_table
     from .schema import BOX, TRACKLETS, TRACKLETS_WITH_PATIENT
 
-    return read_table(path, TRACKLETS_WITH_PATIENT if patient else TRACKLETS,
-                      "tracklet table of lens build-tracklets", boxes=BOX)
+    return _slice_table(path, TRACKLETS_WITH_PATIENT if patient else TRACKLETS,
+                        "tracklet table of lens build-tracklets", boxes=BOX)
 
 
 def _mined(path: Path, what: str, kinds) -> "pd.DataFrame":  # noqa: F821
@@ -330,7 +342,7 @@ def _build_tracklets(args) -> int:
     frames = []
     for path in args.proposals:
         # a box clipped at the image border may be empty; one that is kept must not be (the kernel's IoU)
-        df = read_table(path, PROPOSALS_2D, "2D proposal table of lens propose", boxes=BOX, empty_boxes=True)
+        df = _slice_table(path, PROPOSALS_2D, "2D proposal table of lens propose", boxes=BOX, empty_boxes=True)
         empty = ((df["score"] >= args.min_score) & ((df["x2"] <= df["x1"]) | (df["y2"] <= df["y1"]))).to_numpy()
         if empty.any():
             i = int(empty.argmax())
@@ -382,8 +394,8 @@ def _cross_dataset(args) -> int:
     experts = tuple(f"score_{e}" for e in args.experts.split(",") if e and e != "none")
     # a box clipped at the image border may be empty, never inverted: an inverted one would become an
     # uncertain region that covers nothing
-    props = _train_only(_concat([read_table(p, {**PROPOSALS_2D, **dict.fromkeys(experts, "number")},
-                                            "2D proposal table of lens propose", boxes=BOX, empty_boxes=True)
+    props = _train_only(_concat([_slice_table(p, {**PROPOSALS_2D, **dict.fromkeys(experts, "number")},
+                                              "2D proposal table of lens propose", boxes=BOX, empty_boxes=True)
                                  for p in args.proposals]), args.volumes)
     labels = _concat([read_table(p, MINED, "label table: annotations or mined boxes", boxes=BOX)
                       for p in args.labels])
