@@ -103,6 +103,23 @@ def test_a_checkpoint_of_another_config_is_not_resumed(prep, tmp_path, caplog):
     assert _same(_weights(again), _weights(train(cfg, prep, tmp_path / "fresh", device="cpu", progress=False)))
 
 
+def test_a_truncated_checkpoint_is_reported_and_the_run_trains_from_scratch(prep, tmp_path, caplog):
+    """A checkpoint cut short (a full disk, a kill while an older version wrote it in place) made every
+    --resume an OSError traceback (issue 23)."""
+    def kill(epoch, batch):
+        if epoch == 1 and batch == 0:
+            raise Killed
+
+    cfg = small_cfg(epochs=2)
+    with pytest.raises(Killed):
+        train(cfg, prep, tmp_path / "run", device="cpu", progress=False, on_step=kill)
+    ckpt = tmp_path / "run" / "checkpoint.pt"
+    ckpt.write_bytes(ckpt.read_bytes()[: ckpt.stat().st_size // 2])
+    again = train(cfg, prep, tmp_path / "run", device="cpu", progress=False, resume=True)
+    assert f"{ckpt}: cannot resume:" in caplog.text and "training from scratch" in caplog.text
+    assert _same(_weights(again), _weights(train(cfg, prep, tmp_path / "fresh", device="cpu", progress=False)))
+
+
 def test_a_killed_run_is_not_resumed_onto_other_labels(prep, tmp_path, caplog):
     """A mining step reran after round 2 was killed: round 2 trains on the new labels from scratch,
     identical to a fresh run on them (continuing the old run would silently mix the two label sets)."""

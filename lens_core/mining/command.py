@@ -83,7 +83,8 @@ def add_parser(sub) -> None:
     p.add_argument("--proposals", nargs="+", type=Path, required=True, help="2D proposal tables (shards)")
     p.add_argument("--volumes", type=Path, help="volumes.parquet: keep the training split only")
     p.add_argument("--theta", type=iou_threshold, default=0.5)
-    p.add_argument("--min-score", type=probability, default=0.3, help="proposals below this fused score are dropped")
+    p.add_argument("--min-score", type=probability, default=0.0,
+                   help="proposals below this fused score are dropped (the paper: none, config mining.tracklet_min_score)")
     p.add_argument("--out", type=Path, required=True)
     p.set_defaults(func=_build_tracklets)
 
@@ -132,7 +133,7 @@ def add_embedding_parsers(sub) -> None:
     p.add_argument("--prep-dir", type=Path, required=True, help="the dataset's preprocessed folder")
     p.add_argument("--tracklets", type=Path, required=True)
     p.add_argument("--source", default="learned", help="learned | position | appearance | PATH.parquet")
-    p.add_argument("--steps", type=positive_int, default=300, help="encoder training steps (learned)")
+    p.add_argument("--steps", type=positive_int, default=150, help="encoder training steps (learned; config mining.encoder_steps)")
     p.add_argument("--seed", type=non_negative_int, default=0)
     p.add_argument("--threads", type=positive_int, default=None)
     p.add_argument("--theta", type=iou_threshold, default=0.5)

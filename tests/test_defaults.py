@@ -1,0 +1,47 @@
+"""One source of defaults: a step run by hand is the pipeline's step. Each `lens <step>` flag that a rule
+fills from config.yaml defaults to config.yaml's value (issue 23: build-tracklets --min-score said 0.3 where
+config says 0.0, embed-lesions --steps 300 where config says 150)."""
+import pytest
+import yaml
+
+from lens_core.cli import build_parser
+from conftest import ROOT
+
+CONFIG = yaml.safe_load((ROOT / "config.yaml").read_text())
+
+# (config section, key) -> the steps' flags (step, argparse dest) that rules fill from it
+FLAGS = {
+    ("mining", "theta"): [("build-tracklets", "theta"), ("mine-cross-slice", "theta"), ("embed-lesions", "theta")],
+    ("mining", "tracklet_min_score"): [("build-tracklets", "min_score")],
+    ("mining", "sigma"): [("mine-cross-dataset", "sigma")],
+    ("mining", "encoder_steps"): [("embed-lesions", "steps")],
+    ("mining", "embedding"): [("embed-lesions", "source")],
+    ("mining", "single_type_experts"): [("mine-cross-dataset", "experts")],
+    ("propose", "min_score"): [("propose", "min_score")],
+    ("propose", "stack_iou"): [("propose", "stack_iou"), ("detect", "stack_iou")],
+    ("propose", "score"): [("propose", "score")],
+    ("propose", "kernels"): [("propose", "kernels"), ("detect", "kernels")],
+    ("propose", "precision"): [("propose", "precision"), ("detect", "precision")],
+    ("evaluation", "bootstrap"): [("evaluate", "bootstrap")],
+    ("evaluation", "bootstrap_seed"): [("evaluate", "seed")],
+    ("review", "uncertain_sample"): [("review", "uncertain_sample")],
+    ("review", "window"): [("review", "window")],
+    ("review", "seed"): [("review", "seed")],
+}
+
+
+def step_defaults(step: str) -> dict:
+    parser = build_parser([step])
+    sub = next(a for a in parser._actions if a.dest == "command").choices[step]
+    return {a.dest: a.default for a in sub._actions}
+
+
+@pytest.mark.parametrize("section, key", list(FLAGS))
+def test_a_steps_flag_defaults_to_config_yaml(section, key):
+    value = CONFIG[section][key]
+    for step, dest in FLAGS[(section, key)]:
+        default = step_defaults(step)[dest]
+        if isinstance(value, list):  # a comma-separated flag
+            default = default.split(",")
+        assert default == value, f"lens {step} --{dest.replace('_', '-')} defaults to {default!r}, " \
+                                 f"config.yaml {section}.{key} is {value!r}"
