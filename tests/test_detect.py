@@ -321,6 +321,8 @@ def test_detect_refuses_a_dicom_folder_with_a_missing_or_foreign_slice(tmp_path,
     ("--stack-iou", "1.5", "argument --stack-iou: '1.5': expected a finite number in [0, 1)"),
     ("--pixel-mm", "0", "argument --pixel-mm: '0': expected a finite number > 0"),
     ("--slices", "9-3", "--slices 9-3: expected FIRST-LAST"),
+    ("--spacing", "1e-9,1,1", "--spacing 1e-9,1,1: expected three millimetre values X,Y,Z in [0.05, 50.0]"),
+    ("--spacing", "1000,1000,1000", "expected three millimetre values"),  # was an ITK traceback
 ])
 def test_detect_refuses_out_of_range_flags_before_reading_anything(flag, value, message, tmp_path, lens_main,
                                                                    caplog, capsys):
@@ -385,3 +387,35 @@ def test_the_overlay_folder_holds_the_pngs_of_the_last_scan_only(models, tmp_pat
         assert sorted(p.name for p in pngs.iterdir()) == [MARKER, *names[-1]]  # the marker: the project's folder
     assert len(names[0]) == 3 and len(names[1]) == 1
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def _png_folder(folder, numbers):
+    from PIL import Image
+
+    folder.mkdir(parents=True)
+    for n in numbers:
+        name = n if isinstance(n, str) else f"{n:03d}.png"
+        Image.fromarray(np.full((16, 16), 32768 - 1000, np.uint16)).save(folder / name)
+    return folder
+
+
+@pytest.mark.parametrize("case, message", [
+    ("huge-slice-range", "001.png: missing, but inside the requested slices 0..2000000000"),  # was ~64 GB, then an error
+    ("two-files-one-slice", "45.png: slice 45 again (also 045.png)"),  # 45.png silently replaced 045.png
+    ("spacing-and-dl-info", "--spacing and --dl-info: give one"),      # --dl-info was ignored silently
+])
+def test_detect_refuses_a_png_folder_request_it_cannot_honour(case, message, tmp_path, lens_main, caplog):
+    extra = ["--spacing", "0.8,0.8,2"]
+    if case == "huge-slice-range":
+        folder = _png_folder(tmp_path / "series", [0, 5, 6])
+        extra += ["--slices", "0-2000000000"]
+    elif case == "two-files-one-slice":
+        folder = _png_folder(tmp_path / "series", [44, "045.png", "45.png", 46])
+    else:
+        folder = _png_folder(tmp_path / "series", [0, 1, 2])
+        (tmp_path / "DL_info.csv").write_text("File_name\n")
+        extra += ["--dl-info", str(tmp_path / "DL_info.csv")]
+    rc = lens_main(["detect", "--model", str(tmp_path / "lens.pt"), "--input", str(folder),
+                    "--out", str(tmp_path / "det.csv"), *extra])
+    assert rc == 1 and message in caplog.text, caplog.text
+    assert not (tmp_path / "det.csv").exists()

@@ -231,11 +231,16 @@ def png_volume(files: list[Path], spacing_xyz, first_slice: int, shape: tuple[in
 
 
 def png_numbers(folder: Path) -> dict[int, Path]:
-    out = {}
-    for f in Path(folder).iterdir():
+    """Slice number -> PNG file of a DeepLesion series folder; two files of one number (045.png and 45.png)
+    are refused rather than one silently replacing the other."""
+    out: dict[int, Path] = {}
+    for f in sorted(Path(folder).iterdir()):
         m = PNG_RE.fullmatch(f.name)
         if m:
-            out[int(m.group(1))] = f
+            n = int(m.group(1))
+            if n in out:
+                raise DatasetError(f"{f}: slice {n} again (also {out[n].name}); expected one PNG per slice number")
+            out[n] = f
     return out
 
 
@@ -251,6 +256,10 @@ def check_geometry(img: sitk.Image, where) -> sitk.Image:
     if not np.all(np.isfinite(d)) or abs(abs(np.linalg.det(d)) - 1) > 1e-3:
         raise DatasetError(f"{where}: direction matrix {np.round(d, 4).tolist()} is not a rotation")
     return img
+
+
+# a voxel size in mm that a CT can have (1e-9 passed, 1000 ended in an ITK traceback while resampling)
+SPACING_MM = (0.05, 50.0)
 
 
 def read_scan(path, *, spacing=None, dl_info=None, slices: tuple[int, int] | None = None) -> sitk.Image:
@@ -273,8 +282,12 @@ def read_scan(path, *, spacing=None, dl_info=None, slices: tuple[int, int] | Non
     path = Path(path)
     if spacing is not None:
         spacing = tuple(float(v) for v in spacing)
-        if len(spacing) != 3 or not all(np.isfinite(v) and v > 0 for v in spacing):
-            raise ValueError(f"spacing must be three positive numbers of mm (x, y, z), got {spacing}")
+        lo, hi = SPACING_MM
+        if len(spacing) != 3 or not all(np.isfinite(v) and lo <= v <= hi for v in spacing):
+            raise ValueError(f"spacing must be three numbers of mm (x, y, z) in [{lo}, {hi}] as a CT's are, "
+                             f"got {spacing}")
+        if dl_info is not None:
+            raise ValueError("give the spacing or DL_info.csv, not both (--spacing would silently win)")
     if path.is_file():
         name = path.name.lower()
         if is_nifti(path):
@@ -309,9 +322,14 @@ def _read_png_folder(folder: Path, numbers: dict[int, Path], spacing, dl_info, s
     runs = _runs(sorted(numbers))
     if slices is not None:
         first, last = (int(v) for v in slices)
-        missing = [n for n in range(first, last + 1) if n not in numbers]
-        if first > last or missing:
-            raise DatasetError(f"{folder / f'{missing[0] if missing else first:03d}.png'}: missing, but inside the "
+        # the first number of first..last that no run holds, found from the runs (a range of two billion
+        # slice numbers was once listed one by one: ~64 GB before failing)
+        missing = first
+        for a, b in runs:
+            if a <= missing <= b:
+                missing = b + 1
+        if first > last or missing <= last:
+            raise DatasetError(f"{folder / f'{missing:03d}.png'}: missing, but inside the "
                                f"requested slices {first}..{last} (the folder holds runs "
                                f"{', '.join(f'{a}-{b}' for a, b in runs)})")
     elif len(runs) != 1:

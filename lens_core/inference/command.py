@@ -14,6 +14,7 @@ from lens_core.arguments import (add_numerics_args, add_torch_args, iou_threshol
 log = logging.getLogger(__name__)
 
 SCORES = ("head", "two_stage")  # lens_core.model.lens.SCORES (not imported here: torch loads late)
+SPACING_MM = (0.05, 50.0)  # lens_core.datasets.scans.SPACING_MM (not imported here: SimpleITK loads late)
 
 
 def add_parser(subparsers) -> None:
@@ -163,8 +164,12 @@ def _check_flags(args: argparse.Namespace) -> tuple[tuple[float, float, float] |
             spacing = tuple(float(v) for v in args.spacing.split(","))
         except ValueError:
             spacing = ()
-        if len(spacing) != 3 or not all(math.isfinite(v) and v > 0 for v in spacing):
-            raise ValueError(f"--spacing {args.spacing}: expected three positive millimetre values X,Y,Z")
+        lo, hi = SPACING_MM
+        if len(spacing) != 3 or not all(math.isfinite(v) and lo <= v <= hi for v in spacing):
+            raise ValueError(f"--spacing {args.spacing}: expected three millimetre values X,Y,Z in [{lo}, {hi}], "
+                             f"as a CT's voxels are")
+        if args.dl_info is not None:
+            raise ValueError("--spacing and --dl-info: give one (the spacing would silently win over DL_info.csv)")
     if args.slices is not None:
         try:
             first, last = (int(v) for v in args.slices.split("-"))
