@@ -127,6 +127,17 @@ def mhd_negative_spacing(root):
     return f, r"ElementSpacing .* must be 3 positive numbers of mm"
 
 
+def mhd_no_spacing(root):
+    f = _first(root, "*.mhd")
+    f.write_text("".join(ln + "\n" for ln in f.read_text().splitlines() if not ln.startswith("ElementSpacing")))
+    return f, r"no ElementSpacing in the header; the voxel size in mm is needed, not assumed"  # was read as 1 mm
+
+
+def mhd_singular_matrix(root):
+    f = _edit_mhd(root, "TransformMatrix", lambda v: "1 0 0 0 1 0 0 0 0")
+    return f, r"TransformMatrix '1 0 0 0 1 0 0 0 0' is not an invertible 3x3 orientation"  # was a traceback
+
+
 def _series(root):
     case = sorted(p for p in root.iterdir() if p.name.endswith(tuple("0123456789")))[0]
     return case / "CT", sorted((case / "CT").glob("*.dcm"))
@@ -162,6 +173,16 @@ def dicom_foreign_slice(root):
     return d.parent, rf"{d.parent.name}: 2 DICOM series, expected one \(.*\b1 file: CT/foreign\.dcm"
 
 
+def dicom_pixel_spacing_differs(root):
+    import pydicom
+
+    d, files = _series(root)
+    ds = pydicom.dcmread(files[4])
+    ds.PixelSpacing = [float(v) * 1.5 for v in ds.PixelSpacing]
+    ds.save_as(files[4])
+    return d, rf"{files[4].name}: PixelSpacing \[.*\] mm differs from {files[0].name}'s"  # was accepted
+
+
 def dl_box_outside(root):
     f = root / "DL_info.csv"
     lines = f.read_text().splitlines()
@@ -184,9 +205,9 @@ CASES = {
     "deeplesion": [png_8bit, dl_box_outside, dl_info_no_rows],
     "lits": [nifti_truncated, nifti_gz_cut, nifti_gz_short, nifti_zero_pixdim, seg_zero_pixdim,
              seg_shifted_origin, seg_flipped],
-    "luna": [mhd_dimsize_small, mhd_zero_spacing, mhd_negative_spacing],
+    "luna": [mhd_dimsize_small, mhd_zero_spacing, mhd_negative_spacing, mhd_no_spacing, mhd_singular_matrix],
     "nihln": [dicom_last_slice_missing, dicom_first_slice_missing, dicom_middle_slice_missing,
-              dicom_foreign_slice],
+              dicom_foreign_slice, dicom_pixel_spacing_differs],
 }
 TABLE = [pytest.param(fmt, fn, id=f"{fmt}-{fn.__name__}") for fmt, fns in CASES.items() for fn in fns]
 

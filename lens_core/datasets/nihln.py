@@ -312,6 +312,9 @@ def series_geometry(series_dir: Path) -> tuple[list[str], ImageInfo]:
     for f, h in zip(files, hdr):
         if (h[3], h[4]) != (hdr[0][3], hdr[0][4]) or not np.allclose(h[1], iop, atol=1e-4):
             raise DatasetError(f"{f}: slice size/orientation differs from {files[0]}")
+        if not np.allclose(h[2], hdr[0][2], rtol=1e-4):  # one volume has one pixel size
+            raise DatasetError(f"{f}: PixelSpacing {h[2].tolist()} mm differs from {Path(files[0]).name}'s "
+                               f"{hdr[0][2].tolist()}")
     if len(files) > 1:
         step = np.diff(z)
         med = float(np.median(step))

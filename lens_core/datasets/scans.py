@@ -138,15 +138,22 @@ def check_metaimage(mhd: Path) -> None:
     if not mhd.is_file():
         raise DatasetError(f"{mhd}: missing")
     h, header_len = metaimage_header(mhd)
+    if "ElementSpacing" not in h and "ElementSize" not in h:  # ITK would read it as 1 mm voxels
+        raise DatasetError(f"{mhd}: no ElementSpacing in the header; the voxel size in mm is needed, not assumed")
     try:
         dims = [int(v) for v in h["DimSize"].split()]
         nbytes = _MET_BYTES[h["ElementType"]] * int(np.prod(dims, dtype=np.int64)) \
             * int(h.get("ElementNumberOfChannels", "1"))
         name = h["ElementDataFile"]
-        spacing = [float(v) for v in h.get("ElementSpacing", h.get("ElementSize", "1 1 1")).split()]
+        spacing = [float(v) for v in h.get("ElementSpacing", h.get("ElementSize")).split()]
         header_size = int(h.get("HeaderSize", "0"))
+        matrix = [float(v) for v in h.get("TransformMatrix", "").split()]
     except (KeyError, ValueError) as e:
         raise DatasetError(f"{mhd}: malformed MetaImage header (field {e})") from None
+    if matrix and (len(matrix) != len(dims) ** 2 or not np.all(np.isfinite(matrix))
+                   or abs(np.linalg.det(np.reshape(matrix, (len(dims), len(dims))))) < 1e-6):
+        raise DatasetError(f"{mhd}: TransformMatrix {h['TransformMatrix']!r} is not an invertible "
+                           f"{len(dims)}x{len(dims)} orientation")
     if not dims or min(dims) < 1:
         raise DatasetError(f"{mhd}: DimSize {h['DimSize']!r} must be positive sizes")
     if len(spacing) < len(dims) or not all(np.isfinite(s) and s > 0 for s in spacing):
