@@ -6,7 +6,9 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import shutil
+import socket
 import tempfile
 from collections.abc import Callable, Iterable
 from contextlib import contextmanager
@@ -28,6 +30,31 @@ def _remove_made(made: list[Path]) -> None:
             d.rmdir()
         except OSError:
             pass
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def _temp_folder(parent: Path, name: str, kind: str = "") -> Path:
+    """A fresh hidden folder in ``parent`` for the output ``name``, named after this host and process. The
+    temporaries a killed run of this host left for the same output (its process gone) are removed first: a
+    killed standalone step left them for good (a 10.8 MB `.volumes.h5.*.tmp`). Another host's are left
+    alone: on a shared file system their process may still run."""
+    host = socket.gethostname()
+    stale = re.compile(rf"\.{re.escape(name)}\.(?:old\.)?{re.escape(host)}-(\d+)\..+\.tmp")
+    if parent.is_dir():
+        for p in parent.iterdir():
+            m = stale.fullmatch(p.name)
+            if m and not _alive(int(m.group(1))):
+                shutil.rmtree(p, ignore_errors=True)
+    return Path(tempfile.mkdtemp(prefix=f".{name}.{kind}{host}-{os.getpid()}.", suffix=".tmp", dir=parent))
 
 
 def _publishable(path: Path) -> None:
@@ -56,7 +83,7 @@ def atomic_paths(*paths):
         for t in targets:
             if t.parent not in folders:
                 _make_parents(t.parent, made)
-                folders[t.parent] = Path(tempfile.mkdtemp(prefix=f".{t.name}.", suffix=".tmp", dir=t.parent))
+                folders[t.parent] = _temp_folder(t.parent, t.name)
         temps = [folders[t.parent] / t.name for t in targets]
         yield temps
         for tmp, t in zip(temps, targets):
@@ -120,7 +147,7 @@ def atomic_folder(path, own: Iterable[str] | Callable[[str], object] | None = No
     check()
     made: list[Path] = []
     _make_parents(path.parent, made)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    tmp = _temp_folder(path.parent, path.name)
     published = False
     try:
         yield tmp
@@ -138,7 +165,7 @@ def atomic_folder(path, own: Iterable[str] | Callable[[str], object] | None = No
                     raise
                 # a full folder cannot be renamed over: move it aside first (another run may do the same
                 # meanwhile, hence the loop); it is deleted below
-                old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old.", suffix=".tmp", dir=path.parent))
+                old = _temp_folder(path.parent, path.name, "old.")
                 try:
                     os.replace(path, old / path.name)
                 except FileNotFoundError:
