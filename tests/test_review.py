@@ -173,6 +173,9 @@ def test_import_keeps_the_decided_rows_and_an_unchanged_set_leaves_the_file_alon
     ("time", r"row 1 .*: time 'yesterday' is not an ISO 8601"),
     ("notjson", r"verdicts.json: not a JSON verdict file"),
     ("format", r"verdicts.json: not a review page export"),
+    ("strings", r"row 1 .*: box \['2', '2', '9', '10'\] is not four numbers"),  # were accepted (issue 23)
+    ("booleans", r"row 1 .*: box \[True, 2, 9, 10\] is not four numbers"),
+    ("nested", r"verdicts.json: not a JSON verdict file \(nested too deeply\)"),  # was a RecursionError
 ])
 def test_import_rejects_bad_verdicts_naming_file_and_row(mining, boxes, tmp_path, caplog, case, message):
     ids = list(boxes["box_id"])
@@ -180,8 +183,11 @@ def test_import_rejects_bad_verdicts_naming_file_and_row(mining, boxes, tmp_path
     second = {"unknown": _row("deadbeef0000", "accept"), "outside": _row(ids[1], "fix", [2, 2, w + 3, 10]),
               "empty": _row(ids[1], "fix", [5, 5, 5, 9]), "nobox": _row(ids[1], "fix"),
               "decision": _row(ids[1], "maybe"), "twice": _row(ids[0], "reject"),
-              "time": {**_row(ids[1], "accept"), "time": "yesterday"}}.get(case)
-    doc = _doc([_row(ids[0], "accept"), second]) if second else "{not json" if case == "notjson" else {"rows": []}
+              "time": {**_row(ids[1], "accept"), "time": "yesterday"},
+              "strings": _row(ids[1], "fix", ["2", "2", "9", "10"]),
+              "booleans": _row(ids[1], "fix", [True, 2, 9, 10])}.get(case)
+    doc = _doc([_row(ids[0], "accept"), second]) if second else "{not json" if case == "notjson" else \
+        "[" * 100000 + "]" * 100000 if case == "nested" else {"rows": []}
     rc, out = _import(tmp_path, doc, mining / "review_boxes.parquet")
     assert rc != 0
     assert re.search(message, caplog.text), caplog.text

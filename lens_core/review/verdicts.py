@@ -41,6 +41,8 @@ def read_verdicts_json(path: str | Path, boxes: pd.DataFrame) -> pd.DataFrame:
         raise
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ValueError(f"{path}: not a JSON verdict file ({e})") from None
+    except RecursionError:  # a verdict file is two levels deep; this one nests past Python's stack
+        raise ValueError(f"{path}: not a JSON verdict file (nested too deeply)") from None
     if not isinstance(doc, dict) or doc.get("format") != FORMAT or not isinstance(doc.get("verdicts"), list):
         raise ValueError(f"{path}: not a review page export (want an object with format {FORMAT!r} and a "
                          f"'verdicts' list)")
@@ -81,10 +83,10 @@ def read_verdicts_json(path: str | Path, boxes: pd.DataFrame) -> pd.DataFrame:
 def _check_box(box, width: int, height: int, volume: str, where: str) -> list[float]:
     if not isinstance(box, list) or len(box) != 4:
         raise ValueError(f"{where}: a fix needs 'box': [x1, y1, x2, y2], got {box!r}")
-    try:
-        x1, y1, x2, y2 = (float(c) for c in box)
-    except (TypeError, ValueError):
-        raise ValueError(f"{where}: box {box!r} is not four numbers") from None
+    # JSON numbers only: float() would take "12" and True (a hand-edited or foreign file)
+    if not all(isinstance(c, (int, float)) and not isinstance(c, bool) for c in box):
+        raise ValueError(f"{where}: box {box!r} is not four numbers")
+    x1, y1, x2, y2 = (float(c) for c in box)
     if not all(np.isfinite([x1, y1, x2, y2])) or not (x2 > x1 and y2 > y1):
         raise ValueError(f"{where}: box {box!r} is empty or not finite (need x1 < x2, y1 < y2)")
     if x1 < 0 or y1 < 0 or x2 > width or y2 > height:
