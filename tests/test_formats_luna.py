@@ -108,3 +108,13 @@ def test_annotation_for_an_absent_scan_is_named(tmp_path):
     p.write_text(p.read_text() + "1.2.3.4,0,0,0,5\n")
     with pytest.raises(DatasetError, match=r"annotations\.csv:2: series 1\.2\.3\.4"):
         read_dataset("luna", tmp_path)
+
+
+def test_a_scan_whose_name_is_not_a_seriesuid_is_refused(tmp_path):
+    """A seriesuid becomes a volume id in tables, logs and the review page: markup in a file name was taken
+    as one (issue 23)."""
+    _write(tmp_path)
+    bad = "<img src=x onerror=alert(1)>"
+    (tmp_path / "subset1" / "1.3.6.1.4.1.99.2.mhd").rename(tmp_path / "subset1" / f"{bad}.mhd")
+    with pytest.raises(DatasetError, match=r"is not a seriesuid \(a DICOM UID: digits and dots\)"):
+        read_dataset("luna", tmp_path)

@@ -30,6 +30,7 @@ from .common import (DatasetError, DatasetIndex, ImageInfo, assign_splits, atomi
 from .scans import check_geometry, check_metaimage
 
 ANNOTATION_COLUMNS = ["seriesuid", "coordX", "coordY", "coordZ", "diameter_mm"]
+UID_RE = re.compile(r"[0-9]+(\.[0-9]+)*")
 # The LUNA16 evaluation script (noduleCADEvaluationLUNA16.py) gives excluded findings without a
 # measured diameter (-1) a 10 mm diameter; we box them the same way.
 EXCLUDED_DEFAULT_DIAMETER_MM = 10.0
@@ -58,7 +59,7 @@ class LunaWriter:
 
     def add_case(self, subset: int, seriesuid: str, hu: np.ndarray, spacing_zyx, origin_xyz, direction=None,
                  nodules=(), excluded=()) -> Path:
-        if not re.fullmatch(r"[0-9.]+", seriesuid):
+        if not UID_RE.fullmatch(seriesuid):
             raise ValueError(f"a LUNA seriesuid is a DICOM UID (digits and dots), got {seriesuid!r}")
         if seriesuid in self.seriesuids:
             raise ValueError(f"seriesuid {seriesuid} written twice")
@@ -93,6 +94,10 @@ def find_scans(root: Path) -> dict[str, Path]:
     mhds = sorted({*root.glob("*.mhd"), *root.rglob("subset*/*.mhd")})
     by_uid: dict[str, Path] = {}
     for p in mhds:
+        # a seriesuid is a DICOM UID: digits and dots (a file named `<img src=x onerror=...>.mhd` became an
+        # id that reaches tables, logs and the review page)
+        if not UID_RE.fullmatch(p.stem):
+            raise DatasetError(f"{p}: {p.stem!r} is not a seriesuid (a DICOM UID: digits and dots)")
         if p.stem in by_uid:
             raise DatasetError(f"{p}: seriesuid also in {by_uid[p.stem]}")
         by_uid[p.stem] = p

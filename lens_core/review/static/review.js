@@ -62,6 +62,14 @@
     boxes.forEach(([b, cls]) => v.appendChild(boxDiv(b, crop, size, cls)));
     return v;
   }
+  function caption(lines) {  // names from the data (volume, lesion ids, types) are text, never markup
+    const fc = document.createElement("figcaption");
+    lines.forEach((line, k) => {
+      if (k) fc.appendChild(document.createElement("br"));
+      fc.appendChild(document.createTextNode(line));
+    });
+    return fc;
+  }
   function fmt(x, n) { return x === null || x === undefined ? "–" : Number(x).toFixed(n === undefined ? 3 : n); }
 
   function render() {
@@ -80,7 +88,7 @@
     main.id = "main"; if (fixing) main.classList.add("fixing");
     main.addEventListener("mousedown", startDrag);
     fig.appendChild(main);
-    fig.insertAdjacentHTML("beforeend", `<figcaption>card ${i + 1} of ${CARDS.length} · ${c.volume_id} · slice ${c.z}</figcaption>`);
+    fig.appendChild(caption([`card ${i + 1} of ${CARDS.length} · ${c.volume_id} · slice ${c.z}`]));
     row.appendChild(fig);
     // where the box came from
     if (c.source) {
@@ -88,7 +96,8 @@
       sf.appendChild(viewEl(s.img, 224, s.crop, [[s.box, "gt"]]));
       const what = c.strategy === "cross_slice" ? "key-slice annotation it was propagated from"
         : "annotated lesion it was matched to";
-      sf.insertAdjacentHTML("beforeend", `<figcaption>${what}<br>${s.volume_id} (study ${s.study_id}, series ${s.series_id}) · slice ${s.z}<br>${s.lesion_type} · ${s.lesion_id}</figcaption>`);
+      sf.appendChild(caption([what, `${s.volume_id} (study ${s.study_id}, series ${s.series_id}) · slice ${s.z}`,
+        `${s.lesion_type} · ${s.lesion_id}`]));
       sf.id = "source"; row.appendChild(sf);
     }
     // the numbers
@@ -102,8 +111,10 @@
     const t = document.createElement("table"); t.className = "meta";
     rows.forEach(([k, val]) => { const r = t.insertRow(); r.insertCell().textContent = k; r.insertCell().textContent = val; });
     const dr = t.insertRow(); dr.insertCell().textContent = "verdict";
-    dr.insertCell().innerHTML = v ? `<span class="decision ${v.decision}" id="decision">${v.decision}</span>`
-      : '<span class="decision" id="decision">undecided</span>';
+    const badge = document.createElement("span");
+    badge.id = "decision"; badge.className = "decision" + (v ? " " + v.decision : "");
+    badge.textContent = v ? v.decision : "undecided";
+    dr.insertCell().appendChild(badge);
     row.appendChild(t);
     card.appendChild(row);
     // neighbouring slices: the same crop, the tracklet's boxes (yellow) and annotations (green)
@@ -122,7 +133,9 @@
       img.style.width = 120 * c.strip_z.length + "px"; img.style.maxWidth = "none";
       img.style.marginLeft = -120 * k + "px";
       cell.appendChild(v2);
-      cell.insertAdjacentHTML("beforeend", `<div class="lab">${z === null ? "outside" : "slice " + z}</div>`);
+      const lab = document.createElement("div"); lab.className = "lab";
+      lab.textContent = z === null ? "outside" : "slice " + z;
+      cell.appendChild(lab);
       strip.appendChild(cell);
     });
     card.appendChild(strip);
