@@ -66,6 +66,8 @@ def test_nihln_in_tcia_download_layout(tiny_corpus, tmp_path):
     alt = _tcia_layout(std, tmp_path / "NIH-LN")
     b = _assert_same("nihln", std, alt)
     assert b.volumes.source.str.startswith("CT Lymph Nodes/").all()
+    # the study and series folders' names (a study date, a description) are identifiers: not in the table
+    assert (b.volumes.source == "CT Lymph Nodes/" + b.volumes.volume_id).all()
     # the images folder itself as the root, the annotation folder beside it
     _assert_same("nihln", std, alt / "CT Lymph Nodes")
     # a case's folder given to read_scan: its one series is found at any depth
@@ -231,5 +233,5 @@ def test_deeplesion_png_folder_read_scan_spacing(tiny_corpus, tmp_path):
     given = read_scan(alone, spacing=(0.7, 0.7, 2.5), slices=(v.first_slice, v.last_slice))
     assert given.GetSpacing() == (0.7, 0.7, 2.5)
     np.testing.assert_array_equal(sitk.GetArrayFromImage(given), sitk.GetArrayFromImage(img))
-    with pytest.raises(ValueError, match="spacing must be three positive numbers"):
+    with pytest.raises(ValueError, match=r"spacing must be three numbers of mm \(x, y, z\) in \[0.05, 50.0\]"):
         read_scan(alone, spacing=(0.7, 0.0, 2.5))

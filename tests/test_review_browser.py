@@ -185,3 +185,31 @@ def test_page_works_through_a_static_server(browser, mining):
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_names_from_the_data_are_shown_as_text_never_run_as_markup(browser, mining, tmp_path):
+    """A volume or lesion name holding markup (a file name is the user's) is shown literally: the page put
+    names in with insertAdjacentHTML, so `<img onerror=...>` ran (issue 23)."""
+    import re
+
+    page = tmp_path / "review"
+    shutil.copytree(mining / "review", page)
+    html = (page / "index.html").read_text()
+    m = re.search(r'(<script id="lens-data" type="application/json">)(.*?)(</script>)', html, re.S)
+    data = json.loads(m.group(2).replace("<\\/", "</"))
+    evil = '<img src=x onerror="document.title=\'pwned\'">'
+    card = next(i for i, c in enumerate(data["cards"]) if c.get("source"))
+    data["cards"][card]["volume_id"] = evil
+    data["cards"][card]["source"]["lesion_id"] = evil
+    text = json.dumps(data).replace("</", "<\\/")
+    (page / "index.html").write_text(html[:m.start(2)] + text + html[m.end(2):])
+    browser.get((page / "index.html").as_uri())
+    browser.execute_script("localStorage.clear()")
+    browser.get((page / "index.html").as_uri())
+    WebDriverWait(browser, 10).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#card figcaption"))
+    for _ in range(card):
+        _keys(browser, "j")
+    captions = [e.text for e in browser.find_elements(By.CSS_SELECTOR, "#card figcaption")]
+    assert evil in captions[0] and any(evil in c for c in captions[1:]), captions
+    assert not browser.find_elements(By.CSS_SELECTOR, "#card figcaption img")
+    assert browser.title != "pwned"

@@ -375,7 +375,9 @@ def read_nihln(root: Path, *, split_seed: int = 0, val_fraction: float = 0.2,
         a = read_annotations(ann_dir, case)
         nx, ny, nz = info.size
         vols.append({"volume_id": case, "dataset": "nihln", "patient_id": case, "study_id": 1, "series_id": 1,
-                     "split": splits[case], "source": series_dir.relative_to(root).as_posix(), "first_slice": 0,
+                     # the case folder, not the series folder: TCIA's study and series folder names hold the
+                     # study date and description (identifiers), which must not reach an artifact
+                     "split": splits[case], "source": case_dirs[case].relative_to(root).as_posix(), "first_slice": 0,
                      "last_slice": nz - 1, "n_slices": nz, "height": ny, "width": nx,
                      "spacing_x": info.spacing[0], "spacing_y": info.spacing[1], "spacing_z": info.spacing[2]})
         for k, (ijk, pt, line) in enumerate(zip(a["indices"], a["points"], a["lines"]), start=1):
@@ -394,10 +396,11 @@ def read_nihln(root: Path, *, split_seed: int = 0, val_fraction: float = 0.2,
 
 
 def load_nihln(root: Path, source: str) -> sitk.Image:
-    series_dir = Path(root) / source
-    if not series_dir.is_dir():
-        raise DatasetError(f"{series_dir}: missing")
-    return read_dicom_series(series_dir)
+    """The scan of a volumes table row: ``source`` is its case folder; the one series is found below it."""
+    case_dir = Path(root) / source
+    if not case_dir.is_dir():
+        raise DatasetError(f"{case_dir}: missing")
+    return read_dicom_series(find_series_dir(case_dir))
 
 
 def read_dicom_series(series_dir: Path) -> sitk.Image:
