@@ -244,3 +244,24 @@ def test_gradient_clipping_bounds_every_step_and_logs_the_norm_before_clipping(p
     assert (logged > 0.05).all()  # the logged norm is the one before clipping: clipping did act
     with pytest.raises(ValueError, match="grad_clip"):
         small_cfg(grad_clip=0)
+
+
+def test_the_model_records_the_preprocessing_it_was_trained_at_and_detect_uses_it(prep, tmp_path, caplog):
+    """`lens detect` ran a 4/5 mm model at 2/4 mm with only a warning: lens.pt had no preprocessing (issue 23)."""
+    import h5py
+
+    from lens_core.inference.detect import prep_params
+    from lens_core.preprocess.schema import prep_meta
+
+    with h5py.File(prep / "deeplesion" / "volumes.h5", "a") as f:  # as `lens preprocess --pixel-mm 4 --slice-mm 5`
+        f.attrs["lens"] = '{"dataset": "deeplesion", "pixel_mm": 4.0, "slice_mm": 5.0}'
+    try:
+        path = train(small_cfg(epochs=1), prep, tmp_path / "run", device="cpu", progress=False)
+    finally:
+        with h5py.File(prep / "deeplesion" / "volumes.h5", "a") as f:
+            del f.attrs["lens"]
+    meta = torch.load(path, weights_only=True)["meta"]
+    assert meta["prep"] == {"dataset": "deeplesion", "pixel_mm": 4.0, "slice_mm": 5.0}
+    params = prep_params(None, None, meta)
+    assert (params.pixel_mm, params.slice_mm) == (4.0, 5.0) and "no preprocessing recorded" not in caplog.text
+    assert prep_meta(prep / "deeplesion") == {}  # the fixture is left as it was

@@ -107,7 +107,9 @@ def train(
 
     torch.manual_seed(cfg.seed)  # the initial weights
     model, meta = build_model(cfg)
-    meta["deviations"] = training_deviations(cfg.to_dict(), prep_meta(Path(prep_dir) / cfg.datasets[0]),
+    # the preprocessing the model was trained at: `lens detect` resamples a new scan the same way
+    meta["prep"] = prep_meta(Path(prep_dir) / cfg.datasets[0])
+    meta["deviations"] = training_deviations(cfg.to_dict(), meta["prep"],
                                              round2=labels is not None)
     model.to(dev).train()
     opt = make_optimizer(model, cfg.lr, cfg.kernels)
