@@ -92,6 +92,7 @@ def test_extra_columns_of_the_main_table_are_shown(run):
     report; sensitivity-like columns (average...) in percent."""
     table = pd.read_parquet(run / "table.parquet")
     table["average_ci_low"] = table["average"] - 0.05
+    table["val_average"] = [0.375, 0.5]  # the validation split beside test: in percent too (was 0.375)
     from lens_core.io import read_meta
 
     write_parquet(table, run / "table.parquet", read_meta(run / "table.parquet"))
@@ -99,6 +100,7 @@ def test_extra_columns_of_the_main_table_are_shown(run):
     page = (run / "report.html").read_text()
     assert "<th>average_ci_low</th>" in page
     assert f"<td>{100 * table['average_ci_low'].iloc[0]:.1f}</td>" in page
+    assert "<td>37.5</td>" in page and "<td>0.375</td>" not in page
 
 
 def test_a_missing_caption_is_an_error_naming_it(run, tmp_path, caplog):

@@ -78,7 +78,7 @@ def main_table(path: Path) -> pd.DataFrame:
 
     Columns are shown in the table's own order, so columns a later step adds (a bootstrap interval of the
     average, say ``average_ci_low`` / ``average_ci_high``) appear without a change here; every column named
-    ``FP@...`` or ``average...`` is a sensitivity and is shown in percent."""
+    ``FP@...`` or ``average...`` (``val_...`` on the validation split) is a sensitivity, shown in percent."""
     df = pd.read_parquet(path)
     missing = [c for c in ("variant", "average") if c not in df.columns]
     if missing:
@@ -86,7 +86,7 @@ def main_table(path: Path) -> pd.DataFrame:
     paper = read_meta(path).get("paper")
     out = df[[c for c in df.columns if c not in MAIN_HIDDEN]].copy()
     for c in out.columns:
-        if c.startswith(("FP@", "average")):
+        if c.removeprefix("val_").startswith(("FP@", "average")):  # validation beside test, both in %
             out[c] = [_percent(v) for v in out[c]]
     if paper is not None:
         out["paper (average)"] = [f"{paper[v]:.1f}" if v in paper else "–" for v in out["variant"]]
