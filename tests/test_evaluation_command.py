@@ -3,6 +3,7 @@
 import argparse
 import json
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -231,3 +232,23 @@ def test_out_of_range_flags_are_one_line_and_nothing_is_written(toy, capsys, fla
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert f"argument {flag}: '{value}'" in err and expected in err, err
     assert not (toy / "out").exists()
+
+
+def test_the_froc_plot_keeps_its_legend_off_the_curves_and_its_whole_title(monkeypatch, tmp_path):
+    """The legend sat inside the axes, over the lowest curve, and a long title ran off the figure (issue 23)."""
+    import lens_core.evaluation.plots as plots
+
+    rates = [0.125, 0.25, 0.5, 1, 2, 4, 8]
+    froc = pd.DataFrame([{"variant": v, "protocol": "lens3d", "stratum": "all", "fp_rate": r, "sensitivity": s}
+                         for v, base in (("a", 0.05), ("b", 0.4)) for r, s in zip(rates, np.linspace(base, base + .3, 7))])
+    shown = {}
+    monkeypatch.setattr(plots, "save_figure", lambda fig, path, **kw: shown.update(fig=fig, kw=kw))
+    title = "LENS on the DeepLesion-like test split, validation beside it (paper: Table II, on DeepLesion)"
+    plots.plot_froc(froc, rates, tmp_path / "froc.png", title=title)
+    fig = shown["fig"]
+    ax = fig.axes[0]
+    renderer = fig.canvas.get_renderer()
+    legend, axes = ax.get_legend().get_window_extent(renderer), ax.get_window_extent(renderer)
+    assert legend.y1 <= axes.y0  # below the axes: no curve under it
+    assert ax.get_title().replace("\n", " ") == title and "\n" in ax.get_title()
+    assert shown["kw"].get("bbox_inches") == "tight"  # the saved figure grows to hold title and legend

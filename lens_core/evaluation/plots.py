@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import textwrap
+
 import numpy as np
 import pandas as pd
 
@@ -41,8 +43,10 @@ def plot_froc(froc: pd.DataFrame, fp_rates, path, title: str = "FROC", stratum: 
     unit = {"lens3d": "sub-volume", "deeplesion2d": "image", "luna": "scan"}.get(protocol, "unit")
     ax.set_xlabel(f"FPs per {unit}")
     ax.set_ylabel("sensitivity")
-    ax.set_title(title)
+    # a long title wraps instead of running off the figure; the legend goes below the axes, where it
+    # covers no curve (inside, "lower right" hid the lowest one)
+    ax.set_title("\n".join(textwrap.wrap(title, 60)), fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, fontsize=8, frameon=False)
     fig.tight_layout()
-    save_figure(fig, path)
+    save_figure(fig, path, bbox_inches="tight")
