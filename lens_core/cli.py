@@ -17,6 +17,7 @@ from lens_core.errors import InputError
 # (one `command.py` per package) whose `add_parser(subparsers)` registers it
 STEPS = {
     "synthesize": "lens_core.datasets.command",
+    "import-manual-3d": "lens_core.datasets.command",
     "preprocess": "lens_core.preprocess.command",
     "gather-prep": "lens_core.preprocess.command",
     "train": "lens_core.training.command",

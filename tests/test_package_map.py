@@ -33,7 +33,7 @@ UPWARD = {
 
 # The steps in pipeline order, as the README's rule table lists them.
 PIPELINE = [
-    "synthesize", "preprocess", "gather-prep", "train", "propose", "concat",
+    "synthesize", "import-manual-3d", "preprocess", "gather-prep", "train", "propose", "concat",
     "build-tracklets", "mine-cross-slice", "embed-lesions", "audit-delta", "mine-intra-patient",
     "mine-cross-dataset", "merge-labels", "audit-mining", "review-boxes", "review", "review-import",
     "review-simulate", "train-fpr", "score-fpr", "evaluate", "froc-plot", "ablation-table", "fig5-table", "fig7-table",

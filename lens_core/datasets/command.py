@@ -25,6 +25,16 @@ def add_parser(sub) -> None:
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_synthesize)
 
+    p = sub.add_parser("import-manual-3d", help="DeepLesion's manual 3D test set: the authors' pickle -> CSVs",
+                       description="Convert DeepLesion_manual_1K_test_release.pkl (the paper's 1,000 fully "
+                                   "annotated 3D sub-volumes) into manual_3d/boxes.csv and subvolumes.csv, which "
+                                   "preprocessing reads. The pickle is read by an unpickler that builds numpy "
+                                   "arrays only: anything else it names is refused, never run.")
+    p.add_argument("pkl", type=Path, help="DeepLesion_manual_1K_test_release.pkl")
+    p.add_argument("--out", required=True, type=Path,
+                   help="folder to write (DeepLesion's root/manual_3d, where `lens preprocess` looks)")
+    p.set_defaults(func=_import_manual_3d)
+
 
 def _synthesize(args) -> int:
     from ..config import deep_merge, load_config, parse_overrides
@@ -45,4 +55,12 @@ def _synthesize(args) -> int:
     t = time.perf_counter()
     stats = write_corpus(args.out, cfg, progress=not args.no_progress)
     log.info("corpus written to %s in %.1f s\n%s", args.out, time.perf_counter() - t, stats.to_string(index=False))
+    return 0
+
+
+def _import_manual_3d(args) -> int:
+    from .manual3d import import_manual_3d
+
+    n_sub, n_box = import_manual_3d(args.pkl, args.out)
+    log.info("%s: %d sub-volumes, %d boxes -> %s (boxes.csv, subvolumes.csv)", args.pkl, n_sub, n_box, args.out)
     return 0
