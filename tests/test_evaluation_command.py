@@ -252,3 +252,14 @@ def test_the_froc_plot_keeps_its_legend_off_the_curves_and_its_whole_title(monke
     assert legend.y1 <= axes.y0  # below the axes: no curve under it
     assert ax.get_title().replace("\n", " ") == title and "\n" in ax.get_title()
     assert shown["kw"].get("bbox_inches") == "tight"  # the saved figure grows to hold title and legend
+
+
+def test_an_empty_truth_table_is_named_not_an_index_error(toy, tmp_path, caplog):
+    """DeepLesion without its manual 3D set gives an empty test3d.parquet; evaluate crashed in the bootstrap."""
+    from lens_core.cli import main
+
+    write_truth(tmp_path / "empty.parquet", TRUTH.iloc[:0], UNITS)
+    assert main(["evaluate", "--pred", str(toy / "pred.parquet"), "--truth", str(tmp_path / "empty.parquet"),
+                 "--protocol", "lens3d", "--out", str(tmp_path / "out")]) == 1
+    assert "empty.parquet: no ground-truth lesions to score against" in caplog.text
+    assert "lens import-manual-3d" in caplog.text and not (tmp_path / "out").exists()

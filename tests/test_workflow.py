@@ -95,6 +95,21 @@ def test_real_data_switch_reads_released_folders_instead_of_the_corpus(tiny_corp
     assert not (tmp_path / "results" / "corpus").exists()
 
 
+def test_with_real_data_the_default_target_plans_no_audit(tiny_corpus, tmp_path):
+    """The audits read the built-in corpus's hidden truth; with real data the report's DAG planned
+    audit_mining anyway, which crashed on the empty truth table (issue 23)."""
+    cfg = yaml.safe_load((ROOT / "tests" / "data" / "tiny_config.yaml").read_text())
+    cfg["corpus"]["builtin"] = False
+    cfg["datasets"] = {d: {"format": d, "root": str(tiny_corpus / d)} for d in ("deeplesion", "luna", "lits", "nihln")}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
+    jobs = planned(tmp_path)
+    assert "html_report" in jobs and "synthesize_corpus" not in jobs
+    assert not {"audit_mining", "audit_delta", "review_simulate"} & set(jobs), jobs
+    cfg["corpus"]["builtin"] = True  # the same config on the built-in corpus: the audits are in the report
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
+    assert {"audit_mining", "audit_delta"} <= set(planned(tmp_path))
+
+
 @pytest.mark.parametrize("joint, joint_trainings, heldout", [("all", 2, None), ("own", 6, {"cases": 5, "seed": 9})])
 def test_fig7_plans_alone_and_joint_trainings_and_reuses_the_main_model(tmp_path, joint, joint_trainings, heldout):
     """Paper Fig. 7: 3 datasets x 3 fractions trained alone, and joint models for the fractions below 100 %

@@ -127,6 +127,12 @@ def run_evaluate(args: argparse.Namespace) -> int:
         truth.attrs["units"] = by_split.get(args.split, [])
     if args.split and "split" in truth.columns:
         truth = truth.loc[truth["split"] == args.split]
+    if truth.empty:  # a sensitivity of no lesion is undefined (the bootstrap failed with an IndexError)
+        from lens_core.io import InputError
+
+        raise InputError(f"{args.truth}: no ground-truth lesions{f' in split {args.split}' if args.split else ''}"
+                         f" to score against (DeepLesion without its manual 3D test set writes an empty "
+                         f"test3d.parquet: `lens import-manual-3d` makes the set from the authors' pickle)")
     unit = _unit_column(args, args.protocol, truth)
 
     # the list travels in attrs only as far as here: pandas deep-copies attrs on every operation

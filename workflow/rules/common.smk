@@ -374,6 +374,18 @@ def main_paper_arg(wildcards):
     return " ".join(str(paper.get(s, "-")) for s in MAIN_STAGES)
 
 
+def mining_audit(wildcards):
+    """The mining audit's table and montage for the report: they read the built-in corpus's hidden truth, so
+    with real data (which has none) they are left out of the DAG, not run to a crash."""
+    if not config["corpus"]["builtin"]:
+        return {}
+    return {"audit": f"results/{MAIN}/mining/audit.parquet", "montage": f"results/{MAIN}/mining/montage.png"}
+
+
+def audit_flags(wildcards, input):
+    return " ".join(f"--{k} {input[k]}" for k in ("audit", "montage") if k in input.keys())
+
+
 def delta_plot(wildcards):
     """The delta audit plot of the main experiment (built-in corpus: it reads the hidden truth)."""
     return [f"results/{MAIN}/mining/delta_audit.png"] if config["corpus"]["builtin"] else []

@@ -4,10 +4,9 @@
 
 rule html_report:
     input:
+        unpack(mining_audit),  # the audits read the hidden truth: built-in corpus only
         table="results/eval/table.parquet",
         froc="results/eval/froc.png",
-        audit=f"results/{MAIN}/mining/audit.parquet",
-        montage=f"results/{MAIN}/mining/montage.png",
         delta=delta_plot,  # the delta audit (decides nothing)
         losses=expand("results/{exp}/{round}/losses.png", exp=MAIN, round=["round1", "round2"]),
         # the captions of `snakemake --report` (beside the Snakefile, whatever --directory says)
@@ -22,7 +21,8 @@ rule html_report:
     params:
         captions=parent_of("captions"),
         benchmarks="results/benchmarks",  # every job's benchmark file (not inputs: the folder fills as jobs run)
+        audit=audit_flags,
     shell:
-        "lens report --table {input.table} --froc {input.froc} --audit {input.audit} --montage {input.montage} "
+        "lens report --table {input.table} --froc {input.froc} {params.audit} "
         "--delta {input.delta} --losses {input.losses} --benchmarks {params.benchmarks} --captions {params.captions} "
         "--out {output} 2> {log}"
