@@ -20,8 +20,9 @@ def add_numerics_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kernels", choices=["fast", "exact"], default="fast",
                    help="fast: the same functions in a cheaper order (an AFP's distances at its proposing cells "
                         "only); exact: d879e6b's arithmetic")
-    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
-                   help="bf16: bfloat16 autocast on the CPU (CUDA always uses bf16 autocast)")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+                   help="bf16: bfloat16 autocast on the CPU (CUDA always uses bf16 autocast); auto: bf16 where the "
+                        "CPU has native bfloat16 (AVX-512 BF16, AMX), else fp32")
 
 
 def set_torch_threads(args: argparse.Namespace) -> None:

@@ -105,13 +105,14 @@ def run(args: argparse.Namespace) -> int:
     from lens_core.inference.proposals import expert_names, propose, stack_proposals_3d
     from lens_core.io import check_output
     from lens_core.model.lens import load_lens
-    from lens_core.runtime import resolve_device
+    from lens_core.runtime import resolve_device, resolve_precision
 
     check_output(args.out)
     if args.out3d:
         check_output(args.out3d, "--out3d")
     set_torch_threads(args)
     dev = resolve_device(args.device)
+    precision = resolve_precision(args.precision, dev)
     loaded = [load_lens(path, dev) for path in args.model]
     models = [m for m, _ in loaded]
     for m in models:
@@ -130,9 +131,9 @@ def run(args: argparse.Namespace) -> int:
     batch = args.batch_slices or (64 if dev.type == "cuda" else 16)
     df = propose(models[0] if len(models) == 1 else models, args.prep_dir, args.dataset,
                  None if args.split == "all" else args.split, args.shard, fuse, dev, batch, args.min_score,
-                 args.max_per_slice, progress=not args.no_progress, precision=args.precision)
+                 args.max_per_slice, progress=not args.no_progress, precision=precision)
     df3 = stack_proposals_3d(df, args.stack_iou) if args.out3d else None
-    meta = proposal_meta(args.score, [meta for _, meta in loaded], args.kernels, args.precision)
+    meta = proposal_meta(args.score, [meta for _, meta in loaded], args.kernels, precision)
     _write(df, args.out, meta)
     if df3 is not None:
         _write(df3, args.out3d, meta)
@@ -208,7 +209,7 @@ def run_detect(args: argparse.Namespace) -> int:
                                   write_markups, write_overlays, write_table)
     from lens_core.io import atomic_folder, atomic_paths
     from lens_core.model.lens import load_lens
-    from lens_core.runtime import resolve_device
+    from lens_core.runtime import resolve_device, resolve_precision
 
     spacing, slices = _check_flags(args)
     paths = output_paths(args)
@@ -238,7 +239,7 @@ def run_detect(args: argparse.Namespace) -> int:
                           experts=args.experts.split(",") if args.experts else None, min_score=args.min_score,
                           stack_iou=args.stack_iou, max_detections=args.max_detections,
                           batch_slices=64 if dev.type == "cuda" else 16, volume_id=args.input.name,
-                          precision=args.precision)
+                          precision=resolve_precision(args.precision, dev))
         write_label_map(det, img, label_tmp)
         write_markups(det, img, markups_tmp)
         write_table(det, table_tmp)

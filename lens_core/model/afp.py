@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.ops import batched_nms, sigmoid_focal_loss
+from torchvision.ops import nms, sigmoid_focal_loss
 
 
 @dataclass
@@ -135,6 +135,6 @@ class AnchorFreeProposalNetwork(nn.Module):
             boxes[:, 1::2] = boxes[:, 1::2].clamp(0, image_hw[0])
             ok = (boxes[:, 2] - boxes[:, 0] >= 1) & (boxes[:, 3] - boxes[:, 1] >= 1)
             boxes, score, idx = boxes[ok], score[ok], idx[ok]
-            keep = batched_nms(boxes, score, torch.zeros_like(score, dtype=torch.int64), nms_thresh)[:post_nms_top_n]
+            keep = nms(boxes, score, nms_thresh)[:post_nms_top_n]  # (batched_nms of one class: the same, slower)
             out.append((boxes[keep], score[keep], idx[keep]))
         return out

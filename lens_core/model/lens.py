@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torchvision.ops import batched_nms
+from torchvision.ops import nms
 
 from lens_core.errors import InputError
 from lens_core.model import boxes as box_coding
@@ -130,7 +130,7 @@ class LENS(nn.Module):
             b = torch.cat([p[i][0] for p in per_afp])
             s = torch.cat([p[i][1] for p in per_afp])
             c = torch.cat([p[i][2] for p in per_afp])
-            keep = batched_nms(b, s, torch.zeros_like(s, dtype=torch.int64), self.pool_nms)[: self.pool_top_n]
+            keep = nms(b, s, self.pool_nms)[: self.pool_top_n]
             pooled.append(b[keep].detach())
             cells.append(c[keep])
         return pooled, cells, torch.stack(probs, 1)
