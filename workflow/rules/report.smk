@@ -1,5 +1,5 @@
 # The run's one page, rendered from the tables and plots below with the captions of workflow/report/*.rst
-# (also: snakemake --report results/report.zip for the captioned Snakemake report).
+# (also: snakemake --cores 1 --report results/report.zip for the captioned Snakemake report).
 
 
 rule html_report:
