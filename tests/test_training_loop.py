@@ -1,4 +1,6 @@
 """`lens train` (paper Sec. VI-B): artifacts, exact resume after a killed epoch, and real learning."""
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -103,9 +105,11 @@ def test_a_checkpoint_of_another_config_is_not_resumed(prep, tmp_path, caplog):
     assert _same(_weights(again), _weights(train(cfg, prep, tmp_path / "fresh", device="cpu", progress=False)))
 
 
-def test_a_truncated_checkpoint_is_reported_and_the_run_trains_from_scratch(prep, tmp_path, caplog):
-    """A checkpoint cut short (a full disk, a kill while an older version wrote it in place) made every
-    --resume an OSError traceback (issue 23)."""
+def test_a_truncated_checkpoint_is_one_line_naming_it(prep, tmp_path, caplog):
+    """A checkpoint cut short (a full disk) made every --resume an OSError traceback (issue 23): it is refused
+    like any unreadable one, in one line that names it and says what to do."""
+    from lens_core.cli import main
+
     def kill(epoch, batch):
         if epoch == 1 and batch == 0:
             raise Killed
@@ -115,9 +119,13 @@ def test_a_truncated_checkpoint_is_reported_and_the_run_trains_from_scratch(prep
         train(cfg, prep, tmp_path / "run", device="cpu", progress=False, on_step=kill)
     ckpt = tmp_path / "run" / "checkpoint.pt"
     ckpt.write_bytes(ckpt.read_bytes()[: ckpt.stat().st_size // 2])
-    again = train(cfg, prep, tmp_path / "run", device="cpu", progress=False, resume=True)
-    assert f"{ckpt}: cannot resume:" in caplog.text and "training from scratch" in caplog.text
-    assert _same(_weights(again), _weights(train(cfg, prep, tmp_path / "fresh", device="cpu", progress=False)))
+    with pytest.raises(ValueError, match=r"checkpoint.pt: cannot resume: .*; remove it to train from scratch"):
+        train(cfg, prep, tmp_path / "run", device="cpu", progress=False, resume=True)
+    argv = ["train", "--prep-dir", str(prep), "--config-json", json.dumps(cfg.to_dict()), "--out",
+            str(tmp_path / "run"), "--resume", "--no-progress"]
+    assert main(argv) == 1
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and "\n" not in errors[0] and f"{ckpt}: cannot resume" in errors[0], errors
 
 
 def test_a_killed_run_is_not_resumed_onto_other_labels(prep, tmp_path, caplog):

@@ -68,8 +68,9 @@ def input_fingerprint(cfg: TrainConfig, prep_dir: Path, labels: Path | None) -> 
 def _load_checkpoint(path: Path) -> dict:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as e:
-        raise ValueError(f"{path}: cannot resume: {' '.join(str(e).split())}") from e
+    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as e:  # a truncated file is an OSError
+        raise ValueError(f"{path}: cannot resume: {' '.join(str(e).split())[:300]}; remove it to train from "
+                         f"scratch") from e
     missing = [k for k in ("model", "optimizer", "scheduler", "sampler", "losses", "config") if k not in ckpt]
     if missing:
         raise ValueError(f"{path}: cannot resume: not a training checkpoint (no {missing})")
@@ -118,13 +119,8 @@ def train(
     start_epoch = 0
     ckpt_path = out / "checkpoint.pt"
     inputs = input_fingerprint(cfg, Path(prep_dir), Path(labels) if labels is not None else None)
-    ckpt = None
     if resume and ckpt_path.exists():
-        try:
-            ckpt = _load_checkpoint(ckpt_path)
-        except ValueError as e:  # truncated by a full disk or a kill mid-write: its epochs are lost, not the run
-            log.warning("%s; training from scratch", e)
-    if ckpt is not None:
+        ckpt = _load_checkpoint(ckpt_path)
         # Snakemake always passes --resume: a checkpoint of another config or other inputs is a finished or
         # killed run of a different training, so train from scratch rather than continue (or fail) on it
         stale = [what for what, same in (("training config", ckpt["config"] == cfg.to_dict()),
