@@ -95,6 +95,19 @@ def test_real_data_switch_reads_released_folders_instead_of_the_corpus(tiny_corp
     assert not (tmp_path / "results" / "corpus").exists()
 
 
+def test_a_typo_in_a_dataset_root_stops_the_dry_run(tiny_corpus, tmp_path):
+    """A misspelt root passed `snakemake -n` and failed only when preprocessing ran (issue 23)."""
+    cfg = yaml.safe_load((ROOT / "tests" / "data" / "tiny_config.yaml").read_text())
+    cfg["corpus"]["builtin"] = False
+    cfg["datasets"] = {"luna": {"format": "luna", "root": str(tiny_corpus / "luna")},
+                       "lits": {"format": "lits", "root": str(tiny_corpus / "lits_typo")}}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
+    res = run(tmp_path, "-n")
+    assert res.returncode != 0
+    assert f"datasets.lits.root = '{tiny_corpus / 'lits_typo'}'" in res.stdout + res.stderr
+    assert "datasets.luna" not in res.stdout + res.stderr
+
+
 def test_with_real_data_the_default_target_plans_no_audit(tiny_corpus, tmp_path):
     """The audits read the built-in corpus's hidden truth; with real data the report's DAG planned
     audit_mining anyway, which crashed on the empty truth table (issue 23)."""

@@ -4,9 +4,18 @@ import json
 import shlex
 from pathlib import Path
 
+from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
 validate(config, "../schemas/config.schema.yaml")
+
+# A released dataset's folder must exist when the DAG is planned: a typo in a root passed `snakemake -n` and
+# failed only when preprocessing ran (the built-in corpus writes its own roots).
+if not config["corpus"]["builtin"]:
+    _missing = {d: v["root"] for d, v in config["datasets"].items() if not Path(v["root"]).is_dir()}
+    if _missing:
+        raise WorkflowError("config datasets: no such folder for " + ", ".join(
+            f"datasets.{d}.root = {r!r}" for d, r in _missing.items()) + f" (relative to {Path.cwd()})")
 
 # Rules run this checkout's lens_core, found through the workflow folder (never an installed copy):
 # every job's shell puts the checkout on PYTHONPATH and scripts/bin (`lens` = python -m lens_core) on
