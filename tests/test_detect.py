@@ -419,3 +419,31 @@ def test_detect_refuses_a_png_folder_request_it_cannot_honour(case, message, tmp
                     "--out", str(tmp_path / "det.csv"), *extra])
     assert rc == 1 and message in caplog.text, caplog.text
     assert not (tmp_path / "det.csv").exists()
+
+
+@pytest.mark.parametrize("case, message", [
+    ("segmentation", "values span only 0..1 (1st-99th percentile; no air next to tissue): a label map or segmentation?"),
+    ("png-without-offset", "was the offset left out?"),
+])
+def test_detect_refuses_a_scan_whose_values_are_not_ct(case, message, tmp_path, lens_main, caplog):
+    """A LiTS segmentation given as the CT gave 20 detections, a DeepLesion PNG without its 32768 offset 0
+    detections and no warning (issue 23)."""
+    hu, box = planted_scan()
+    if case == "segmentation":
+        seg = np.zeros_like(hu)
+        seg[2:8, 20:60, 20:60] = 1
+        seg[4:6, 30:40, 30:40] = 2
+        scan = write_scan("nifti", seg, tmp_path)
+        extra = []
+    else:  # HU + 1024 written as the 16-bit PNG value, read back as value - 32768
+        from PIL import Image
+
+        folder = tmp_path / "series"
+        folder.mkdir()
+        for z in range(hu.shape[0]):
+            Image.fromarray((hu[z].astype(np.int32) + 1024).clip(0, 65535).astype(np.uint16)).save(folder / f"{z + 1:03d}.png")
+        scan, extra = folder, ["--spacing", "1,1,2"]
+    assert lens_main(["detect", "--model", str(tmp_path / "lens.pt"), "--input", str(scan), "--out",
+                      str(tmp_path / "det.csv"), *extra]) == 1
+    assert "does not look like CT in Hounsfield units" in caplog.text and message in caplog.text, caplog.text
+    assert not (tmp_path / "det.csv").exists()

@@ -46,7 +46,30 @@ def read_scan(path: str | Path, *, spacing: tuple[float, float, float] | None = 
     if img.GetDimension() != 3 or img.GetNumberOfComponentsPerPixel() != 1:
         raise ValueError(f"{path}: expected a 3D single-channel CT volume, got a {img.GetDimension()}D image "
                          f"with {img.GetNumberOfComponentsPerPixel()} component(s) per voxel")
-    return sitk.Cast(img, sitk.sitkFloat32)
+    img = sitk.Cast(img, sitk.sitkFloat32)
+    check_ct_values(sitk.GetArrayViewFromImage(img), path)
+    return img
+
+
+# what a CT in Hounsfield units holds: air near -1000, tissue near 0..100, bone up to ~3000
+CT_HU = (-1200.0, 4000.0)
+MIN_SPREAD_HU = 300.0
+
+
+def check_ct_values(hu: np.ndarray, path) -> None:
+    """Refuse a scan whose values are not CT Hounsfield units, saying what it looks like instead: a 16-bit
+    DeepLesion PNG saved without its 32768 offset gave 0 detections and no warning, a LiTS segmentation
+    given as the CT gave 20 (issue 23)."""
+    lo, hi = CT_HU
+    inside = float(np.mean((hu >= lo) & (hu <= hi)))
+    p1, p99 = (float(v) for v in np.percentile(hu, [1, 99]))
+    if inside < 0.95:
+        hint = " (a DeepLesion PNG must hold HU + 32768: was the offset left out?)" if p99 < lo else ""
+        raise ValueError(f"{path}: does not look like CT in Hounsfield units: {100 * (1 - inside):.0f} % of voxels "
+                         f"outside [{lo:g}, {hi:g}] (1st-99th percentile {p1:g}..{p99:g}){hint}")
+    if p99 - p1 < MIN_SPREAD_HU:
+        raise ValueError(f"{path}: does not look like CT in Hounsfield units: values span only {p1:g}..{p99:g} "
+                         f"(1st-99th percentile; no air next to tissue): a label map or segmentation?")
 
 
 def prep_params(pixel_mm: float | None, slice_mm: float | None, *metas: dict) -> PrepParams:
