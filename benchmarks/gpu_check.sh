@@ -35,8 +35,9 @@ python -c "import torch; print('torch', torch.__version__, '| cuda', torch.cuda.
 torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no GPU')"
 
 speed() {
-    python benchmarks/lens_speed.py --device "$DEV" --size 128 --paper-size 512 --steps 40 --paper-steps 10 \
-        --infer-slices 16
+    # the cpu preset at the default run's settings; the paper preset on whole 512 x 512 slices, as the paper
+    python benchmarks/lens_speed.py --device "$DEV" --presets cpu --steps 40 --reps 4
+    python benchmarks/lens_speed.py --device "$DEV" --presets paper --size 512,512 --paper-crop 512 --paper-steps 10
 }
 
 train_cpu() {

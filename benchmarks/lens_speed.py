@@ -16,6 +16,7 @@ measured in one run, on one machine.
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import subprocess
@@ -47,8 +48,6 @@ def make_optimizer(model, lr: float):
 
 def precision_context(dev, precision: str):
     """The autocast of the given precision: lens_core.runtime.autocast where it takes one."""
-    import inspect
-
     from lens_core.runtime import autocast
 
     if "precision" in inspect.signature(autocast).parameters:
@@ -102,11 +101,10 @@ def bench(preset: str, slices: int, crop: int, batch: int, hw: tuple[int, int], 
     volume = np.where(body, 66 + rng.normal(0, 3, (depth, h, w)), 0).clip(0, 255).astype(np.uint8)
     fuse = list(DATASETS)
 
-    def infer():
-        # the precision switch reaches propose_volume where this checkout has it
-        import inspect
+    # the precision switch reaches propose_volume where this checkout has it
+    kw = {"precision": precision} if "precision" in inspect.signature(propose_volume).parameters else {}
 
-        kw = {"precision": precision} if "precision" in inspect.signature(propose_volume).parameters else {}
+    def infer():
         return propose_volume(model, volume, fuse, dev, **kw)
 
     infer()
@@ -188,8 +186,8 @@ def main() -> None:
         return
     here = Path(__file__).resolve().parent.parent
     argv = [x for x in sys.argv[1:] if x not in ("--compare", str(a.compare))]
-    ref_argv = [x for x in argv] if a.precision == "fp32" else \
-        [x for i, x in enumerate(argv) if x != "--precision" and (i == 0 or argv[i - 1] != "--precision")]
+    # REF runs at fp32 (it may have no precision switch): drop --precision and its value
+    ref_argv = [x for i, x in enumerate(argv) if x != "--precision" and (i == 0 or argv[i - 1] != "--precision")]
     best: dict[str, dict] = {}
     for _ in range(a.rounds):  # alternate, so drifting load hits both alike; keep each one's best
         for who, path, args in (("ref", a.compare.resolve(), ref_argv), ("this", here, argv)):
