@@ -213,3 +213,21 @@ def test_names_from_the_data_are_shown_as_text_never_run_as_markup(browser, mini
     assert evil in captions[0] and any(evil in c for c in captions[1:]), captions
     assert not browser.find_elements(By.CSS_SELECTOR, "#card figcaption img")
     assert browser.title != "pwned"
+
+
+def test_enter_ends_the_reviewer_name_so_the_next_key_judges_the_card(browser, mining):
+    """The name field kept the focus after Enter: the next `a` was typed into the name, and that name was
+    stamped on every later verdict (issue 23)."""
+    page = mining / "review" / "index.html"
+    browser.get(page.as_uri())
+    browser.execute_script("localStorage.clear()")
+    browser.refresh()
+    WebDriverWait(browser, 10).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#card figcaption"))
+    field = browser.find_element(By.ID, "reviewer")
+    field.click()
+    _keys(browser, "alice\n")
+    first = _current(browser)
+    _keys(browser, "a")
+    assert field.get_attribute("value") == "alice"
+    verdict = browser.execute_script("return window.lensReview.state().verdicts[arguments[0]]", first["id"])
+    assert verdict is not None and verdict["decision"] == "accept" and verdict["reviewer"] == "alice"

@@ -243,6 +243,11 @@
   load();
   $("reviewer").value = state.reviewer;
   $("reviewer").addEventListener("change", () => { state.reviewer = $("reviewer").value.trim(); save(); });
+  // Enter (or Escape) ends the name: the field lets go of the keyboard, so the next "a" judges the card
+  // instead of being typed into the name (and stamped on every later verdict)
+  $("reviewer").addEventListener("keydown", (ev) => {
+    if (ev.key === "Enter" || ev.key === "Escape") { ev.preventDefault(); $("reviewer").blur(); }
+  });
   options($("f-strategy"), [...new Set(CARDS.map((c) => c.strategy))]);
   options($("f-dataset"), [...new Set(CARDS.map((c) => c.dataset))].sort());
   ["f-strategy", "f-dataset", "f-score", "f-undecided"].forEach((id) => $(id).addEventListener("change", () => { applyFilters(); $(id).blur(); }));
