@@ -17,8 +17,9 @@ from lens_core.model.head import MultiTaskHead
 __all__ = ["AfpTargets", "ImageTargets", "LENS", "total_loss"]
 
 SCORES = ("head", "two_stage")
-# "fast": the same functions computed in another order where that is cheaper on the CPU (the separable
-# ROIAlign in training, an AFP's distances at its proposing cells only); "exact": the d879e6b arithmetic.
+# "fast": the same functions computed in another order where that is cheaper on the CPU (channels_last
+# convolutions, the separable ROIAlign in training, an AFP's distances at its proposing cells only; the training
+# loop adds multi-tensor RAdam); "exact": the d879e6b arithmetic, bit for bit.
 # Float rounding differs (~1e-7 relative), and training amplifies it: a named switch, measured on validation.
 KERNELS = ("fast", "exact")
 
