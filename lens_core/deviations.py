@@ -34,6 +34,9 @@ REGISTRY: tuple[Deviation, ...] = (
     Deviation("train.preset", "paper",
               "the paper's backbone is an ImageNet DenseNet-121; the cpu preset is a small network trained from "
               "scratch with the same structure (AFPs, shared FCs, experts)"),
+    Deviation("train.paper_from_scratch", False,
+              "the paper preset starts from ImageNet weights; true trains it from scratch where no local "
+              "DenseNet-121 file is to be had (without weights_path and without this key it is an error)"),
     Deviation("train.slices", 9, "6 slices = two groups of 3: the 3D context fusion runs, one group fewer to fit CPU time"),
     Deviation("train.steps_per_epoch", None,
               "the paper's epoch is a full pass; a fixed number of batches per epoch keeps the training budget "

@@ -273,3 +273,14 @@ def test_the_model_records_the_preprocessing_it_was_trained_at_and_detect_uses_i
     params = prep_params(None, None, meta)
     assert (params.pixel_mm, params.slice_mm) == (4.0, 5.0) and "no preprocessing recorded" not in caplog.text
     assert prep_meta(prep / "deeplesion") == {}  # the fixture is left as it was
+
+
+def test_the_paper_preset_without_weights_is_an_error_unless_training_from_scratch_is_asked():
+    """`train.preset: paper` without weights trained from scratch with only a line in docs (issue 23)."""
+    with pytest.raises(ValueError, match="preset paper starts from ImageNet DenseNet-121 weights"):
+        TrainConfig.from_config({"preset": "paper", "slices": 9})
+    cfg = TrainConfig.from_config({"preset": "paper", "slices": 9, "paper_from_scratch": True})
+    from lens_core.deviations import training_deviations
+
+    assert training_deviations(cfg.to_dict())["train.paper_from_scratch"] == {"value": True, "paper": False}
+    assert TrainConfig.from_config({"preset": "paper", "slices": 9, "weights_path": "densenet121.pth"}).weights_path

@@ -19,6 +19,9 @@ class TrainConfig:
     preset: str = "cpu"
     slices: int = 3  # 9 in the paper (3 groups of 3); the cpu preset uses 3 (one group)
     weights_path: str | None = None  # local ImageNet densenet121 state_dict for the paper preset
+    # The paper preset starts from ImageNet weights (Sec. VI-B); without weights_path it trains from scratch
+    # only when this says so (a recorded deviation), not silently.
+    paper_from_scratch: bool = False
     epochs: int = 8
     lr: float = 1e-4
     lr_steps: list[int] = field(default_factory=lambda: [4, 6])  # lr / 10 after these epochs
@@ -110,6 +113,10 @@ class TrainConfig:
             raise ValueError(f"pool {self.pool} must name distinct datasets not in datasets {self.datasets}")
         if self.pool_positive_only and not self.pool:
             raise ValueError("pool_positive_only needs datasets to pool (pool is empty)")
+        if self.preset == "paper" and not self.weights_path and not self.paper_from_scratch:
+            raise ValueError("preset paper starts from ImageNet DenseNet-121 weights (Sec. VI-B): set weights_path "
+                             "to a local densenet121 state_dict, or paper_from_scratch: true to train it from "
+                             "scratch (recorded as a deviation)")
         if self.kernels not in ("fast", "exact"):
             raise ValueError(f"kernels must be fast or exact, got {self.kernels!r}")
         if self.precision not in ("fp32", "bf16"):
