@@ -76,13 +76,19 @@ def test_fpr_extra_datasets_must_name_datasets_of_the_config(tmp_path):
     assert res.returncode != 0 and "fpr.extra_datasets ['LUNA'] are not datasets" in res.stdout + res.stderr
 
 
+def real_data_config(wd, roots: dict, builtin: bool = False) -> dict:
+    """tiny_config with corpus.builtin off and ``roots`` ({dataset: folder}) as the released datasets, written
+    as ``wd``'s config.yaml."""
+    cfg = yaml.safe_load((ROOT / "tests" / "data" / "tiny_config.yaml").read_text())
+    cfg["corpus"]["builtin"] = builtin
+    cfg["datasets"] = {d: {"format": d, "root": str(root)} for d, root in roots.items()}
+    (wd / "config.yaml").write_text(yaml.safe_dump(cfg))
+    return cfg
+
+
 def test_real_data_switch_reads_released_folders_instead_of_the_corpus(tiny_corpus, tmp_path):
     """corpus.builtin: false + dataset roots elsewhere: no corpus job, the readers read those folders."""
-    cfg = yaml.safe_load((ROOT / "tests" / "data" / "tiny_config.yaml").read_text())
-    cfg["corpus"]["builtin"] = False
-    cfg["datasets"] = {"luna": {"format": "luna", "root": str(tiny_corpus / "luna")},
-                       "lits": {"format": "lits", "root": str(tiny_corpus / "lits")}}
-    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
+    real_data_config(tmp_path, {"luna": tiny_corpus / "luna", "lits": tiny_corpus / "lits"})
     target = ["results/prep/luna/lesions.parquet", "results/prep/lits/lesions.parquet"]
     jobs = planned(tmp_path, *target)
     assert "synthesize_corpus" not in jobs and jobs["preprocess"] == 2
@@ -97,11 +103,7 @@ def test_real_data_switch_reads_released_folders_instead_of_the_corpus(tiny_corp
 
 def test_a_typo_in_a_dataset_root_stops_the_dry_run(tiny_corpus, tmp_path):
     """A misspelt root passed `snakemake -n` and failed only when preprocessing ran (issue 23)."""
-    cfg = yaml.safe_load((ROOT / "tests" / "data" / "tiny_config.yaml").read_text())
-    cfg["corpus"]["builtin"] = False
-    cfg["datasets"] = {"luna": {"format": "luna", "root": str(tiny_corpus / "luna")},
-                       "lits": {"format": "lits", "root": str(tiny_corpus / "lits_typo")}}
-    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
+    real_data_config(tmp_path, {"luna": tiny_corpus / "luna", "lits": tiny_corpus / "lits_typo"})
     res = run(tmp_path, "-n")
     assert res.returncode != 0
     assert f"datasets.lits.root = '{tiny_corpus / 'lits_typo'}'" in res.stdout + res.stderr
@@ -111,15 +113,12 @@ def test_a_typo_in_a_dataset_root_stops_the_dry_run(tiny_corpus, tmp_path):
 def test_with_real_data_the_default_target_plans_no_audit(tiny_corpus, tmp_path):
     """The audits read the built-in corpus's hidden truth; with real data the report's DAG planned
     audit_mining anyway, which crashed on the empty truth table (issue 23)."""
-    cfg = yaml.safe_load((ROOT / "tests" / "data" / "tiny_config.yaml").read_text())
-    cfg["corpus"]["builtin"] = False
-    cfg["datasets"] = {d: {"format": d, "root": str(tiny_corpus / d)} for d in ("deeplesion", "luna", "lits", "nihln")}
-    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
+    roots = {d: tiny_corpus / d for d in ("deeplesion", "luna", "lits", "nihln")}
+    real_data_config(tmp_path, roots)
     jobs = planned(tmp_path)
     assert "html_report" in jobs and "synthesize_corpus" not in jobs
     assert not {"audit_mining", "audit_delta", "review_simulate"} & set(jobs), jobs
-    cfg["corpus"]["builtin"] = True  # the same config on the built-in corpus: the audits are in the report
-    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
+    real_data_config(tmp_path, roots, builtin=True)  # the same on the built-in corpus: the audits are in the report
     assert {"audit_mining", "audit_delta"} <= set(planned(tmp_path))
 
 
