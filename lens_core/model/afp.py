@@ -47,10 +47,11 @@ class AnchorFreeProposalNetwork(nn.Module):
 
     def forward(self, feat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``feat [B, C, H, W]`` -> centerness logits ``[B, H, W]``, distances ``[B, 4, H, W]`` (px)."""
-        logits = self.center(feat)[:, 0]
+        return self.center(feat)[:, 0], self._distances(self.size(feat))
+
+    def _distances(self, raw: torch.Tensor) -> torch.Tensor:
         # exp keeps distances positive; scaled by the stride so the raw output is O(1).
-        dist = torch.exp(self.size(feat).float().clamp(max=8.0)) * self.stride
-        return logits, dist
+        return torch.exp(raw.float().clamp(max=8.0)) * self.stride
 
     def centerness(self, feat: torch.Tensor) -> torch.Tensor:
         """The centerness logits ``[B, H, W]`` alone (inference: the size branch is needed only where a
@@ -75,8 +76,7 @@ class AnchorFreeProposalNetwork(nn.Module):
         patches = nhwc[image[:, None, None], yy.clamp(0, h - 1), xx.clamp(0, w - 1)] * inside[..., None]
         patches = patches.permute(0, 3, 1, 2).reshape(len(cells), -1)  # [K, C * 9], the weights' order
         hidden = F.relu(F.linear(patches, conv.weight.flatten(1), conv.bias))
-        raw = F.linear(hidden, head.weight.flatten(1), head.bias)
-        return torch.exp(raw.float().clamp(max=8.0)) * self.stride
+        return self._distances(F.linear(hidden, head.weight.flatten(1), head.bias))
 
     @staticmethod
     def compute_loss(logits: torch.Tensor, dist: torch.Tensor, t: AfpTargets) -> tuple[torch.Tensor, torch.Tensor]:
