@@ -21,6 +21,7 @@ STEPS = {
     "preprocess": "lens_core.preprocess.command",
     "gather-prep": "lens_core.preprocess.command",
     "train": "lens_core.training.command",
+    "bn-drift": "lens_core.training.command",
     "propose": "lens_core.inference.command",
     "concat": "lens_core.inference.command",
     "build-tracklets": "lens_core.mining.command",

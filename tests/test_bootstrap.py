@@ -18,6 +18,7 @@ from lens_core.evaluation.bootstrap import (
     pooled_average,
     resample_indices,
     resampled_sensitivities,
+    run_averages,
 )
 from lens_core.evaluation.froc import LENS_FP_RATES, froc_curve, sensitivity_at
 
@@ -152,12 +153,27 @@ def test_interval_brackets_the_estimate_is_reproducible_and_shrinks_with_more_pa
     assert ci_large["high"] - ci_large["low"] < wide / 2  # ~1/sqrt(10)
 
 
-def test_pooled_over_seeds_averages_the_runs_within_each_draw():
+def test_pooled_over_seeds_resamples_patients_then_seeds_within_each_draw():
     runs = [canonical(from_matching(synthetic(5, quality=q))) for q in (0.0, 0.1, 0.2)]
     pooled = pooled_average(runs, n_boot=200, seed=3)
     idx = resample_indices(runs[0].n_patients, 200, seed=3)
-    ref = np.mean([loop_sensitivities(r, idx).mean(axis=1) for r in runs], axis=0)
+    per_run = np.array([loop_sensitivities(r, idx).mean(axis=1) for r in runs])  # [seeds, draws]
+    pick = np.random.default_rng([3, 3, 1]).integers(0, 3, size=(200, 3))  # each draw: 3 seeds, with replacement
+    ref = np.array([per_run[pick[b], b].mean() for b in range(200)])
     assert (pooled["low"], pooled["high"]) == pytest.approx(tuple(np.quantile(ref, [0.025, 0.975])), abs=1e-12)
+
+
+def test_the_seeds_spread_widens_the_interval_and_identical_seeds_do_not():
+    """Two-level bootstrap (issue 21): a row whose seeds disagree gets a wider interval than patients alone
+    give; three copies of one run give that run's interval exactly."""
+    one = canonical(from_matching(synthetic(5, quality=0.1)))
+    alone = bootstrap_average(one, n_boot=400, seed=0)
+    copies = pooled_average([one, one, one], n_boot=400, seed=0)
+    assert (copies["low"], copies["high"]) == pytest.approx((alone["low"], alone["high"]), abs=1e-12)
+    spread = [canonical(from_matching(synthetic(5, quality=q))) for q in (-0.3, 0.1, 0.5)]
+    patients_only = np.quantile(run_averages(spread, 400, 0).mean(axis=0), [0.025, 0.975])
+    two_level = pooled_average(spread, n_boot=400, seed=0)
+    assert two_level["high"] - two_level["low"] > 1.5 * (patients_only[1] - patients_only[0])
 
 
 def test_paired_difference_uses_the_same_draws_on_both_sides():

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from lens_core import cli
-from lens_core.fpr.model import PRESETS, FprNet, load_fpr, roi_pool_3d, save_fpr
+from lens_core.fpr.model import PRESETS, FprNet, focal_loss, load_fpr, roi_pool_3d, save_fpr
 from lens_core.fpr.patches import augment, centre_window, crop_patches, flip, transpose_xy
 from lens_core.fpr.samples import FP, TP, UNUSED, epoch_samples, label_proposals
 from lens_core.fpr.score import eq4, fpr_scores, h5_volumes, with_fpr_scores
@@ -408,3 +408,16 @@ def test_fpr_steps_refuse_bad_proposal_values_naming_file_and_row(blob_prep, tmp
     errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
     assert len(errors) == 1 and "p.parquet (3D proposal table): row 3" in errors[0] and expected in errors[0], errors
     assert not (tmp_path / "out.parquet").exists()
+
+
+def test_the_chance_loss_is_the_best_constant_predictions_focal_loss():
+    """The FPR's loss curve is read against this line (issue 21): no constant score does better, and at a
+    1:1 balance the best constant is 0.5, whose focal loss (gamma 2) is 0.25 ln 2."""
+    from lens_core.fpr.train import chance_loss
+
+    assert chance_loss(0.5) == pytest.approx(0.25 * np.log(2), abs=1e-6)
+    share = 1 / 3  # the 1:2 TP:FP epochs
+    for p in (0.1, 0.33, 0.5):
+        logits = torch.full((3,), float(np.log(p / (1 - p))))
+        constant = float(focal_loss(logits, torch.tensor([1.0, 0.0, 0.0])))
+        assert chance_loss(share) <= constant + 1e-6

@@ -29,11 +29,15 @@ LAYERS = [
 # Imports up the pipeline that are the design, each with its reason.
 UPWARD = {
     ("inference", "fpr"): "`lens detect` rescores its detections with a trained FPR (Eq. 4)",
+    # training.validation alone: the learning curve (train.val_every) proposes on the validation volumes and
+    # scores them with the LENS 3D protocol, inside the training process (issue 21: epochs chosen on it)
+    ("training", "inference"): "the learning curve proposes on the validation split while training",
+    ("training", "evaluation"): "the learning curve scores those proposals with the LENS 3D protocol",
 }
 
 # The steps in pipeline order, as the README's rule table lists them.
 PIPELINE = [
-    "synthesize", "import-manual-3d", "preprocess", "gather-prep", "train", "propose", "concat",
+    "synthesize", "import-manual-3d", "preprocess", "gather-prep", "train", "bn-drift", "propose", "concat",
     "build-tracklets", "mine-cross-slice", "embed-lesions", "audit-delta", "mine-intra-patient",
     "mine-cross-dataset", "merge-labels", "audit-mining", "review-boxes", "review", "review-import",
     "review-simulate", "train-fpr", "score-fpr", "evaluate", "froc-plot", "ablation-table", "fig5-table", "fig7-table",

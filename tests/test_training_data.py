@@ -249,3 +249,42 @@ def test_a_stack_has_the_asked_number_of_slices_around_its_key_slice(n, z, expec
 
     vol = np.arange(10)[:, None, None] * np.ones((1, 2, 2))
     assert stack_slices(vol, z, n)[:, 0, 0].tolist() == expect
+
+
+def test_mined_boxes_are_slices_of_3d_lesions_and_an_epoch_samples_one_slice_of_each(prep):
+    """Issue 21 / paper Table IV: one positive slice per 3D lesion per epoch. A cross-slice box joins its
+    key-slice lesion (same volume and lesion_id); an intra-patient tracklet is one new lesion, whichever
+    annotation (of another study) it matched."""
+    les = pd.read_parquet(prep / "deeplesion" / "lesions.parquet")
+    key = les.iloc[0]
+    vid, z = key.volume_id, int(key.z)
+    cross = pd.concat([les.iloc[[0]].assign(label_kind="mined_cross_slice", z=z + d) for d in (1, 2)])
+    tracklet = pd.concat([les.iloc[[0]].assign(label_kind="mined_intra_patient", tracklet_id=7, z=z + d,
+                                               lesion_id="other-study/001", x1=key.x1 + 20, x2=key.x2 + 20)
+                          for d in (-3, -4, -5)])
+    table = pd.concat([les.assign(tracklet_id=-1), cross, tracklet], ignore_index=True)
+    ds = build_index(cfg(unlabeled_slices=True), prep, table)["deeplesion"]
+    assert len(ds.lesion_slices) == len(les) + 1  # the key lesion grew, the tracklet is one more
+    grown = next(keys for keys in ds.lesion_slices if (vid, z) in keys)
+    assert grown == [(vid, z), (vid, z + 1), (vid, z + 2)]
+    assert [(vid, z - 5), (vid, z - 4), (vid, z - 3)] in ds.lesion_slices
+    one = DatasetHomogeneousSampler({"deeplesion": ds}, 4, slices_per_lesion=1, seed=0)
+    every = DatasetHomogeneousSampler({"deeplesion": ds}, 4, slices_per_lesion=None, seed=0)
+    # (a few lesions may share their key slice: a slice counts once)
+    pos_one = set(one._positives(ds, np.random.default_rng(0)))
+    assert len(pos_one & set(grown)) == 1 and len(pos_one & {(vid, z - 5), (vid, z - 4), (vid, z - 3)}) == 1
+    assert set(grown) <= set(every._positives(ds, np.random.default_rng(0)))
+    # over epochs the one slice of a lesion changes
+    picked = {next(iter(set(one._positives(ds, np.random.default_rng(e))) & set(grown))) for e in range(20)}
+    assert picked == set(grown)
+
+
+def test_the_paper_epoch_grows_with_the_data_and_a_step_cap_does_not(prep):
+    """An epoch is one pass over every dataset's positives: adding a dataset adds its batches, it does not
+    take them from the others (issue 21); steps_per_epoch is the smoke-test cap."""
+    both = build_index(cfg(), prep)
+    alone = build_index(cfg(datasets=["deeplesion"]), prep)
+    count = lambda idx, **kw: pd.Series([n for n, _ in DatasetHomogeneousSampler(idx, 4, **kw).plan(0)]).value_counts()
+    assert count(both)["deeplesion"] == count(alone)["deeplesion"] and count(both)["luna"] > 0
+    capped = count(both, steps_per_epoch=5)
+    assert capped.sum() == 5 and capped["deeplesion"] < count(both)["deeplesion"]

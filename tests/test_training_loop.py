@@ -206,8 +206,10 @@ def recall(df, truth):
 @pytest.mark.slow
 def test_a_tiny_lens_overfits_a_tiny_corpus_to_high_recall(tmp_path):
     prep = make_prep(tmp_path / "prep", datasets=DATASETS, n_volumes=4, depth=10, size=64, seed=3)
+    # every slice of a 3D lesion a positive each epoch (not the paper's one): a test of capacity, it needs the steps
     cfg = TrainConfig.from_config({"datasets": DATASETS, "epochs": EPOCHS, "lr": 1e-3, "lr_steps": [EPOCHS - 2],
-                                   "augment": False, "fc_dim": 128, "rois_per_image": 32})
+                                   "augment": False, "fc_dim": 128, "rois_per_image": 32,
+                                   "slices_per_lesion": None})
     untrained_cfg = TrainConfig.from_config({**cfg.to_dict(), "epochs": 1, "lr": 1e-9})
     model_path = train(cfg, prep, tmp_path / "out", device="cpu", progress=False)
     base_path = train(untrained_cfg, prep, tmp_path / "base", device="cpu", progress=False)
@@ -227,7 +229,9 @@ def test_a_tiny_lens_overfits_a_tiny_corpus_to_high_recall(tmp_path):
 
 
 def test_warmup_raises_the_lr_linearly_then_hands_over_to_the_epoch_schedule(prep, tmp_path):
-    train(small_cfg(epochs=2, lr_steps=[1], warmup_steps=3), prep, tmp_path, device="cpu", progress=False)
+    # every slice a positive: epoch 1 is longer than the 3 warmup steps
+    train(small_cfg(epochs=2, lr_steps=[1], warmup_steps=3, slices_per_lesion=None), prep, tmp_path, device="cpu",
+          progress=False)
     lr = pd.read_parquet(tmp_path / "losses.parquet").groupby("step")["lr"].first().to_numpy()
     assert np.allclose(lr[:4], [1e-4, 4e-4, 7e-4, 1e-3])
     assert np.allclose(lr[lr.size // 2:], 1e-4)  # epoch 2: lr / 10 (lr_steps), not the warmup's value
@@ -284,3 +288,53 @@ def test_the_paper_preset_without_weights_is_an_error_unless_training_from_scrat
 
     assert training_deviations(cfg.to_dict())["train.paper_from_scratch"] == {"value": True, "paper": False}
     assert TrainConfig.from_config({"preset": "paper", "slices": 9, "weights_path": "densenet121.pth"}).weights_path
+
+
+@pytest.fixture(scope="module")
+def prep_val(tmp_path_factory):
+    return make_prep(tmp_path_factory.mktemp("prep_val"), datasets=DATASETS, n_volumes=4, depth=10, size=48,
+                     splits=("train", "val"))
+
+
+def test_val_every_writes_the_learning_curve_from_the_validation_boxes(prep_val, tmp_path):
+    """Issue 21: the validation score by epoch (the first dataset's fully annotated validation volumes) is how
+    a number of epochs is chosen; scoring it changes nothing in the training."""
+    scored = train(small_cfg(val_every=2), prep_val, tmp_path / "scored", device="cpu", progress=False)
+    curve = pd.read_parquet(tmp_path / "scored" / "val_curve.parquet")
+    assert curve["epoch"].tolist() == [2, 3]  # every 2 epochs, and the last one
+    assert curve["n_gt"].gt(0).all() and curve["val_average"].between(0, 1).all()
+    assert (tmp_path / "scored" / "val_curve.png").stat().st_size > 0
+    plain = train(small_cfg(), prep_val, tmp_path / "plain", device="cpu", progress=False)
+    assert _same(_weights(scored), _weights(plain))
+    assert pd.read_parquet(tmp_path / "plain" / "val_curve.parquet").empty
+
+
+def test_init_from_starts_from_another_models_weights_and_refuses_other_experts(prep, tmp_path):
+    first = train(small_cfg(epochs=1), prep, tmp_path / "r1", device="cpu", progress=False)
+    # lr 0: every step leaves the weights where they started, so the result is the initial weights
+    again = train(small_cfg(epochs=1, lr=0.0, warmup_steps=0, init_from=str(first)), prep, tmp_path / "r2",
+                  device="cpu", progress=False)
+    a, b = _weights(first), _weights(again)
+    assert all(torch.equal(a[k], b[k]) for k in a if "running" not in k and "num_batches" not in k)
+    meta = torch.load(again, weights_only=True)["meta"]
+    assert meta["config"]["init_from"] == str(first)
+    with pytest.raises(ValueError, match="experts"):
+        train(small_cfg(datasets=["deeplesion"], init_from=str(first)), prep, tmp_path / "bad", device="cpu",
+              progress=False)
+
+
+def test_group_norm_is_saved_with_the_model_and_has_no_statistics_to_drift(prep, tmp_path, capsys):
+    from lens_core.cli import main
+
+    path = train(small_cfg(epochs=1, norm="group"), prep, tmp_path / "gn", device="cpu", progress=False)
+    model, meta = load_lens(path)
+    assert meta["norm"] == "group" and any(isinstance(m, torch.nn.GroupNorm) for m in model.modules())
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    assert main(["bn-drift", "--model", str(path), "--prep-dir", str(prep), "--batches", "2"]) == 0
+    assert "no BatchNorm layers" in capsys.readouterr().out
+    bn = train(small_cfg(epochs=1), prep, tmp_path / "bn", device="cpu", progress=False)
+    out = tmp_path / "drift.parquet"
+    assert main(["bn-drift", "--model", str(bn), "--prep-dir", str(prep), "--batches", "2", "--out", str(out)]) == 0
+    drift = pd.read_parquet(out)
+    assert set(drift["dataset"]) == set(DATASETS) and (drift["drift_sd"] >= 0).all()
+    assert drift.groupby("dataset").size().nunique() == 1  # every BatchNorm layer, for each dataset

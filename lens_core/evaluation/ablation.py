@@ -75,13 +75,14 @@ def intervals(spec: dict, table: pd.DataFrame, eval_dir: Path, n_boot: int, seed
 
     Every run of every row is scored on the same draws (one :func:`run_averages` call): a row's interval is
     that of its seeds' mean, a difference's that of the two rows' means (:func:`pooled_average` and
-    :func:`paired_difference`, computed once per run)."""
-    from lens_core.evaluation.bootstrap import interval, run_averages
+    :func:`paired_difference`, computed once per run), the seeds resampled in each draw too
+    (:func:`seed_mean`: two-level, seeds then patients)."""
+    from lens_core.evaluation.bootstrap import interval, run_averages, seed_mean
 
     items = _row_items(spec, eval_dir, split)
     labels = [label for label, runs in items.items() for _ in runs]
     avg = run_averages([r for runs in items.values() for r in runs], n_boot=n_boot, seed=seed)
-    row_mean = {label: avg[[i for i, lab in enumerate(labels) if lab == label]].mean(axis=0) for label in items}
+    row_mean = {label: seed_mean(avg[[i for i, lab in enumerate(labels) if lab == label]], seed) for label in items}
     low, high = {}, {}
     for label, samples in row_mean.items():
         ci = interval(samples)

@@ -16,6 +16,10 @@ left of each FP rate), in blocks that bound the memory.
   the interval of the difference of their seed-averaged averages.
 
 Every function takes ``seed``: the same seed draws the same patients (:func:`resample_indices`).
+
+Where a row is several training seeds' runs, the draws are two-level (:func:`seed_mean`): each draw also
+resamples the seeds with replacement, so the interval covers what another seed would change, not only other
+patients. Rows with the same number of seeds share the seed draws (paired by seed position).
 """
 
 from __future__ import annotations
@@ -258,6 +262,18 @@ def _common_draws(runs: list[PatientItems], n_boot: int, seed: int):
     return runs, counts
 
 
+def seed_mean(avg: np.ndarray, seed: int = 0) -> np.ndarray:
+    """The two-level bootstrap's row mean: ``avg [n_seeds, n_boot]`` (one row's runs from
+    :func:`run_averages`) -> ``[n_boot]``, each draw the mean over ``n_seeds`` runs drawn with replacement.
+    The seed draws depend on (seed, n_seeds) alone: rows with as many seeds are resampled alike, so a
+    difference of two rows pairs their runs by seed position. One seed: the runs' own averages."""
+    k, n_boot = avg.shape
+    if k == 1:
+        return avg[0]
+    pick = np.random.default_rng([seed, k, 1]).integers(0, k, size=(n_boot, k))
+    return avg[pick, np.arange(n_boot)[:, None]].mean(axis=1)
+
+
 def run_averages(runs: list[PatientItems], n_boot: int = N_BOOT, seed: int = 0) -> np.ndarray:
     """``[n_runs, n_boot]``: each run's average sensitivity in each draw, every run on the same draws
     (the runs must share their patients). Pooled and paired intervals are means and differences of rows."""
@@ -287,8 +303,8 @@ def bootstrap_average(items: PatientItems, n_boot: int = N_BOOT, seed: int = 0, 
 
 def pooled_average(runs: list[PatientItems], n_boot: int = N_BOOT, seed: int = 0, level: float = LEVEL) -> dict:
     """Interval of the mean over seeds of the average sensitivity: every run (one per seed) on the same
-    patients; each draw resamples patients once and averages the runs' averages."""
-    return interval(run_averages(runs, n_boot, seed).mean(axis=0), level, n_boot=n_boot, seed=seed,
+    patients; each draw resamples patients once, then the seeds (:func:`seed_mean`), and averages them."""
+    return interval(seed_mean(run_averages(runs, n_boot, seed), seed), level, n_boot=n_boot, seed=seed,
                     n_patients=runs[0].n_patients)
 
 
@@ -299,7 +315,7 @@ def paired_difference(runs_a: list[PatientItems], runs_b: list[PatientItems], n_
     if not runs_a or not runs_b:
         raise ValueError("a paired difference needs detection sets on both sides")
     avg = run_averages(list(runs_a) + list(runs_b), n_boot, seed)
-    diff = avg[: len(runs_a)].mean(axis=0) - avg[len(runs_a):].mean(axis=0)
+    diff = seed_mean(avg[: len(runs_a)], seed) - seed_mean(avg[len(runs_a):], seed)
     return interval(diff, level, n_boot=n_boot, seed=seed, n_patients=runs_a[0].n_patients)
 
 

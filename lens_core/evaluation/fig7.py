@@ -69,7 +69,7 @@ def intervals(runs: pd.DataFrame, table: pd.DataFrame, n_boot: int, seed: int) -
     """``table`` with ``average_low/high`` (each cell's pooled interval, %) and ``delta_low/high`` (the
     paired interval of joint − alone, %, on the joint rows), from each run's matches.parquet."""
     from lens_core.evaluation.ablation import verdict
-    from lens_core.evaluation.bootstrap import interval, read_matches, run_averages
+    from lens_core.evaluation.bootstrap import interval, read_matches, run_averages, seed_mean
 
     table = table.copy()
     for col in ("average_low", "average_high", "delta_low", "delta_high"):
@@ -80,7 +80,7 @@ def intervals(runs: pd.DataFrame, table: pd.DataFrame, n_boot: int, seed: int) -
         avg = run_averages(items, n_boot=n_boot, seed=seed)  # every run of the dataset on the same draws
         cell = {}
         for (f, mode), idx in rows.reset_index(drop=True).groupby(["fraction", "mode"]).groups.items():
-            cell[f, mode] = avg[list(idx)].mean(axis=0)
+            cell[f, mode] = seed_mean(avg[list(idx)], seed)  # seeds resampled too (two-level)
             ci = interval(cell[f, mode])
             at = (table["dataset"] == ds) & (table["fraction"] == f) & (table["mode"] == mode)
             table.loc[at, ["average_low", "average_high"]] = 100 * ci["low"], 100 * ci["high"]

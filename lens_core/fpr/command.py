@@ -25,6 +25,8 @@ def add_parser(subparsers) -> None:
                    help="local torchvision resnet18 ImageNet state_dict to inflate (paper preset)")
     p.add_argument("--epochs", type=int, default=None, help="default 6 (the paper)")
     p.add_argument("--lr", type=float, default=None, help="default: paper 2e-4, cpu 2e-3")
+    p.add_argument("--lr-steps", type=int, nargs="*", default=None, metavar="EPOCH",
+                   help="lr / 10 after these epochs (default: after 1/3 and 2/3 of the epochs, the paper's 2 and 4 of 6)")
     p.add_argument("--tp-per-epoch", type=int, default=None,
                    help="TP draws per epoch, FPs twice as many (default: paper every TP once, cpu 400)")
     p.add_argument("--extra-source", nargs=3, action="append", default=[],
@@ -59,6 +61,7 @@ def _train(args: argparse.Namespace) -> int:
     set_torch_threads(args)
     cfg = FprTrainConfig.for_preset(args.preset, weights_path=str(args.weights) if args.weights else None,
                                     epochs=args.epochs, lr=args.lr, tp_per_epoch=args.tp_per_epoch,
+                                    lr_steps=args.lr_steps,
                                     val_fraction=args.val_fraction, seed=args.seed)
     extra = [SampleSource(Path(d), Path(p), Path(lab)) for d, p, lab in args.extra_source]
     stats = train_fpr(cfg, args.prep_dir, args.proposals3d, args.labels, args.out, device=args.device,

@@ -69,7 +69,26 @@ class FprTrainConfig:
         unknown = sorted(set(overrides) - known)
         if unknown:
             raise ValueError(f"unknown FPR training options {unknown}; known: {sorted(known)}")
-        return cls(**{**base, **{k: v for k, v in overrides.items() if v is not None}})
+        given = {k: v for k, v in overrides.items() if v is not None}
+        if "epochs" in given and "lr_steps" not in given:  # the paper's schedule shape: / 10 after 1/3 and 2/3
+            given["lr_steps"] = [round(given["epochs"] / 3), round(2 * given["epochs"] / 3)]
+        cfg = cls(**{**base, **given})
+        if cfg.epochs < 1:
+            raise ValueError(f"FPR epochs must be >= 1, got {cfg.epochs}")
+        return cfg
+
+
+def chance_loss(tp_share: float, alpha: float = -1.0, gamma: float = 2.0) -> float:
+    """The focal loss of the best constant prediction when ``tp_share`` of the samples are TPs: a loss at
+    this level means the FPR has learnt nothing about the patches (issue 21: report the curve against it)."""
+    p = np.linspace(1e-4, 1 - 1e-4, 9999)
+
+    def focal(prob, y):
+        pt = prob if y else 1 - prob
+        w = (alpha if y else 1 - alpha) if alpha >= 0 else 1.0
+        return -w * (1 - pt) ** gamma * np.log(pt)
+
+    return float((tp_share * focal(p, 1) + (1 - tp_share) * focal(p, 0)).min())
 
 
 def fpr_deviations(cfg: "FprTrainConfig", extra_datasets: list[str]) -> dict:
@@ -239,6 +258,8 @@ def train_fpr(
     history = []
     vi = torch.as_tensor([slot[int(j)] for j in val_idx], dtype=torch.long)
     val_patches = centre_window(patches[vi].float(), boxes[vi], preset.patch)
+    chance = chance_loss(float(np.mean([(y[plan] == TP).mean() for plan in plans])), cfg.focal_alpha,
+                         cfg.focal_gamma)
     for epoch, plan in enumerate(plans):
         model.train()
         rng = np.random.default_rng([cfg.seed, epoch, 1])
@@ -261,17 +282,17 @@ def train_fpr(
             opt.step()
             losses.append(float(loss.detach()))
         history.append({"epoch": epoch, "loss": float(np.mean(losses)) if losses else float("nan"),
-                        "lr": opt.param_groups[0]["lr"], "samples": int(len(plan))})
+                        "chance_loss": chance, "lr": opt.param_groups[0]["lr"], "samples": int(len(plan))})
         if len(val_idx):  # the held-out AUC after every epoch shows when the FPR starts to memorise
             s_val = predict(model, *val_patches, dev)
             history[-1]["val_auc"] = roc_auc(y[val_idx] == TP, s_val)
-        log.info("FPR epoch %d: loss %.4f (lr %.1e, %d samples)%s", epoch, history[-1]["loss"], history[-1]["lr"],
-                 len(plan), f", held-out AUC {history[-1]['val_auc']:.3f}" if len(val_idx) else "")
+        log.info("FPR epoch %d: loss %.4f (chance %.4f; lr %.1e, %d samples)%s", epoch, history[-1]["loss"], chance,
+                 history[-1]["lr"], len(plan), f", held-out AUC {history[-1]['val_auc']:.3f}" if len(val_idx) else "")
         sched.step()
     stats = {"proposals": int(len(y)), "tp": n_tp, "fp": n_fp, "unused": int((y < 0).sum()),
              "main_tp": int((y[main] == TP).sum()), "main_fp": int((y[main] == FP).sum()),
              "train_tp": int((y_train == TP).sum()), "train_fp": int((y_train == FP).sum()),
-             "crop_seconds": crop_s}
+             "crop_seconds": crop_s, "chance_loss": chance, "final_loss": history[-1]["loss"]}
     if len(val_idx):
         s = s_val
         yv = y[val_idx] == TP
@@ -284,5 +305,30 @@ def train_fpr(
     meta = {"config": asdict(cfg), "prep": prep_meta(prep_dir), "history": history, "stats": stats,
             "deviations": fpr_deviations(cfg, [Path(src.prep_dir).name for src in extra_sources])}
     save_fpr(out, model, meta)
+    plot_fpr_loss(history, Path(out).with_name(Path(out).stem + "_loss.png"))
     log.info("FPR trained in %.1f s: %s", stats["seconds"], stats)
     return stats
+
+
+def plot_fpr_loss(history: list[dict], path: Path) -> None:
+    """The FPR's training loss per epoch against the chance level (:func:`chance_loss`)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from lens_core.io import save_figure
+
+    h = pd.DataFrame(history)
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    ax.plot(h["epoch"] + 1, h["loss"], "o-", label="training loss")
+    if "val_auc" in h:
+        ax2 = ax.twinx()
+        ax2.plot(h["epoch"] + 1, h["val_auc"], "s--", color="tab:green", label="held-out AUC")
+        ax2.set_ylabel("held-out AUC")
+    ax.axhline(h["chance_loss"].iloc[0], color="tab:red", ls=":", label="chance (best constant)")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("focal loss")
+    ax.legend(fontsize=7, loc="lower left")
+    fig.tight_layout()
+    save_figure(fig, path, dpi=90)

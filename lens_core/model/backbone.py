@@ -18,18 +18,29 @@ from torchvision.ops import FeaturePyramidNetwork
 from lens_core.model.weights import load_torchvision_weights
 
 PRESETS = ("paper", "cpu")
+GROUPS = 8  # GroupNorm's groups: 2-16 channels each at the cpu preset's widths
+
+
+def norm_layer(norm: str, channels: int) -> nn.Module:
+    """``batch``: BatchNorm, whose running statistics (inference) average every training batch; ``group``:
+    GroupNorm, statistics of each image alone, the same in training and inference whatever a batch holds."""
+    if norm == "batch":
+        return nn.BatchNorm2d(channels)
+    if norm == "group":
+        return nn.GroupNorm(GROUPS, channels)
+    raise ValueError(f"unknown norm {norm!r}; choose batch or group")
 
 
 class _CpuStages(nn.Module):
-    """Four conv-BN-ReLU stages (each halves the resolution); returns every stage's map."""
+    """Four conv-norm-ReLU stages (each halves the resolution); returns every stage's map."""
 
-    def __init__(self, widths=(16, 32, 64, 128)):
+    def __init__(self, widths=(16, 32, 64, 128), norm: str = "batch"):
         super().__init__()
         stages, c_in = [], 3
         for w in widths:
             stages.append(nn.Sequential(
-                nn.Conv2d(c_in, w, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(w), nn.ReLU(inplace=True),
-                nn.Conv2d(w, w, 3, padding=1, bias=False), nn.BatchNorm2d(w), nn.ReLU(inplace=True),
+                nn.Conv2d(c_in, w, 3, stride=2, padding=1, bias=False), norm_layer(norm, w), nn.ReLU(inplace=True),
+                nn.Conv2d(w, w, 3, padding=1, bias=False), norm_layer(norm, w), nn.ReLU(inplace=True),
             ))
             c_in = w
         self.stages = nn.ModuleList(stages)
@@ -130,9 +141,11 @@ class Backbone(nn.Module):
         return fpn.get_result_from_layer_blocks(last, 0)
 
 
-def build_backbone(preset: str, n_slices: int, weights_path: str | None = None) -> Backbone:
-    """The ``paper`` or ``cpu`` backbone (see module doc)."""
+def build_backbone(preset: str, n_slices: int, weights_path: str | None = None, norm: str = "batch") -> Backbone:
+    """The ``paper`` or ``cpu`` backbone (see module doc); ``norm``: the cpu preset's :func:`norm_layer`."""
     if preset == "paper":
+        if norm != "batch":
+            raise ValueError(f"norm {norm!r}: the paper preset keeps DenseNet-121's BatchNorm")
         return Backbone(_DenseNetStages(weights_path), n_slices, fpn_from=0, out_channels=256)
     if preset == "cpu":
         if weights_path:
@@ -140,5 +153,5 @@ def build_backbone(preset: str, n_slices: int, weights_path: str | None = None) 
         # Output at stride 2 (all four stages enter the FPN): the small corpus's lesions are only
         # 4-20 px, and at stride 4 their boxes localised too coarsely (IoU >= 0.5 recall of a tiny
         # overfit run 0.6-0.9 at stride 4 vs 1.0 at stride 2, for ~35% more time per step).
-        return Backbone(_CpuStages(), n_slices, fpn_from=0, out_channels=64)
+        return Backbone(_CpuStages(norm=norm), n_slices, fpn_from=0, out_channels=64)
     raise ValueError(f"unknown backbone preset {preset!r}; choose one of {PRESETS}")

@@ -54,6 +54,7 @@ class LENS(nn.Module):
             pixel that proposed the box, as two-stage detectors with a probabilistic first stage do,
             e.g. CenterNet2: the AFP is trained on every pixel of every image, the head on a few RoIs).
         kernels: ``KERNELS`` (a setting of the run, not of the weights: not saved with them).
+        norm: the cpu preset's normalisation layers (:func:`~lens_core.model.backbone.norm_layer`).
     """
 
     def __init__(
@@ -71,12 +72,14 @@ class LENS(nn.Module):
         gt_jitter: int = 8,
         score: str = "head",
         kernels: str = "fast",
+        norm: str = "batch",
     ):
         super().__init__()
         if not datasets or len(set(datasets)) != len(datasets):
             raise ValueError(f"datasets must be a non-empty list of distinct names, got {datasets}")
         self.datasets = list(datasets)
-        self.backbone = build_backbone(preset, n_slices, weights_path)
+        self.backbone = build_backbone(preset, n_slices, weights_path, norm)
+        self.norm = norm
         c, s = self.backbone.out_channels, self.backbone.stride
         # cpu preset: half-width AFP branches. All D AFPs run on every step's stride-2 map to pool
         # proposals, and at full width they took ~45% of a training step.
@@ -222,7 +225,8 @@ def load_lens(path, device="cpu") -> tuple[LENS, dict]:
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
         meta = blob["meta"]
-        model = LENS(**{k: meta[k] for k in MODEL_ARGS})
+        # a model saved before the norm switch has BatchNorm
+        model = LENS(**{k: meta[k] for k in MODEL_ARGS}, norm=meta.get("norm", "batch"))
         model.load_state_dict(blob["state_dict"])
     except Exception as e:  # noqa: BLE001 - whatever the file holds instead, name it
         raise InputError(f"{path}: not a LENS model file ({type(e).__name__}: {e})") from e

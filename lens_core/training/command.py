@@ -30,6 +30,17 @@ def add_parser(subparsers) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
+    d = subparsers.add_parser("bn-drift", help="each dataset's BatchNorm statistics against the running ones",
+                              description="How far each dataset's BatchNorm input statistics (over its training "
+                                          "crops) sit from the running statistics inference uses, per layer, in "
+                                          "running standard deviations (one-dataset batches, Sec. VI-B).")
+    d.add_argument("--model", type=Path, required=True, help="lens.pt")
+    d.add_argument("--prep-dir", type=Path, required=True, help="results/prep (one folder per dataset)")
+    d.add_argument("--batches", type=int, default=8, help="training batches per dataset (default 8)")
+    d.add_argument("--out", type=Path, default=None, help="per-layer table (Parquet)")
+    add_torch_args(d)
+    d.set_defaults(func=run_bn_drift)
+
 
 def run(args: argparse.Namespace) -> int:
     from lens_core.config import parse_overrides
@@ -47,4 +58,25 @@ def run(args: argparse.Namespace) -> int:
     path = train(cfg, args.prep_dir, args.out, labels=args.labels, device=args.device,
                  resume=args.resume, progress=not args.no_progress)
     log.info("wrote %s", path)
+    return 0
+
+
+def run_bn_drift(args: argparse.Namespace) -> int:
+    from lens_core.io import write_parquet
+    from lens_core.model.lens import load_lens
+    from lens_core.training.bn_drift import bn_drift, summary
+    from lens_core.training.config import TrainConfig
+
+    if args.batches < 1:
+        raise ValueError(f"--batches must be >= 1, got {args.batches}")
+    set_torch_threads(args)
+    model, meta = load_lens(args.model)
+    cfg = TrainConfig.from_config({**meta["config"], "init_from": None})
+    table = bn_drift(model, cfg, args.prep_dir, args.batches)
+    if table.empty:
+        print(f"{args.model}: no BatchNorm layers (norm: {meta.get('norm', 'batch')}): no running statistics to drift")
+    else:
+        print(summary(table).to_markdown(index=False, floatfmt=".2f"))
+    if args.out:
+        write_parquet(table, args.out)
     return 0

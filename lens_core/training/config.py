@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 DATASETS = ("deeplesion", "luna", "lits", "nihln")
+NORMS = ("batch", "group")
 
 
 @dataclass
@@ -31,11 +32,13 @@ class TrainConfig:
     lambda2: float = 10.0
     batch_size: int = 4
     pos_neg_ratio: float = 2.0
-    # Up to this many slices of each 3D lesion are positives per epoch (None = all of them); the
-    # paper samples one positive slice per 3D ground truth in its mining ablation (Table IV).
-    slices_per_lesion: int | None = None
-    # The training budget: this many batches per epoch whatever the corpus size (None = one full pass
-    # over the positives and their negatives). lr_steps stay in epochs.
+    # Up to this many slices of each 3D lesion are positives per epoch (None = all of them). The paper samples
+    # one positive slice per 3D ground truth (Table IV text); mined boxes count as slices of 3D lesions: a
+    # cross-slice box joins its key-slice lesion, an intra-patient tracklet is one lesion (data.lesion_groups).
+    slices_per_lesion: int | None = 1
+    # An epoch is one pass over every dataset's positives (with their negatives), the paper's (Sec. VI-B):
+    # adding data adds steps. A number here caps an epoch at that many batches whatever the data: for smoke
+    # tests only, since it splits one budget between datasets. lr_steps stay in epochs.
     steps_per_epoch: int | None = None
     # Negative slices keep this distance (in slices) from any labelled box: 2D key-slice boxes
     # (DeepLesion) leave the lesion's other slices unlabelled, so their neighbours are not negatives.
@@ -61,6 +64,16 @@ class TrainConfig:
     # focal sum is divided by very few centre pixels can throw the shared backbone off for good.
     grad_clip: float | None = 10.0
     fc_dim: int | None = None
+    # The cpu preset's normalisation layers: "batch" (BatchNorm) or "group" (GroupNorm, 8 groups). Batches hold
+    # one dataset each (Sec. VI-B), so BatchNorm's running statistics, used at inference, mix the datasets'
+    # domains; the paper's backbone starts from ImageNet statistics, a from-scratch one has no such anchor.
+    norm: str = "batch"
+    # Start from these LENS weights (a lens.pt of the same experts) instead of at random: round 2 from round 1
+    # (mining.round2_init). None = from scratch.
+    init_from: str | None = None
+    # Score the validation split every this many epochs (0 = never): the first dataset's average sensitivity
+    # on its fully annotated validation boxes (test3d.parquet, split val), written to val_curve.parquet.
+    val_every: int = 0
     rois_per_image: int = 64
     fuse_experts: list[str] | None = None  # experts fused in `lens propose` (None = all datasets)
     # Train on this fraction of a dataset's training volumes (paper Fig. 7); datasets not named keep
@@ -117,6 +130,15 @@ class TrainConfig:
             raise ValueError("preset paper starts from ImageNet DenseNet-121 weights (Sec. VI-B): set weights_path "
                              "to a local densenet121 state_dict, or paper_from_scratch: true to train it from "
                              "scratch (recorded as a deviation)")
+        if self.norm not in NORMS:
+            raise ValueError(f"norm must be one of {NORMS}, got {self.norm!r}")
+        if self.norm != "batch" and self.preset != "cpu":
+            raise ValueError(f"norm {self.norm!r} is for the cpu preset; the paper preset keeps DenseNet's BatchNorm")
+        if isinstance(self.val_every, bool) or not isinstance(self.val_every, int) or self.val_every < 0:
+            raise ValueError(f"val_every must be an integer >= 0, got {self.val_every!r}")
+        if self.slices_per_lesion is not None and (isinstance(self.slices_per_lesion, bool)
+                                                   or self.slices_per_lesion < 1):
+            raise ValueError(f"slices_per_lesion must be >= 1 or null, got {self.slices_per_lesion!r}")
         if self.kernels not in ("fast", "exact"):
             raise ValueError(f"kernels must be fast or exact, got {self.kernels!r}")
         if self.precision not in ("fp32", "bf16"):

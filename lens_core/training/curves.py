@@ -36,3 +36,27 @@ def plot_losses(df: pd.DataFrame, path: Path) -> None:
     axes[0].legend(fontsize=7)
     fig.tight_layout()
     save_figure(fig, path, dpi=90)
+
+
+def write_val_curve(rows: list[dict], path: Path) -> pd.DataFrame:
+    """The learning curve: validation average sensitivity after each scored epoch (``train.val_every``)."""
+    df = pd.DataFrame(rows, columns=["epoch", "step", "val_average", "n_gt"])
+    with atomic_path(path) as tmp:
+        df.to_parquet(tmp, index=False)
+    return df
+
+
+def plot_val_curve(df: pd.DataFrame, path: Path, title: str = "") -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    ax.plot(df["epoch"], 100 * df["val_average"], "o-")
+    ax.set_xlabel("epoch (one pass over every dataset's positives)")
+    ax.set_ylabel("validation average sensitivity, %")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    save_figure(fig, path, dpi=90)

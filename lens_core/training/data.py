@@ -37,7 +37,7 @@ class DatasetIndex:
     name: str
     h5_path: Path
     labels: dict  # (volume_id, z) -> SliceLabels
-    lesion_slices: list  # per lesion (gt row): list of (volume_id, z) keys
+    lesion_slices: list  # per 3D lesion (lesion_groups): its (volume_id, z) keys
     negatives: list  # (volume_id, z) keys with no lesion and far enough from any label
     # volume_id -> its volumes.h5 where that is not ``h5_path`` (volumes pooled from other datasets)
     h5_paths: dict = field(default_factory=dict)
@@ -91,6 +91,26 @@ def slice_boxes(row, min_end_scale: float) -> list[tuple[int, list[float]]]:
     return out
 
 
+def lesion_groups(lab: pd.DataFrame) -> list:
+    """The 3D lesion each label row belongs to (paper Table IV: one positive slice per 3D GT per epoch): a
+    key-slice box and the cross-slice boxes propagated from it share ``(volume_id, lesion_id)``; an
+    intra-patient tracklet is one new lesion in its volume, whichever annotation it matched (its rows carry
+    the matched annotation's lesion_id, from another study); a row without a lesion id is a lesion alone."""
+    n = len(lab)
+    lesion = lab["lesion_id"].astype("string").fillna("") if "lesion_id" in lab else pd.Series([""] * n)
+    kinds = lab["label_kind"].to_numpy()
+    tracklet = lab["tracklet_id"].to_numpy() if "tracklet_id" in lab else np.full(n, -1)
+    out = []
+    for i, (v, lid, kind, t) in enumerate(zip(lab["volume_id"], lesion, kinds, tracklet)):
+        if kind == "mined_intra_patient" and t >= 0:
+            out.append((v, "tracklet", int(t)))
+        elif lid:
+            out.append((v, "lesion", lid))
+        else:
+            out.append((v, "row", i))
+    return out
+
+
 def volume_subset(volume_ids, fraction: float, name: str) -> list:
     """The first ``ceil(fraction * n)`` (at least one) of the ``n`` volumes in an order fixed by the
     dataset's name alone: the same subset for every training seed, and a smaller fraction's subset
@@ -128,8 +148,8 @@ def build_index(
         depth = dict(zip(vols["volume_id"], vols["n_slices"].astype(int)))
         lab = lab[lab["volume_id"].isin(depth)]
         per_slice: dict = {}
-        lesion_slices, blocked = [], {v: np.zeros(n, bool) for v, n in depth.items()}
-        for i, row in enumerate(lab.itertuples(index=False)):
+        lesions, blocked = {}, {v: np.zeros(n, bool) for v, n in depth.items()}
+        for i, (row, group) in enumerate(zip(lab.itertuples(index=False), lesion_groups(lab))):
             if row.label_kind in cfg.gt_kinds:
                 role = "gt"
             elif row.label_kind in cfg.ignore_kinds:
@@ -154,7 +174,7 @@ def build_index(
                 gap = cfg.neg_gap_2d if row.kind == "2d" else cfg.neg_gap_3d
                 zs = [z for z, _ in boxes]
                 blocked[row.volume_id][max(0, min(zs) - gap):max(zs) + 1 + gap] = True
-                lesion_slices.append(keys)
+                lesions.setdefault(group, set()).update(keys)
             # with cfg.unlabeled_slices an ignore-only slice stays a negative slice, its uncertain regions
             # ignored (paper Table IV, last row: unlabeled slices join training, uncertain lesions ignored)
         # a dataset labelled by key slices (2D boxes) leaves every other slice unlabelled, not lesion-free:
@@ -164,6 +184,7 @@ def build_index(
             negatives = []
         else:
             negatives = [(v, z) for v, b in blocked.items() for z in np.flatnonzero(~b).tolist()]
+        lesion_slices = [sorted(lesions[g]) for g in sorted(lesions, key=str)]
         index[name] = DatasetIndex(name, ddir / "volumes.h5", per_slice, lesion_slices, sorted(negatives))
     if cfg.pool:
         first = cfg.datasets[0]

@@ -18,9 +18,10 @@ from lens_core.model.lens import LENS, save_lens, total_loss
 from lens_core.preprocess.schema import prep_meta
 from lens_core.runtime import autocast, resolve_device
 from lens_core.training.config import TrainConfig
-from lens_core.training.curves import plot_losses, write_loss_table
+from lens_core.training.curves import plot_losses, plot_val_curve, write_loss_table, write_val_curve
 from lens_core.training.data import SliceReader, build_index, load_batch
 from lens_core.training.sampler import DatasetHomogeneousSampler
+from lens_core.training.validation import ValidationSet
 
 log = logging.getLogger(__name__)
 
@@ -29,10 +30,10 @@ def build_model(cfg: TrainConfig) -> tuple[LENS, dict]:
     meta = {
         "datasets": list(cfg.datasets), "preset": cfg.preset, "n_slices": cfg.slices,
         "fc_dim": cfg.fc_dim, "rois_per_image": cfg.rois_per_image,
-        "fuse_experts": list(cfg.fuse_experts or cfg.datasets), "config": cfg.to_dict(),
+        "fuse_experts": list(cfg.fuse_experts or cfg.datasets), "config": cfg.to_dict(), "norm": cfg.norm,
     }
     return LENS(cfg.datasets, cfg.preset, cfg.slices, cfg.weights_path, cfg.fc_dim, cfg.rois_per_image,
-                kernels=cfg.kernels), meta
+                kernels=cfg.kernels, norm=cfg.norm), meta
 
 
 def make_optimizer(model: torch.nn.Module, lr: float, kernels: str = "fast") -> torch.optim.Optimizer:
@@ -62,7 +63,26 @@ def input_fingerprint(cfg: TrainConfig, prep_dir: Path, labels: Path | None) -> 
              for n in ("volumes.parquet", "lesions.parquet")}
     if labels is not None:
         paths["labels"] = Path(labels)
+    if cfg.init_from:
+        paths["init_from"] = Path(cfg.init_from)
     return {k: hashlib.sha256(p.read_bytes()).hexdigest() for k, p in paths.items() if p.exists()}
+
+
+def load_initial_weights(model: LENS, path: str | Path) -> None:
+    """``train.init_from``: another run's lens.pt (round 2 from round 1) with the same experts and layers."""
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+        state = blob["state_dict"]
+    except Exception as e:  # noqa: BLE001 - whatever the file holds instead, name it
+        raise ValueError(f"{path}: init_from: not a LENS model file ({type(e).__name__}: {e})") from e
+    if blob.get("meta", {}).get("datasets") != model.datasets:
+        raise ValueError(f"{path}: init_from: its experts {blob.get('meta', {}).get('datasets')} are not this "
+                         f"training's {model.datasets}")
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        raise ValueError(f"{path}: init_from: other layers than this training's ({' '.join(str(e).split())[:200]})") \
+            from e
 
 
 def _load_checkpoint(path: Path) -> dict:
@@ -87,8 +107,8 @@ def train(
     progress: bool = True,
     on_step: Callable[[int, int], None] | None = None,
 ) -> Path:
-    """Train LENS; writes ``lens.pt``, ``losses.parquet``, ``losses.png`` in ``out_dir`` and returns the
-    path of ``lens.pt``. ``checkpoint.pt`` (every epoch) lives only until then.
+    """Train LENS; writes ``lens.pt``, ``losses.parquet``, ``losses.png``, ``val_curve.parquet``/``.png`` (the
+    learning curve, ``cfg.val_every``) in ``out_dir`` and returns the path of ``lens.pt``. ``checkpoint.pt`` (every epoch) lives only until then.
 
     ``on_step(epoch, batch)`` is called after every optimizer step (tests use it to kill a run).
     """
@@ -108,6 +128,8 @@ def train(
 
     torch.manual_seed(cfg.seed)  # the initial weights
     model, meta = build_model(cfg)
+    if cfg.init_from:
+        load_initial_weights(model, cfg.init_from)
     # the preprocessing the model was trained at: `lens detect` resamples a new scan the same way
     meta["prep"] = prep_meta(Path(prep_dir) / cfg.datasets[0])
     meta["deviations"] = training_deviations(cfg.to_dict(), meta["prep"],
@@ -116,6 +138,11 @@ def train(
     opt = make_optimizer(model, cfg.lr, cfg.kernels)
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=list(cfg.lr_steps), gamma=0.1)
     rows: list[dict] = []
+    val_rows: list[dict] = []
+    valset = ValidationSet(Path(prep_dir), cfg.datasets[0]) if cfg.val_every else None
+    if valset is not None and not valset:
+        log.warning("%s: no validation volumes with 3D boxes: no learning curve", Path(prep_dir) / cfg.datasets[0])
+        valset = None
     start_epoch = 0
     ckpt_path = out / "checkpoint.pt"
     inputs = input_fingerprint(cfg, Path(prep_dir), Path(labels) if labels is not None else None)
@@ -137,6 +164,7 @@ def train(
                 raise ValueError(f"{ckpt_path}: cannot resume: {e}") from e
             start_epoch = ckpt["sampler"]["epoch"]
             rows = [dict(r) for r in ckpt["losses"]]
+            val_rows = [dict(r) for r in ckpt.get("val_curve", [])]
             log.info("resuming %s at epoch %d", out, start_epoch)
 
     reader = SliceReader(cfg.slices)
@@ -174,10 +202,15 @@ def train(
                 if on_step is not None:
                     on_step(epoch, b)
             sched.step()
+            if valset is not None and ((epoch + 1) % cfg.val_every == 0 or epoch + 1 == cfg.epochs):
+                val_rows.append({"epoch": epoch + 1, "step": step,
+                                 **valset.average(model, meta["fuse_experts"], dev)})
+                log.info("epoch %d: validation average sensitivity %.1f%%", epoch + 1,
+                         100 * val_rows[-1]["val_average"])
             _atomic_save({
                 "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                 "sampler": sampler.state_dict(epoch + 1, 0), "losses": rows, "config": cfg.to_dict(),
-                "inputs": inputs,
+                "inputs": inputs, "val_curve": val_rows,
             }, ckpt_path)
             ep = pd.DataFrame([r for r in rows if r["epoch"] == epoch])
             if len(ep):
@@ -187,6 +220,9 @@ def train(
     model_path = out / "lens.pt"
     df = write_loss_table(rows, out / "losses.parquet")
     plot_losses(df, out / "losses.png")
+    # the learning curve (empty without val_every): the validation score by epoch, to choose the epochs on
+    plot_val_curve(write_val_curve(val_rows, out / "val_curve.parquet"), out / "val_curve.png",
+                   f"{'+'.join(cfg.datasets)}, seed {cfg.seed}" + ("" if val_rows else ": not scored (val_every 0)"))
     save_lens(model_path, model, meta)  # last: a lens.pt means the curves beside it are of its run
     # a finished run leaves no checkpoint: a forced rerun (say, after a code change) must train, not
     # "resume" at the last epoch and write the old weights again

@@ -64,4 +64,11 @@ def make_prep(root: Path, datasets=("deeplesion", "luna"), n_volumes: int = 4, d
         pd.DataFrame(vols).to_parquet(d / "volumes.parquet", index=False)
         pd.DataFrame(les).to_parquet(d / "lesions.parquet", index=False)
         pd.DataFrame(truth).to_parquet(d / "truth.parquet", index=False)  # every lesion, in 3D
+        # the fully annotated 3D boxes of the val / test volumes (the manual 3D set's place)
+        split_of = {v["volume_id"]: v["split"] for v in vols}
+        test3d = pd.DataFrame([{"subvolume": t["volume_id"], "volume_id": t["volume_id"], "split": split_of[t["volume_id"]],
+                                **{c: float(t[c]) for c in ("x1", "y1", "z1", "x2", "y2", "z2")}}
+                               for t in truth if split_of[t["volume_id"]] != "train"],
+                              columns=["subvolume", "volume_id", "split", "x1", "y1", "z1", "x2", "y2", "z2"])
+        test3d.to_parquet(d / "test3d.parquet", index=False)
     return root

@@ -262,6 +262,9 @@ def train_overrides(wildcards):
     if rnd.startswith("round2") or getattr(wildcards, "pct", None) is not None:
         mining = {**config["mining"], **(spec.get("mining") or {})}
         args.append(f"unlabeled_slices={str(bool(mining.get('unlabeled_slices', True))).lower()}")
+        init = round2_init(wildcards)
+        if init:
+            args.append(f"init_from={init['init']}")
     if rnd == "round2u":
         args.append("'gt_kinds=[gt,mined_cross_slice,mined_intra_patient,uncertain]' 'ignore_kinds=[excluded]'")
     return " ".join(args)
@@ -292,6 +295,16 @@ def fpr_extra_args(wildcards, input):
     """--extra-source PREP_DIR PROPOSALS3D LABELS per extra dataset (its prep folder holds its labels)."""
     return " ".join(f"--extra-source {Path(lab).parent} {p} {lab}"
                     for p, lab in zip(input.extra_proposals, input.extra_labels))
+
+
+def round2_init(wildcards):
+    """mining.round2_init: round1 starts every round 2 of an experiment (round2, round2u, round2rv<pct>) from
+    that experiment's own round-1 model (the same experts); scratch (the default) from random weights."""
+    spec, _ = exp_spec(wildcards.exp)
+    mining = {**config["mining"], **(spec.get("mining") or {})}
+    if mining.get("round2_init", "scratch") != "round1":
+        return {}
+    return {"init": f"results/{wildcards.exp}/round1/lens.pt"}
 
 
 def labels_arg(wildcards, input):

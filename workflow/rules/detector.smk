@@ -13,6 +13,9 @@ rule train_lens:
         model="results/{exp}/{round}/lens.pt",
         losses="results/{exp}/{round}/losses.parquet",
         curve=report("results/{exp}/{round}/losses.png", caption="../report/losses.rst", category="Training"),
+        val_table="results/{exp}/{round}/val_curve.parquet",
+        val_curve=report("results/{exp}/{round}/val_curve.png", caption="../report/val_curve.rst",
+                         category="Training"),
     wildcard_constraints:
         round="round1",
     log:

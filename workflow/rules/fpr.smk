@@ -9,7 +9,8 @@ rule train_fpr:
         extra_proposals=fpr_extra_proposals,
         extra_labels=fpr_extra_labels,
     output:
-        "results/{exp}/fpr/fpr.pt",
+        model="results/{exp}/fpr/fpr.pt",
+        loss=report("results/{exp}/fpr/fpr_loss.png", caption="../report/fpr_loss.rst", category="Training"),
     log:
         "results/logs/{exp}/train_fpr.log",
     benchmark:
@@ -25,7 +26,7 @@ rule train_fpr:
     shell:
         "lens train-fpr --prep-dir {params.prep} --proposals3d {input.proposals} --labels {input.labels} "
         "{params.extra} --preset {params.f[preset]} --epochs {params.f[epochs]} --seed {params.seed} "
-        "--threads {threads} --out {output} --no-progress 2> {log}"
+        "--threads {threads} --out {output.model} --no-progress 2> {log}"
 
 
 rule score_fpr:

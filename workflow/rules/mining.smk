@@ -192,6 +192,7 @@ rule audit_mining:
 # round 2 (and round2u, uncertain boxes as lesions: train_overrides): train_lens on the merged labels
 use rule train_lens as train_lens_round2 with:
     input:
+        unpack(round2_init),
         prep=prep_tables(DATASETS),
         labels="results/{exp}/mining/labels_round2.parquet",
     wildcard_constraints:

@@ -108,6 +108,7 @@ use rule merge_labels as merge_labels_review_value with:
 # round 2 trained on a review-value row's labels: results/{exp}/round2rv{pct}/ (proposals as for any round)
 use rule train_lens as train_lens_review_value with:
     input:
+        unpack(round2_init),
         prep=prep_tables(DATASETS),
         labels="results/{exp}/mining/review_value/p{pct}/labels_round2.parquet",
     output:
