@@ -27,4 +27,5 @@ include: "workflow/rules/report.smk"
 rule all:
     input:
         "results/report.html",
+        f"results/{MAIN}/mining/val_precision.md",  # mining precision on the validation split (no hidden truth)
     default_target: True

@@ -32,6 +32,7 @@ STEPS = {
     "mine-cross-dataset": "lens_core.mining.command",
     "merge-labels": "lens_core.mining.command",
     "audit-mining": "lens_core.mining.command",
+    "mining-precision": "lens_core.mining.command",
     "review-boxes": "lens_core.review.command",
     "review": "lens_core.review.command",
     "review-import": "lens_core.review.command",

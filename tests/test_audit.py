@@ -131,3 +131,43 @@ def test_montage_png_of_mined_boxes(dl_prep, tmp_path):
     with pytest.raises(InputError, match="no volume"):
         montage.write_montage(sample.assign(volume_id="nope"), dl_prep, tmp_path / "bad.png")
     assert not (tmp_path / "bad.png").exists()
+
+
+def test_mining_precision_scores_mined_validation_boxes_against_the_full_3d_boxes(tiny_prep, tmp_path):
+    """Issue 21: mining precision without the hidden truth. On the validation patients, a mined box on an
+    unlabelled slice of an annotated 3D box is a true missing annotation, one on a labelled slice a duplicate,
+    one away from every 3D box a false positive."""
+    import pandas as pd
+
+    from lens_core.cli import main
+    from lens_core.mining.schema import conform
+
+    dl = tiny_prep / "deeplesion"
+    boxes = pd.read_parquet(dl / "test3d.parquet")
+    boxes = boxes[boxes["split"] == "val"]
+    marks = pd.read_parquet(dl / "lesions.parquet")
+    marked = set(zip(marks["volume_id"], marks["z"]))
+    # a 3D box's slice that no annotation marks: a mined box there is a recovered missing annotation
+    pick = next((b, z) for b in boxes.itertuples() for z in range(int(b.z1), int(b.z2))
+                if (b.volume_id, z) not in marked and b.z2 - b.z1 >= 1)
+    b, z = pick
+    hit = {"volume_id": b.volume_id, "z": z, "x1": b.x1, "y1": b.y1, "x2": b.x2, "y2": b.y2}
+    miss = {**hit, "x1": 0.0, "y1": 0.0, "x2": 3.0, "y2": 3.0}
+    cross = conform(pd.DataFrame([hit, miss]).assign(label_kind="mined_cross_slice", dataset="deeplesion"))
+    intra = conform(pd.DataFrame([miss]).assign(label_kind="mined_intra_patient", dataset="deeplesion"))
+    cross.to_parquet(tmp_path / "cs.parquet")
+    intra.to_parquet(tmp_path / "ip.parquet")
+    out = tmp_path / "p.parquet"
+    assert main(["mining-precision", "--prep-dir", str(dl), "--cross-slice", str(tmp_path / "cs.parquet"),
+                 "--intra-patient", str(tmp_path / "ip.parquet"), "--out-md", str(tmp_path / "p.md"),
+                 "--out-parquet", str(out)]) == 0
+    t = pd.read_parquet(out).set_index("strategy")
+    assert (t.loc["cross_slice", "boxes"], t.loc["cross_slice", "tp"], t.loc["cross_slice", "fp"]) == (2, 1, 1)
+    assert t.loc["cross_slice", "precision"] == 0.5 and t.loc["intra_patient", "precision"] == 0.0
+    assert "no hidden truth" in (tmp_path / "p.md").read_text()
+    # a split without fully annotated boxes: a clear error naming the file, nothing written
+    out2 = tmp_path / "q.parquet"
+    assert main(["mining-precision", "--prep-dir", str(dl), "--cross-slice", str(tmp_path / "cs.parquet"),
+                 "--intra-patient", str(tmp_path / "ip.parquet"), "--split", "train", "--out-md",
+                 str(tmp_path / "q.md"), "--out-parquet", str(out2)]) == 1
+    assert not out2.exists()

@@ -162,6 +162,11 @@ def test_gathered_shards_equal_one_pass(tiny_corpus, tiny_prep, tmp_path):
         assert list(a) == list(b)
         for k in a:
             np.testing.assert_array_equal(a[k]["image"][:], b[k]["image"][:])
+    # --truth-out: the same truth table, kept out of the folder every later step reads (issue 21)
+    apart = tmp_path / "truth" / f"{fmt}.parquet"
+    assert main(["gather-prep", *dirs, "--out", str(tmp_path / "g2"), "--truth-out", str(apart)]) == 0
+    assert not (tmp_path / "g2" / "truth.parquet").exists()
+    pd.testing.assert_frame_equal(pd.read_parquet(tiny_prep / fmt / "truth.parquet"), pd.read_parquet(apart))
 
 
 def test_real_layout_reader_reads_the_corpus_as_real_data(tiny_corpus):

@@ -39,7 +39,7 @@ UPWARD = {
 PIPELINE = [
     "synthesize", "import-manual-3d", "preprocess", "gather-prep", "train", "bn-drift", "propose", "concat",
     "build-tracklets", "mine-cross-slice", "embed-lesions", "audit-delta", "mine-intra-patient",
-    "mine-cross-dataset", "merge-labels", "audit-mining", "review-boxes", "review", "review-import",
+    "mine-cross-dataset", "merge-labels", "audit-mining", "mining-precision", "review-boxes", "review", "review-import",
     "review-simulate", "train-fpr", "score-fpr", "evaluate", "froc-plot", "ablation-table", "fig5-table", "fig7-table",
     "review-value", "report", "detect",
 ]

@@ -16,7 +16,7 @@ from dag import ENV, ROOT, SNAKEMAKE
 TARGETS = ["all", "ablation", "fig7", "fig5"]
 # the corpus writer and preprocessing split the truth from the released data (only their truth files carry it)
 SOURCES = {"synthesize_corpus", "fig7_heldout_corpus", "preprocess", "fig7_heldout_prep", "gather_prep"}
-TRUTH = re.compile(r"(^|/)(hidden_truth|truth)\.parquet$")
+TRUTH = re.compile(r"(^|/)(hidden_truth|truth)\.parquet$|(^|/)truth/.+\.parquet$")
 # rules that may read the truth or what is derived from it: evaluation, audits, tables, the report, targets
 ALLOWED = SOURCES | {"evaluate", "evaluate_val", "fig7_evaluate", "froc_plot", "ablation_table", "fig5_table",
                      "fig7_table", "audit_delta", "audit_mining", "html_report", *TARGETS}
@@ -105,7 +105,7 @@ def test_the_check_fails_when_a_mining_rule_reads_the_truth(tmp_path, workdir):
     text = rules.read_text()
     rule = text.index("rule mine_intra_patient:")
     anchor = text.index('        prep=prep_tables(["deeplesion"]),\n', rule)  # its last named input
-    rules.write_text(text[:anchor] + '        truth=f"{DL_PREP}/truth.parquet",\n' + text[anchor:])
+    rules.write_text(text[:anchor] + '        truth=DL_TRUTH,\n' + text[anchor:])
     wd = tmp_path / "wd"
     wd.mkdir()
     shutil.copy(workdir / "config.yaml", wd / "config.yaml")
@@ -141,6 +141,20 @@ def test_the_simulated_reviewer_reads_the_truth_outside_the_experiments(workdir,
     assert set(readers) - ALLOWED <= {"review_simulate", "review_import_simulated", "merge_labels_review_value",
                                       "train_lens_review_value", "propose", "gather_proposals",
                                       "evaluate_review_value", "review_value_table", "review_value"}
+
+
+def test_no_folder_a_rule_is_given_holds_the_truth(experiment_jobs):
+    """Issue 21: the truth lives apart (results/truth/), not in the prepared folders every rule receives as
+    --prep-dir, where a read of it would not show in the DAG. Only preprocessing's temporary shards hold it
+    (gather_prep alone reads them)."""
+    truth_files = {f for j in experiment_jobs for f in j["output"] if TRUTH.search(f)}
+    assert any(f.startswith("results/truth/") for f in truth_files)
+    prep_dirs = {w for j in experiment_jobs if j["rule"] not in SOURCES
+                 for a, w in zip(j["shell"].split(), j["shell"].split()[1:]) if a == "--prep-dir"}
+    assert prep_dirs, "the parser found no --prep-dir: the check would pass vacuously"
+    inside = sorted(f for f in truth_files for d in prep_dirs if f.startswith(d.rstrip("/") + "/"))
+    assert not inside, f"truth files inside a folder given to a rule: {inside[:3]}"
+    assert all(f.startswith(("results/truth/", "results/prep_shards/")) or "corpus/" in f for f in truth_files)
 
 
 def test_dry_run_parser_reads_inputs_outputs_and_shell(experiment_jobs):

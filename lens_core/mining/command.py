@@ -67,12 +67,13 @@ def _mined(path: Path, what: str, kinds) -> "pd.DataFrame":  # noqa: F821
     return df
 
 
-def _train_only(df, volumes_path: Path | None):
-    """Mining runs on the training split only (the paper mines DeepLesion's training set)."""
+def _train_only(df, volumes_path: Path | None, split: str = "train"):
+    """Mining runs on the training split (the paper mines DeepLesion's training set); ``split`` val mines the
+    validation patients as if they were training data, to measure its precision on their full 3D boxes."""
     if volumes_path is None:
         return df
     vols = _volumes(volumes_path)
-    keep = set(vols.loc[vols["split"] == "train", "volume_id"])
+    keep = set(vols.loc[vols["split"] == split, "volume_id"])
     return df[df["volume_id"].isin(keep)].reset_index(drop=True)
 
 
@@ -92,6 +93,8 @@ def add_parser(sub) -> None:
     p.add_argument("--tracklets", type=Path, required=True)
     p.add_argument("--lesions", type=Path, required=True, help="the dataset's lesions.parquet")
     p.add_argument("--volumes", type=Path, help="volumes.parquet: keep the training split only")
+    p.add_argument("--split", default="train", choices=["train", "val"],
+                   help="mine this split (val: the validation patients as if training data, lens mining-precision)")
     p.add_argument("--theta", type=iou_threshold, default=0.5)
     p.add_argument("--extent-ratio", type=positive_float, default=None,
                    help="a lesion spans at most this x its long axis in z: slices farther from the key slice "
@@ -146,6 +149,8 @@ def add_embedding_parsers(sub) -> None:
                                    "built-in corpus (correct = same hidden-truth lesion instance) and plot precision "
                                    "and recall with the configured delta marked. An audit: it decides nothing.")
     p.add_argument("--prep-dir", type=Path, required=True)
+    p.add_argument("--truth", type=Path, default=None,
+                   help="the hidden truth (results/truth/deeplesion.parquet; default PREP_DIR/truth.parquet)")
     p.add_argument("--tracklets", type=Path, required=True)
     p.add_argument("--embeddings", type=Path, required=True)
     p.add_argument("--split", default="val")
@@ -161,11 +166,29 @@ def add_embedding_parsers(sub) -> None:
     p.add_argument("--embeddings", type=Path, required=True)
     p.add_argument("--delta", required=True, help="a number, or a JSON file {\"delta\": number}")
     p.add_argument("--theta", type=iou_threshold, default=0.5)
+    p.add_argument("--split", default="train", choices=["train", "val"],
+                   help="mine this split (val: the validation patients as if training data, lens mining-precision)")
     p.add_argument("--out", type=Path, required=True)
     p.set_defaults(func=_intra_patient)
 
+    p = sub.add_parser("mining-precision", help="mined boxes of the validation patients against their full 3D boxes",
+                       description="Precision of cross-slice propagation and intra-patient matching without any "
+                                   "hidden truth: the validation patients are mined as if they were training data "
+                                   "(--split val of both steps) and each mined box is scored against the split's "
+                                   "fully annotated 3D boxes (test3d.parquet: the manual 3D set on real DeepLesion). "
+                                   "A measurement: no threshold is chosen on it.")
+    p.add_argument("--prep-dir", type=Path, required=True, help="the dataset's folder (lesions, volumes, test3d)")
+    p.add_argument("--cross-slice", type=Path, required=True, help="lens mine-cross-slice --split val")
+    p.add_argument("--intra-patient", type=Path, required=True, help="lens mine-intra-patient --split val")
+    p.add_argument("--split", default="val")
+    p.add_argument("--out-md", type=Path, required=True)
+    p.add_argument("--out-parquet", type=Path, required=True)
+    p.set_defaults(func=_mining_precision)
+
     p = sub.add_parser("audit-mining", help="mined boxes against the built-in corpus's hidden truth (+ montage)")
     p.add_argument("--prep-dir", type=Path, required=True)
+    p.add_argument("--truth", type=Path, default=None,
+                   help="the hidden truth (results/truth/deeplesion.parquet; default PREP_DIR/truth.parquet)")
     p.add_argument("--cross-slice", type=Path, required=True)
     p.add_argument("--intra-patient", type=Path, required=True)
     p.add_argument("--uncertain", type=Path, required=True)
@@ -238,7 +261,7 @@ def _audit_delta(args) -> int:
 
     check_output(args.out)
     check_output(args.plot, "--plot")
-    truth_path = args.prep_dir / "truth.parquet"
+    truth_path = _truth_path(args)
     if not truth_path.exists():
         raise InputError(f"{truth_path}: the delta audit needs the built-in corpus's truth")
     lesions, ann_emb, centres, trk_emb, trk = _val_tables(args, args.split)
@@ -285,7 +308,7 @@ def _intra_patient(args) -> int:
 
     check_output(args.out)
     delta = _delta(args.delta)
-    lesions, ann_emb, centres, trk_emb, trk = _val_tables(args, "train")
+    lesions, ann_emb, centres, trk_emb, trk = _val_tables(args, args.split)
     mined = mine_intra_patient(lesions, ann_emb, centres, trk_emb, trk, delta, args.theta)
     write_mining_table(mined, args.out, {"delta": delta, "theta": args.theta, "rule": "mine_intra_patient"})
     log.info("intra-patient matching (delta %.3f) mined %d boxes from %d tracklets", delta, len(mined),
@@ -305,7 +328,7 @@ def _audit(args) -> int:
     check_output(args.out_parquet, "--out-parquet")
     check_output(args.montage, "--montage")
     lesions = _lesions(args.prep_dir / "lesions.parquet")
-    truth = read_table(args.prep_dir / "truth.parquet", TRUTH, "hidden truth table, truth.parquet", boxes=BOX)
+    truth = read_table(_truth_path(args), TRUTH, "hidden truth table, truth.parquet", boxes=BOX)
     volumes = _volumes(args.prep_dir / "volumes.parquet")
     mined = {"cross_slice": _mined(args.cross_slice, "cross-slice mining table", ["mined_cross_slice"]),
              "intra_patient": _mined(args.intra_patient, "intra-patient mining table", ["mined_intra_patient"]),
@@ -322,6 +345,50 @@ def _audit(args) -> int:
                   title="mined lesions for review (green: a real missed lesion, orange: already labeled, red: FP)")
     write_audit(table, args.out_md, args.out_parquet)
     log.info("mining audit:\n%s", table.to_string(index=False))
+    return 0
+
+
+def _truth_path(args) -> Path:
+    """The hidden truth an audit reads: --truth, else (a standalone run) PREP_DIR/truth.parquet."""
+    return args.truth if getattr(args, "truth", None) is not None else args.prep_dir / "truth.parquet"
+
+
+def _mining_precision(args) -> int:
+    import numpy as np
+
+    from ..io import InputError, atomic_path, check_output, read_table, write_parquet
+    from .audit import annotation_pad_px, audit_mining
+
+    check_output(args.out_md, "--out-md")
+    check_output(args.out_parquet, "--out-parquet")
+    boxes_path = args.prep_dir / "test3d.parquet"
+    boxes = read_table(boxes_path, {"volume_id": "text", "split": "text", **dict.fromkeys(
+        ["x1", "y1", "z1", "x2", "y2", "z2"], "number")}, "fully annotated 3D boxes, test3d.parquet",
+        boxes=["x1", "y1", "z1", "x2", "y2", "z2"])
+    boxes = boxes[boxes["split"] == args.split].reset_index(drop=True)
+    if boxes.empty:
+        raise InputError(f"{boxes_path}: no 3D boxes in split {args.split!r}: nothing to measure mining against "
+                         f"(real DeepLesion: lens import-manual-3d)")
+    # each 3D box one lesion, in the audit's truth form (its key slice: the box's middle)
+    truth = boxes.assign(instance_id=[f"{v}/{i}" for i, v in enumerate(boxes["volume_id"])],
+                         z=np.floor((boxes["z1"] + boxes["z2"]) / 2).astype(np.int64))
+    mined = {"cross_slice": _mined(args.cross_slice, "cross-slice mining table", ["mined_cross_slice"]),
+             "intra_patient": _mined(args.intra_patient, "intra-patient mining table", ["mined_intra_patient"])}
+    table = audit_mining(_lesions(args.prep_dir / "lesions.parquet"), mined, truth,
+                         volumes=_volumes(args.prep_dir / "volumes.parquet"), split=args.split,
+                         pad_px=annotation_pad_px(args.prep_dir))
+    table = table[table["strategy"].isin(["cross_slice", "intra_patient"])].reset_index(drop=True)
+    cols = ["strategy", "boxes", "tp", "duplicate", "fp", "precision", "recall_missing_cum", "new_instances"]
+    write_parquet(table[cols], args.out_parquet, {"split": args.split, "truth": "test3d.parquet"})
+    lines = [f"# Mining precision on the {args.split} split (its fully annotated 3D boxes, no hidden truth)", "",
+             "| strategy | boxes | precision | recall of missing lesion-slices (cumulative) | new 3D lesions |",
+             "|---|---:|---:|---:|---:|"]
+    for r in table.itertuples():
+        lines.append(f"| {r.strategy} | {r.boxes} | {100 * r.precision:.1f} % | {100 * r.recall_missing_cum:.1f} % "
+                     f"| {r.new_instances} |")
+    with atomic_path(args.out_md) as tmp:
+        Path(tmp).write_text("\n".join(lines) + "\n")
+    log.info("mining precision on %s:\n%s", args.split, table[cols].to_string(index=False))
     return 0
 
 
@@ -368,7 +435,9 @@ def _cross_slice(args) -> int:
     check_output(args.out)
     if args.extent_ratio is not None and args.volumes is None:
         raise InputError("--extent-ratio needs --volumes (pixel and slice spacing)")
-    tracklets = _train_only(_tracklets(args.tracklets), args.volumes)
+    if args.split != "train" and args.volumes is None:
+        raise InputError(f"--split {args.split} needs --volumes (which volumes are in it)")
+    tracklets = _train_only(_tracklets(args.tracklets), args.volumes, args.split)
     lesions = _lesions(args.lesions)
     if args.extent_ratio is not None:
         sp = _volumes(args.volumes, {"spacing_x": "number", "spacing_z": "number"}).set_index("volume_id")

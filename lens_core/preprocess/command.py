@@ -22,6 +22,8 @@ def add_parser(sub) -> None:
     p.add_argument("--pixel-mm", type=positive_float, default=2.0, help="in-plane pixel size after resampling (paper 0.8)")
     p.add_argument("--slice-mm", type=positive_float, default=4.0, help="slice interval after resampling (paper 2)")
     p.add_argument("--truth", type=Path, help="hidden_truth.parquet of the built-in corpus (audits only)")
+    p.add_argument("--truth-out", type=Path, default=None,
+                   help="write the preprocessed truth to this file instead of into --out (kept apart)")
     p.add_argument("--shard", type=positive_shard, default=(0, 1), metavar="I/N", help="process volumes I::N")
     p.add_argument("--split-seed", type=int, default=0, help="seed of the 80/20 split of single-type sets")
     p.add_argument("--ln-diameter-mm", type=positive_float, default=10.0,
@@ -34,6 +36,8 @@ def add_parser(sub) -> None:
     p = sub.add_parser("gather-prep", help="merge preprocessing shards into one folder")
     p.add_argument("shards", nargs="+", type=Path, help="shard folders (written by preprocess --shard)")
     p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--truth-out", type=Path, default=None,
+                   help="write the hidden truth (built-in corpus) to this file instead of into --out")
     p.set_defaults(func=_gather)
 
 
@@ -48,7 +52,7 @@ def _preprocess(args) -> int:
         reader_opts["dl_box_pad_px"] = args.dl_box_pad_px
     res = preprocess_dataset(args.format, args.root, args.out, PrepParams(args.pixel_mm, args.slice_mm),
                              dataset=args.dataset, shard=args.shard, truth=args.truth, reader_opts=reader_opts,
-                             progress=not args.no_progress)
+                             progress=not args.no_progress, truth_out=args.truth_out)
     log.info("preprocessed %s in %.1f s: %s", args.root, time.perf_counter() - t, json.dumps(res))
     return 0
 
@@ -56,5 +60,5 @@ def _preprocess(args) -> int:
 def _gather(args) -> int:
     from .shards import gather
 
-    gather(args.shards, args.out)
+    gather(args.shards, args.out, args.truth_out)
     return 0

@@ -54,7 +54,9 @@ def check_shards(shards: list[Path]) -> None:
             seen[v] = s
 
 
-def gather(shards: list[Path], out: Path) -> None:
+def gather(shards: list[Path], out: Path, truth_out: Path | None = None) -> None:
+    """The shards into one folder ``out``; with ``truth_out`` the hidden truth (truth.parquet of the built-in
+    corpus) goes to that file instead, outside the folder every later step reads (issue 21)."""
     shards = [Path(s) for s in shards]
     for s in shards:
         if not (s / "volumes.h5").exists():
@@ -63,6 +65,17 @@ def gather(shards: list[Path], out: Path) -> None:
     # the gathered folder is published as one unit, like a preprocessing shard (see preprocess_dataset)
     with atomic_folder(out, own=(*TABLES, "volumes.h5")) as tmp_dir:
         _gather_into(shards, tmp_dir)
+        if truth_out is not None:
+            publish_truth(tmp_dir / "truth.parquet", Path(truth_out))
+
+
+def publish_truth(path: Path, truth_out: Path) -> None:
+    """Move the truth table ``path`` to ``truth_out`` (atomically; its folder is made)."""
+    from ..io import atomic_path
+
+    truth_out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(truth_out) as tmp:
+        Path(path).replace(tmp)
 
 
 def _gather_into(shards: list[Path], out: Path) -> None:

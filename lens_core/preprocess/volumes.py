@@ -122,13 +122,15 @@ def _shard(volumes: pd.DataFrame, shard: tuple[int, int]) -> pd.DataFrame:
 
 def preprocess_dataset(fmt: str, root: Path, out_dir: Path, params: PrepParams, *, dataset: str | None = None,
                        shard: tuple[int, int] = (0, 1), truth: Path | None = None, reader_opts: dict | None = None,
-                       progress: bool = True) -> dict:
+                       progress: bool = True, truth_out: Path | None = None) -> dict:
     """Read one dataset with its format reader and write the preprocessed artifacts to `out_dir`.
 
     Writes volumes.h5, volumes.parquet, lesions.parquet, and when present test3d.parquet (DeepLesion's
     fully annotated 3D test set) and truth.parquet (the built-in corpus's hidden truth). All files are
     written into a fresh temporary folder that replaces `out_dir` as a whole at the end: a failure leaves
     no partial artifact, and a reader never sees tables without their volumes.h5 (or of another run).
+    ``truth_out``: the truth table goes to that file instead of `out_dir` (kept apart from the folder every
+    later step reads).
     """
     from tqdm import tqdm
 
@@ -193,6 +195,10 @@ def preprocess_dataset(fmt: str, root: Path, out_dir: Path, params: PrepParams, 
         # every sub-volume counts for FPs per sub-volume, also those without lesions (Sec. VI-C)
         m = {**meta, "subvolumes": {sp: sorted(g["subvolume"]) for sp, g in subs.groupby("split")}}
         write_parquet(tdf, tmp_dir / "test3d.parquet", m, TEST3D_SCHEMA)
+        if truth_out is not None:
+            from .shards import publish_truth
+
+            publish_truth(tmp_dir / "truth.parquet", Path(truth_out))
     return {"volumes": len(vol_df), "slices": int(vol_df["n_slices"].sum()), "lesions": len(les_df),
             "raw_bytes": int(raw_bytes)}
 

@@ -140,8 +140,8 @@ def build_report(inp: ReportInputs, out: Path) -> None:
 
     if inp.losses:
         parts.append("<h2>Training</h2>" + caption(inp.captions, "losses") + "<div class='row'>"
-                     + "".join(f"<div><p>{html.escape(str(Path(p).parent))}</p>{_img(p, 'loss curves')}</div>"
-                               for p in inp.losses) + "</div>")
+                     + "".join(f"<div><p>{html.escape(str(Path(p).parent / Path(p).stem))}</p>"
+                               f"{_img(p, 'training curves')}</div>" for p in inp.losses) + "</div>")
 
     times = rule_times(inp.benchmarks) if inp.benchmarks is not None and Path(inp.benchmarks).is_dir() else None
     if times is not None and len(times):

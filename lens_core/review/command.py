@@ -61,7 +61,9 @@ def add_parser(sub) -> None:
                                    "fraction of the mined boxes from the hidden truth (accept / fix / reject). "
                                    "Never for real data, never read by the page.")
     p.add_argument("--boxes", type=Path, required=True, help="review_boxes.parquet")
-    p.add_argument("--prep-dir", type=Path, required=True, help="the preprocessed folder holding truth.parquet")
+    p.add_argument("--prep-dir", type=Path, required=True, help="the dataset's preprocessed folder")
+    p.add_argument("--truth", type=Path, default=None,
+                   help="the hidden truth (results/truth/deeplesion.parquet; default PREP_DIR/truth.parquet)")
     p.add_argument("--fraction", type=probability, required=True, help="share of the mined boxes answered (0..1)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--accept-iou", type=iou_threshold, default=0.5)
@@ -155,7 +157,7 @@ def _simulate(args) -> int:
     from .boxes import REVIEW_BOXES_SCHEMA
     from .simulate import simulate_verdicts
 
-    truth_path = args.prep_dir / "truth.parquet"
+    truth_path = args.truth if args.truth is not None else args.prep_dir / "truth.parquet"
     if not truth_path.exists():
         raise FileNotFoundError(f"{truth_path}: the simulated reviewer needs the built-in corpus's hidden truth")
     boxes = read_table(args.boxes, REVIEW_BOXES_SCHEMA.names, "review_boxes.parquet of lens review-boxes")

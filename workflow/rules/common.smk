@@ -376,7 +376,7 @@ def eval_truth(wildcards):
     """The built-in corpus's full 3D truth carries lesion type and size (stratified FROC); real data
     uses the manual 3D test set."""
     if config["corpus"]["builtin"]:
-        return "results/prep/deeplesion/truth.parquet"
+        return "results/truth/deeplesion.parquet"
     return "results/prep/deeplesion/test3d.parquet"
 
 

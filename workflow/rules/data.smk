@@ -59,8 +59,9 @@ rule gather_prep:
         h5="results/prep/{dataset}/volumes.h5",
         volumes="results/prep/{dataset}/volumes.parquet",
         lesions="results/prep/{dataset}/lesions.parquet",
-        truth="results/prep/{dataset}/truth.parquet",
         test3d="results/prep/{dataset}/test3d.parquet",
+        # the hidden truth apart from the folder every later rule gets (only evaluation and audits name it)
+        truth="results/truth/{dataset}.parquet",
     log:
         "results/logs/gather_prep/{dataset}.log",
     benchmark:
@@ -71,4 +72,4 @@ rule gather_prep:
         shards=shard_dirs_arg,
         out=parent_of("h5"),
     shell:
-        "lens gather-prep {params.shards} --out {params.out} 2> {log}"
+        "lens gather-prep {params.shards} --out {params.out} --truth-out {output.truth} 2> {log}"

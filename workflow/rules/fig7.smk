@@ -47,8 +47,8 @@ use rule preprocess as fig7_heldout_prep with:
         h5="results/fig7/heldout/prep/{dataset}/volumes.h5",
         volumes="results/fig7/heldout/prep/{dataset}/volumes.parquet",
         lesions="results/fig7/heldout/prep/{dataset}/lesions.parquet",
-        truth="results/fig7/heldout/prep/{dataset}/truth.parquet",
         test3d="results/fig7/heldout/prep/{dataset}/test3d.parquet",
+        truth="results/truth/fig7_heldout/{dataset}.parquet",  # apart from the folder fig7_propose gets
     log:
         "results/logs/fig7/heldout_prep.{dataset}.log",
     benchmark:

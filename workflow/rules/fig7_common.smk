@@ -52,8 +52,9 @@ def fig7_heldout_dataset_root(wildcards, input):
     return f"{Path(input.marker).parent}/{dataset_format(wildcards)}"
 
 
-def fig7_heldout_truth_arg(wildcards, input):
-    return f"--truth {input.truth}"
+def fig7_heldout_truth_arg(wildcards, input, output):
+    """The cohort's hidden truth in, its preprocessed form out, apart from the folder fig7_propose gets."""
+    return f"--truth {input.truth} --truth-out {output.truth}"
 
 
 def fig7_propose_split(wildcards):
@@ -124,9 +125,18 @@ def fig7_model_file(wildcards):
 
 
 def fig7_train_overrides(wildcards):
+    """`lens train` of a Fig. 7 model. A model trained alone gets the joint model's passes over its dataset
+    (train.epochs: equal footing, issue 21) unless fig7.alone_epochs says otherwise (its lr steps at the same
+    fractions of the run): a single-type dataset's epoch is a few batches, so equal passes leave it few steps."""
     datasets, fractions, seed = fig7_training(wildcards.model)
     frac = ", ".join(f"{d}: {f}" for d, f in fractions.items())
-    return f"--seed {seed} --set 'datasets=[{','.join(datasets)}]' 'volume_fraction={{{frac}}}'"
+    args = f"--seed {seed} --set 'datasets=[{','.join(datasets)}]' 'volume_fraction={{{frac}}}'"
+    epochs = fig7_config().get("alone_epochs")
+    if epochs and "_alone_" in wildcards.model:
+        base = config["train"]
+        steps = [round(epochs * s / base["epochs"]) for s in base.get("lr_steps", [])]
+        args += f" epochs={epochs} 'lr_steps=[{','.join(map(str, steps))}]'"
+    return args
 
 
 def fig7_summary(run):

@@ -6,6 +6,7 @@
 # the report reads (tests/test_truth_dag.py).
 
 DL_PREP = "results/prep/deeplesion"
+DL_TRUTH = "results/truth/deeplesion.parquet"  # the hidden truth, kept apart from DL_PREP (gather_prep)
 
 
 rule build_tracklets:
@@ -77,7 +78,7 @@ rule audit_delta:
     input:
         tracklets="results/{exp}/mining/tracklets.parquet",
         emb="results/{exp}/mining/embeddings.h5",
-        truth=f"{DL_PREP}/truth.parquet",
+        truth=DL_TRUTH,
         prep=prep_tables(["deeplesion"]),
     output:
         curve="results/{exp}/mining/delta_audit.parquet",
@@ -92,7 +93,7 @@ rule audit_delta:
         m=mining_settings("delta", "theta"),
         prep=parent_of("prep"),
     shell:
-        "lens audit-delta --prep-dir {params.prep} --tracklets {input.tracklets} --embeddings {input.emb} "
+        "lens audit-delta --prep-dir {params.prep} --truth {input.truth} --tracklets {input.tracklets} --embeddings {input.emb} "
         "--split val --delta {params.m[delta]} --theta {params.m[theta]} --out {output.curve} "
         "--plot {output.plot} 2> {log}"
 
@@ -169,7 +170,7 @@ rule audit_mining:
         cross_slice="results/{exp}/mining/cross_slice.parquet",
         intra_patient="results/{exp}/mining/intra_patient.parquet",
         uncertain="results/{exp}/mining/uncertain.parquet",
-        truth=f"{DL_PREP}/truth.parquet",
+        truth=DL_TRUTH,
         prep=prep_tables(["deeplesion"]),
     output:
         md=report("results/{exp}/mining/audit.md", caption="../report/audit.rst", category="Mining"),
@@ -184,7 +185,7 @@ rule audit_mining:
     params:
         prep=parent_of("prep"),
     shell:
-        "lens audit-mining --prep-dir {params.prep} --cross-slice {input.cross_slice} "
+        "lens audit-mining --prep-dir {params.prep} --truth {input.truth} --cross-slice {input.cross_slice} "
         "--intra-patient {input.intra_patient} --uncertain {input.uncertain} --out-md {output.md} "
         "--out-parquet {output.table} --montage {output.montage} 2> {log}"
 
@@ -197,3 +198,36 @@ use rule train_lens as train_lens_round2 with:
         labels="results/{exp}/mining/labels_round2.parquet",
     wildcard_constraints:
         round="round2|round2u",
+
+
+# Mining precision without the truth (issue 21): the validation patients mined as if they were training data
+# (the same tracklets, embeddings and settings), each mined box scored against the split's fully annotated 3D
+# boxes (test3d.parquet; on real DeepLesion the manual 3D set's validation sub-volumes). A measurement printed
+# beside the audit's hidden-truth precision; nothing is chosen on it.
+rule mining_precision_val:
+    input:
+        tracklets="results/{exp}/mining/tracklets.parquet",
+        emb="results/{exp}/mining/embeddings.h5",
+        prep=prep_tables(["deeplesion"]),
+    output:
+        cross_slice=temp("results/{exp}/mining/val/cross_slice.parquet"),
+        intra_patient=temp("results/{exp}/mining/val/intra_patient.parquet"),
+        md="results/{exp}/mining/val_precision.md",
+        table="results/{exp}/mining/val_precision.parquet",
+    log:
+        "results/logs/{exp}/mining_precision_val.log",
+    benchmark:
+        "results/benchmarks/mining_precision_val/{exp}.tsv"
+    conda:
+        ENV
+    params:
+        m=mining_settings("delta", "theta"),
+        extent=extent_arg,
+        prep=parent_of("prep"),
+    shell:
+        "(lens mine-cross-slice --split val --tracklets {input.tracklets} --lesions {params.prep}/lesions.parquet "
+        "--volumes {params.prep}/volumes.parquet --theta {params.m[theta]} {params.extent} --out {output.cross_slice} && "
+        "lens mine-intra-patient --split val --prep-dir {params.prep} --tracklets {input.tracklets} "
+        "--embeddings {input.emb} --delta {params.m[delta]} --theta {params.m[theta]} --out {output.intra_patient} && "
+        "lens mining-precision --prep-dir {params.prep} --cross-slice {output.cross_slice} "
+        "--intra-patient {output.intra_patient} --split val --out-md {output.md} --out-parquet {output.table}) 2> {log}"

@@ -8,7 +8,9 @@ rule html_report:
         table="results/eval/table.parquet",
         froc="results/eval/froc.png",
         delta=delta_plot,  # the delta audit (decides nothing)
-        losses=expand("results/{exp}/{round}/losses.png", exp=MAIN, round=["round1", "round2"]),
+        # the training curves: losses, the learning curves (validation by epoch), the FPR's loss against chance
+        losses=expand("results/{exp}/{round}/{curve}.png", exp=MAIN, round=["round1", "round2"],
+                      curve=["losses", "val_curve"]) + [f"results/{MAIN}/fpr/fpr_loss.png"],
         # the captions of `snakemake --report` (beside the Snakefile, whatever --directory says)
         captions=expand(f"{workflow.basedir}/workflow/report/{{item}}.rst",
                         item=["table", "froc_all", "audit", "montage", "delta", "losses"]),

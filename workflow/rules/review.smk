@@ -56,7 +56,7 @@ rule review:
 rule review_simulate:
     input:
         boxes="results/{exp}/mining/review_boxes.parquet",
-        truth=f"{DL_PREP}/truth.parquet",
+        truth=DL_TRUTH,
         prep=prep_tables(["deeplesion"]),
     output:
         "results/{exp}/mining/review_value/p{pct}/verdicts.json",
@@ -71,7 +71,8 @@ rule review_simulate:
         prep=parent_of("prep"),
         fraction=review_fraction,
     shell:
-        "lens review-simulate --boxes {input.boxes} --prep-dir {params.prep} --fraction {params.fraction} "
+        "lens review-simulate --boxes {input.boxes} --prep-dir {params.prep} --truth {input.truth} "
+        "--fraction {params.fraction} "
         "--seed {params.seed} --out {output} 2> {log}"
 
 
