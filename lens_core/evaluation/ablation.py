@@ -155,12 +155,12 @@ def to_markdown(table: pd.DataFrame, runs: pd.DataFrame, diffs: pd.DataFrame | N
         lines.append(f"| {r['row']} | " + " | ".join(cells)
                      + f" | **{r['average_mean']:.1f} ± {r['average_sd']:.1f}** |{extra} {paper} | {int(r['seeds'])} |")
     if has_ci:
-        lines += ["", f"95 % CI: percentile bootstrap over the {n_patients} test patients ({n_boot} draws; each draw "
-                  "resamples patients with all their sub-volumes and averages the row's seeds). It shows how much "
-                  "the test set's patients move the seed mean, not the spread over seeds (± sd)."]
+        lines += ["", f"95 % CI: two-level percentile bootstrap ({n_boot} draws): each draw resamples the "
+                  f"{n_patients} test patients with all their sub-volumes, then the row's seeds with replacement, "
+                  "and averages them. It covers what other patients and another seed would change."]
     if diffs is not None and len(diffs):
         lines += ["", "Differences to a reference row (mean over seeds; paired bootstrap: the same patients and "
-                  "draws on both sides). Reproduced only when the interval excludes 0 with the paper's sign.", "",
+                  "seed draws on both sides). Reproduced only when the interval excludes 0 with the paper's sign.", "",
                   "| row | vs | split | Δ average (ours) | 95 % CI | Δ (paper) | verdict |",
                   "|---|---|---|---:|---:|---:|---|"]
         for _, d in diffs.iterrows():

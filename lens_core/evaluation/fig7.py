@@ -129,7 +129,8 @@ def to_markdown(table: pd.DataFrame, scored_on: str = "validation split", n_boot
               f"Both are scored with the dataset's own expert on its scans of the {scored_on}."]
     if has_ci:
         lines += ["", f"95 % CI: percentile bootstrap over the scored patients ({n_boot} draws; each draw resamples "
-                  "patients and averages the cell's seeds); joint − alone: paired (the same draws on both sides). "
+                  "patients, then the cell's seeds, with replacement, and averages them); joint − alone: paired (the "
+                  "same draws on both sides). "
                   "A difference whose interval holds 0 is not resolved at this size; one that excludes 0 is "
                   "reproduced when joint is better (the paper's Fig. 7), contradicted when it is worse."]
     return "\n".join(lines + [""])
