@@ -120,7 +120,7 @@ def test_pooled_intervals_and_paired_differences_with_their_verdicts(tmp_path):
     md = (out / "table.md").read_text()
     assert f"| (h) + FPR | (a) AFP, DeepLesion alone | test | {h['delta']:+.1f} | " in md
     assert "| +13.6 | reproduced |" in md  # the paper's difference, 50.4 - 36.8
-    assert "bootstrap over the 30 test patients (500 draws" in md
+    assert "two-level percentile bootstrap (500 draws): each draw resamples the 30 test patients" in md
     # the same command again: the same seed, the same intervals
     assert main(argv) == 0
     pd.testing.assert_frame_equal(pd.read_parquet(out / "differences.parquet").set_index(["row", "split"]), d)
