@@ -356,7 +356,7 @@ def _truth_path(args) -> Path:
 def _mining_precision(args) -> int:
     import numpy as np
 
-    from ..io import InputError, atomic_path, check_output, read_table, write_parquet
+    from ..io import InputError, check_output, read_table, write_parquet, write_text
     from .audit import annotation_pad_px, audit_mining
 
     check_output(args.out_md, "--out-md")
@@ -386,8 +386,7 @@ def _mining_precision(args) -> int:
     for r in table.itertuples():
         lines.append(f"| {r.strategy} | {r.boxes} | {100 * r.precision:.1f} % | {100 * r.recall_missing_cum:.1f} % "
                      f"| {r.new_instances} |")
-    with atomic_path(args.out_md) as tmp:
-        Path(tmp).write_text("\n".join(lines) + "\n")
+    write_text(args.out_md, "\n".join(lines) + "\n")
     log.info("mining precision on %s:\n%s", args.split, table[cols].to_string(index=False))
     return 0
 

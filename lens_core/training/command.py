@@ -5,7 +5,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from lens_core.arguments import add_torch_args, set_torch_threads
+from lens_core.arguments import add_torch_args, positive_int, set_torch_threads
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ def add_parser(subparsers) -> None:
                                           "running standard deviations (one-dataset batches, Sec. VI-B).")
     d.add_argument("--model", type=Path, required=True, help="lens.pt")
     d.add_argument("--prep-dir", type=Path, required=True, help="results/prep (one folder per dataset)")
-    d.add_argument("--batches", type=int, default=8, help="training batches per dataset (default 8)")
+    d.add_argument("--batches", type=positive_int, default=8, help="training batches per dataset (default 8)")
     d.add_argument("--out", type=Path, default=None, help="per-layer table (Parquet)")
     add_torch_args(d)
     d.set_defaults(func=run_bn_drift)
@@ -67,8 +67,6 @@ def run_bn_drift(args: argparse.Namespace) -> int:
     from lens_core.training.bn_drift import bn_drift, summary
     from lens_core.training.config import TrainConfig
 
-    if args.batches < 1:
-        raise ValueError(f"--batches must be >= 1, got {args.batches}")
     set_torch_threads(args)
     model, meta = load_lens(args.model)
     cfg = TrainConfig.from_config({**meta["config"], "init_from": None})

@@ -13,8 +13,9 @@ import torch
 from tqdm import tqdm
 
 from lens_core.deviations import training_deviations
+from lens_core.errors import InputError
 from lens_core.io import atomic_path, read_table
-from lens_core.model.lens import LENS, save_lens, total_loss
+from lens_core.model.lens import LENS, load_lens, save_lens, total_loss
 from lens_core.preprocess.schema import prep_meta
 from lens_core.runtime import autocast, resolve_device
 from lens_core.training.config import TrainConfig
@@ -71,15 +72,13 @@ def input_fingerprint(cfg: TrainConfig, prep_dir: Path, labels: Path | None) -> 
 def load_initial_weights(model: LENS, path: str | Path) -> None:
     """``train.init_from``: another run's lens.pt (round 2 from round 1) with the same experts and layers."""
     try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-        state = blob["state_dict"]
-    except Exception as e:  # noqa: BLE001 - whatever the file holds instead, name it
-        raise ValueError(f"{path}: init_from: not a LENS model file ({type(e).__name__}: {e})") from e
-    if blob.get("meta", {}).get("datasets") != model.datasets:
-        raise ValueError(f"{path}: init_from: its experts {blob.get('meta', {}).get('datasets')} are not this "
-                         f"training's {model.datasets}")
+        start, meta = load_lens(path)  # an InputError naming the file when it is not a LENS model file
+    except InputError as e:
+        raise ValueError(f"init_from: {e}") from e
+    if meta["datasets"] != model.datasets:
+        raise ValueError(f"{path}: init_from: its experts {meta['datasets']} are not this training's {model.datasets}")
     try:
-        model.load_state_dict(state)
+        model.load_state_dict(start.state_dict())
     except RuntimeError as e:
         raise ValueError(f"{path}: init_from: other layers than this training's ({' '.join(str(e).split())[:200]})") \
             from e

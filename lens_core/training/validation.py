@@ -12,12 +12,10 @@ import pandas as pd
 import torch
 
 from lens_core.evaluation.froc import LENS_FP_RATES, average_sensitivity, froc_curve
-from lens_core.evaluation.lens3d import match_lens3d
+from lens_core.evaluation.lens3d import IOBB_THRESHOLD, match_lens3d
 from lens_core.inference.proposals import propose_volume, select_volumes, stack_proposals_3d
 from lens_core.io import read_table
 from lens_core.runtime import resolve_precision
-
-IOBB = 0.3  # the LENS 3D protocol's threshold (Sec. VI-C), as config.yaml's evaluation.iobb
 
 
 class ValidationSet:
@@ -52,6 +50,6 @@ class ValidationSet:
         finally:
             model.train(was_training)
         pred = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
-        m = match_lens3d(pred, self.truth, self.volumes, iobb_threshold=IOBB, unit="volume_id", fp_rates=fp_rates)
+        m = match_lens3d(pred, self.truth, self.volumes, iobb_threshold=IOBB_THRESHOLD, unit="volume_id", fp_rates=fp_rates)
         curve = froc_curve(m.truth["hit_score"].to_numpy(), m.false_positives["score"].to_numpy(), m.n_units)
         return {"val_average": float(average_sensitivity(curve, m.fp_rates)), "n_gt": len(m.truth)}
