@@ -28,6 +28,9 @@ REGISTRY: tuple[Deviation, ...] = (
               "(set false and point datasets.*.root at the releases)"),
     Deviation("preprocess.pixel_mm", 0.8, "coarser in-plane sampling so the pipeline runs in minutes on two cores"),
     Deviation("preprocess.slice_mm", 2.0, "coarser slice sampling, for the same reason"),
+    Deviation("preprocess.storage", "float32",
+              "the paper rescales to floating-point numbers in [0, 255]; uint8 rounds them to whole levels (16 HU), "
+              "float16 to 1-2 HU: smaller files and reads"),
     Deviation("preprocess.deeplesion_box_pad_px", 5,
               "the release pads the RECIST extent by 5 px (~4 mm at 0.8 mm pixels); at the built-in corpus's "
               "~2.3 mm pixels 5 px would outgrow most lesions, so the tight extent is used"),

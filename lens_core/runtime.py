@@ -59,7 +59,7 @@ def autocast(device: torch.device, precision: str = "fp32"):
 
 
 def normalize(slices: np.ndarray) -> torch.Tensor:
-    """uint8 window (-1024..3071 HU -> 0..255) -> float, air ~ -1, soft tissue ~ 0."""
+    """The window's 0..255 scale (-1024..3071 HU; any storage) -> float32, air ~ -1, soft tissue ~ 0."""
     return (torch.from_numpy(np.ascontiguousarray(slices)).float() - 64.0) / 64.0
 
 

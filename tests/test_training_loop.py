@@ -273,7 +273,8 @@ def test_the_model_records_the_preprocessing_it_was_trained_at_and_detect_uses_i
         with h5py.File(prep / "deeplesion" / "volumes.h5", "a") as f:
             del f.attrs["lens"]
     meta = torch.load(path, weights_only=True)["meta"]
-    assert meta["prep"] == {"dataset": "deeplesion", "pixel_mm": 4.0, "slice_mm": 5.0}
+    # a volumes.h5 written before storage was recorded is uint8
+    assert meta["prep"] == {"dataset": "deeplesion", "pixel_mm": 4.0, "slice_mm": 5.0, "storage": "uint8"}
     params = prep_params(None, None, meta)
     assert (params.pixel_mm, params.slice_mm) == (4.0, 5.0) and "no preprocessing recorded" not in caplog.text
     assert prep_meta(prep / "deeplesion") == {}  # the fixture is left as it was

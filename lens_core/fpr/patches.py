@@ -4,7 +4,7 @@ whose center is the center of a 3D box").
 A patch is ``D x H x W`` voxels of the preprocessed grid around the box centre: ``D`` whole slices,
 and in-plane a window of ``max(H, context * box height)`` x ``max(W, context * box width)`` pixels
 resampled to ``H x W`` (ROIAlign, which averages when it shrinks), so a lesion larger than the patch
-still fits with some context. Intensities: the preprocessed uint8 window as ``v / 64 - 1`` (air -1,
+still fits with some context. Intensities: the preprocessed 0..255 window as ``v / 64 - 1`` (air -1,
 water 0; the scale of LENS's ``normalize``); outside the volume is air.
 
 Training augmentation (:func:`augment`): a random in-plane shift (patches cropped with a ``margin``,
@@ -25,8 +25,8 @@ PROPOSALS3D = {"volume_id": "text", **dict.fromkeys(BOX3D, "number")}
 
 def crop_patches(volume: np.ndarray, boxes: np.ndarray, patch: tuple[int, int, int], context: float = 2.0,
                  margin: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Patches around ``boxes [N, 6]`` (x1, y1, z1, x2, y2, z2; preprocessed voxels) of one uint8
-    ``volume [z, y, x]``.
+    """Patches around ``boxes [N, 6]`` (x1, y1, z1, x2, y2, z2; preprocessed voxels) of one preprocessed
+    ``volume [z, y, x]`` (0..255, any storage).
 
     Returns ``patches [N, 1, D, H, W]`` (float32) and the boxes in patch voxels ``[N, 6]``, clipped
     to the patch. ``margin > 0`` adds that many patch pixels on each in-plane side (same scale and

@@ -28,7 +28,8 @@ def eq4(s_lens, s_fpr):
 def fpr_scores(model: FprNet, proposals: pd.DataFrame, volume: Callable[[str], np.ndarray],
                device="cpu", batch: int = 128) -> np.ndarray:
     """FPR probability of every 3D proposal (rows: volume_id + x1, y1, z1, x2, y2, z2 in
-    preprocessed voxels); ``volume(volume_id)`` returns the preprocessed uint8 ``[z, y, x]`` image."""
+    preprocessed voxels); ``volume(volume_id)`` returns the preprocessed ``[z, y, x]`` image (0..255, any
+    storage)."""
     model.eval()
     p = model.preset
     out = np.zeros(len(proposals), np.float32)

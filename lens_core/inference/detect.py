@@ -82,7 +82,8 @@ def prep_params(pixel_mm: float | None, slice_mm: float | None, *metas: dict) ->
                     "(set --pixel-mm / --slice-mm to those the model was trained with)",
                     pixel_mm or default.pixel_mm, slice_mm or default.slice_mm)
     return PrepParams(float(pixel_mm if pixel_mm is not None else rec.get("pixel_mm", default.pixel_mm)),
-                      float(slice_mm if slice_mm is not None else rec.get("slice_mm", default.slice_mm)))
+                      float(slice_mm if slice_mm is not None else rec.get("slice_mm", default.slice_mm)),
+                      str(rec.get("storage", "uint8")))
 
 
 def _index_to_index(points: np.ndarray, src: sitk.Image, dst: sitk.Image) -> np.ndarray:

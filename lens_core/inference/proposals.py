@@ -58,7 +58,7 @@ def propose_volume(
     max_per_slice: int = 20,
     precision: str = "fp32",
 ) -> pd.DataFrame:
-    """2D proposals of every slice of one ``[z, y, x]`` uint8 volume: ``z, x1, y1, x2, y2,
+    """2D proposals of every slice of one preprocessed ``[z, y, x]`` volume (0..255, any storage): ``z, x1, y1, x2, y2,
     score_<dataset>...`` (each expert's score), ``score`` (fused), ``expert``.
 
     Several ``model`` s (separately trained, Table V) each run on every slice and their experts'

@@ -40,14 +40,15 @@ from scipy import ndimage
 
 from lens_core.io import InputError, atomic_path, read_table, require_columns
 from lens_core.mining.overlap import same_slice_iou
+from lens_core.preprocess.window import level
 
 __all__ = ["EmbeddingWeights", "unit_rows", "position_block", "size_block", "box_keys", "body_extents", "position_features", "extract_patches",
            "tracklet_centres", "training_groups", "fit_encoder", "embed", "lookup",
            "write_embeddings_h5", "read_embeddings_h5"]
 
 BOX_COLS = ["x1", "y1", "x2", "y2"]
-# uint8 value of HU -500 under the preprocessing window (-1024..3071 -> 0..255): tissue above, air below.
-BODY_THRESHOLD_U8 = int(np.ceil((-500 + 1024) / 4095 * 255))
+# HU -500 on the preprocessing window's 0..255 scale (any storage): tissue above, air below.
+BODY_THRESHOLD = float(level(-500))
 
 
 @dataclass(frozen=True)
@@ -123,9 +124,9 @@ class _Volumes:
 
 
 def body_extents(image_slice: np.ndarray) -> tuple[float, float, float, float]:
-    """(x1, y1, x2, y2) of the body on a uint8 slice: the largest connected region above HU -500
+    """(x1, y1, x2, y2) of the body on a preprocessed slice: the largest connected region above HU -500
     (holes such as the lungs filled), exclusive bounds; the whole slice if nothing is found."""
-    mask = image_slice >= BODY_THRESHOLD_U8
+    mask = image_slice >= BODY_THRESHOLD
     lab, n = ndimage.label(mask)
     h, w = image_slice.shape
     if n == 0:

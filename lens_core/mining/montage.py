@@ -12,14 +12,15 @@ import numpy as np
 import pandas as pd
 
 from lens_core.io import InputError, require_columns, save_figure
+from lens_core.preprocess.window import level
 
 __all__ = ["sample_for_review", "write_montage"]
 
 BOX_COLS = ["x1", "y1", "x2", "y2"]
-# Display windows in the preprocessing's uint8 scale (HU -1024..3071 -> 0..255): soft tissue (W400 L40)
-# and lung (W1500 L-600); "auto" takes lung when the box's surroundings are mostly air.
-_U8 = lambda hu: (hu + 1024) / 4095 * 255  # noqa: E731
-WINDOWS = {"soft_tissue": (_U8(-160), _U8(240)), "lung": (_U8(-1350), _U8(150)), "full": (0, 255)}
+# Display windows on the preprocessing's 0..255 scale (HU -1024..3071): soft tissue (W400 L40) and lung
+# (W1500 L-600); "auto" takes lung when the box's surroundings are mostly air.
+WINDOWS = {"soft_tissue": (float(level(-160)), float(level(240))), "lung": (float(level(-1350)), float(level(150))),
+           "full": (0, 255)}
 VERDICT_COLOUR = {"TP": "#1a9850", "duplicate": "#fdae61", "FP": "#d73027", "": "#4575b4"}
 
 
@@ -87,7 +88,7 @@ def write_montage(boxes: pd.DataFrame, prep_dir: str | Path, path: str | Path, *
             lo_x, hi_x = int(max(np.floor(cx - half), 0)), int(min(np.ceil(cx + half), img.shape[1]))
             lo_y, hi_y = int(max(np.floor(cy - half), 0)), int(min(np.ceil(cy + half), img.shape[0]))
             crop = img[lo_y:hi_y, lo_x:hi_x]
-            win = window if window != "auto" else ("lung" if np.median(crop) < _U8(-500) else "soft_tissue")
+            win = window if window != "auto" else ("lung" if np.median(crop) < level(-500) else "soft_tissue")
             vmin, vmax = WINDOWS[win]
             ax.imshow(crop, cmap="gray", vmin=vmin, vmax=vmax, interpolation="nearest",
                       extent=(lo_x, hi_x, hi_y, lo_y))

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 from ..arguments import non_negative_float, positive_float, positive_shard
+from .window import STORAGES
 
 log = logging.getLogger("lens")
 
@@ -21,6 +22,8 @@ def add_parser(sub) -> None:
     p.add_argument("--dataset", help="dataset name in the tables (default: the format)")
     p.add_argument("--pixel-mm", type=positive_float, default=2.0, help="in-plane pixel size after resampling (paper 0.8)")
     p.add_argument("--slice-mm", type=positive_float, default=4.0, help="slice interval after resampling (paper 2)")
+    p.add_argument("--storage", choices=STORAGES, default="uint8",
+                   help="how volumes.h5 holds the window's 0..255: uint8 (16 HU levels), float16, float32 (the paper)")
     p.add_argument("--truth", type=Path, help="hidden_truth.parquet of the built-in corpus (audits only)")
     p.add_argument("--truth-out", type=Path, default=None,
                    help="write the preprocessed truth to this file instead of into --out (kept apart)")
@@ -50,7 +53,7 @@ def _preprocess(args) -> int:
         reader_opts["default_ln_diameter_mm"] = args.ln_diameter_mm
     if args.format == "deeplesion":
         reader_opts["dl_box_pad_px"] = args.dl_box_pad_px
-    res = preprocess_dataset(args.format, args.root, args.out, PrepParams(args.pixel_mm, args.slice_mm),
+    res = preprocess_dataset(args.format, args.root, args.out, PrepParams(args.pixel_mm, args.slice_mm, args.storage),
                              dataset=args.dataset, shard=args.shard, truth=args.truth, reader_opts=reader_opts,
                              progress=not args.no_progress, truth_out=args.truth_out)
     log.info("preprocessed %s in %.1f s: %s", args.root, time.perf_counter() - t, json.dumps(res))

@@ -33,8 +33,9 @@ TEST3D_SCHEMA = pa.schema([("subvolume", pa.string()), ("volume_id", pa.string()
 
 
 def prep_meta(prep_dir: Path) -> dict:
-    """Preprocessing parameters recorded in ``volumes.h5`` (pixel_mm, slice_mm, hu_window): the FPR and
-    the training record them in their model files."""
+    """Preprocessing parameters recorded in ``volumes.h5`` (pixel_mm, slice_mm, hu_window, storage): the FPR
+    and the training record them in their model files. Files written before ``storage`` was recorded are
+    uint8."""
     import json
 
     import h5py
@@ -45,4 +46,7 @@ def prep_meta(prep_dir: Path) -> dict:
     except OSError as e:
         raise ValueError(f"{Path(prep_dir) / 'volumes.h5'}: cannot open: {e}") from e
     meta = json.loads(raw) if raw is not None else {}
-    return {k: meta[k] for k in ("dataset", "pixel_mm", "slice_mm", "hu_window") if k in meta}
+    out = {k: meta[k] for k in ("dataset", "pixel_mm", "slice_mm", "hu_window", "storage") if k in meta}
+    if "pixel_mm" in out:
+        out.setdefault("storage", "uint8")
+    return out

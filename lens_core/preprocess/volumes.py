@@ -25,8 +25,9 @@ from ..io import atomic_folder, write_parquet
 # the tables' schemas live apart so that the steps that only read the tables (mining, FPR) need no SimpleITK
 from .schema import BOX, LESION_SCHEMA, TEST3D_SCHEMA, TRUTH_EXTRA, TRUTH_SCHEMA, VOLUME_SCHEMA  # noqa: F401
 
+from .window import HU_MIN, HU_MAX, STORAGES, window  # noqa: F401  (window: the preprocessing's last step)
+
 PREP_FILES = ("volumes.h5", "volumes.parquet", "lesions.parquet", "truth.parquet", "test3d.parquet")
-HU_MIN, HU_MAX = -1024.0, 3071.0
 BORDER_HU = -900.0          # voxels above this count as body when clipping black borders
 BORDER_MARGIN_PX = 2
 
@@ -35,21 +36,22 @@ BORDER_MARGIN_PX = 2
 class PrepParams:
     pixel_mm: float = 2.0
     slice_mm: float = 4.0
+    storage: str = "uint8"  # preprocess.storage: how volumes.h5 holds the window's [0, 255] (window.py)
+
+    def __post_init__(self):
+        if self.storage not in STORAGES:
+            raise ValueError(f"storage must be one of {STORAGES}, got {self.storage!r}")
 
     def as_meta(self) -> dict:
-        return {"pixel_mm": self.pixel_mm, "slice_mm": self.slice_mm, "hu_window": [HU_MIN, HU_MAX]}
+        return {"pixel_mm": self.pixel_mm, "slice_mm": self.slice_mm, "hu_window": [HU_MIN, HU_MAX],
+                "storage": self.storage}
 
 
 @dataclass
 class Prepared:
-    image: np.ndarray      # uint8 [z, y, x]
+    image: np.ndarray      # [z, y, x] on the window's 0..255 scale, as params.storage
     ref: sitk.Image        # resampled image geometry before clipping (for box mapping)
     crop: tuple[int, int]  # y0, x0 removed by border clipping
-
-
-def window(hu: np.ndarray) -> np.ndarray:
-    """The paper's single window: -1024..3071 HU -> 0..255 (uint8)."""
-    return np.rint((np.clip(hu, HU_MIN, HU_MAX) - HU_MIN) * (255.0 / (HU_MAX - HU_MIN))).astype(np.uint8)
 
 
 def resample(img: sitk.Image, params: PrepParams) -> sitk.Image:
@@ -76,7 +78,7 @@ def prepare(img: sitk.Image, params: PrepParams) -> Prepared:
         y1 = min(body.shape[0], ys.max() + 1 + BORDER_MARGIN_PX)
         x0 = max(0, xs.min() - BORDER_MARGIN_PX)
         x1 = min(body.shape[1], xs.max() + 1 + BORDER_MARGIN_PX)
-    return Prepared(window(hu[:, y0:y1, x0:x1]), ref, (int(y0), int(x0)))
+    return Prepared(window(hu[:, y0:y1, x0:x1], params.storage), ref, (int(y0), int(x0)))
 
 
 def map_boxes(boxes: np.ndarray, src: sitk.Image, dst: sitk.Image, crop: tuple[int, int] = (0, 0)) -> np.ndarray:
@@ -160,7 +162,9 @@ def preprocess_dataset(fmt: str, root: Path, out_dir: Path, params: PrepParams, 
                 pre = prepare(img, params)
                 nz, ny, nx = pre.image.shape
                 g = h5.create_group(v["volume_id"])
-                g.create_dataset("image", data=pre.image, chunks=(1, ny, nx), compression="gzip", compression_opts=4)
+                # float storage: byte shuffling before gzip (HDF5's shuffle filter) about halves its files
+                g.create_dataset("image", data=pre.image, chunks=(1, ny, nx), compression="gzip", compression_opts=4,
+                                 shuffle=pre.image.itemsize > 1)
                 ref = pre.ref
                 origin = ref.TransformIndexToPhysicalPoint([pre.crop[1], pre.crop[0], 0])
                 g.attrs.update({"spacing": np.array(ref.GetSpacing())[::-1], "orig_spacing": np.array(img.GetSpacing())[::-1],

@@ -21,10 +21,11 @@ import pandas as pd
 from PIL import Image
 
 from lens_core.mining.montage import WINDOWS
+from lens_core.preprocess.window import level
 from lens_core.review.boxes import STRATEGIES
 
 BOX = ["x1", "y1", "x2", "y2"]
-AIR_U8 = (-500 + 1024) / 4095 * 255  # -500 HU in the preprocessing's uint8 scale
+AIR_LEVEL = float(level(-500))  # -500 HU on the preprocessing's 0..255 scale
 
 
 def choose_cards(boxes: pd.DataFrame, uncertain_sample: int | None, seed: int = 0) -> pd.DataFrame:
@@ -98,14 +99,15 @@ def crop_square(box, context: float, min_side: int) -> tuple[int, int, int]:
 
 def _window(crop: np.ndarray) -> tuple[float, float]:
     """The display window: lung when the crop is mostly air, else soft tissue (as the audit montage)."""
-    return WINDOWS["lung" if np.median(crop) < AIR_U8 else "soft_tissue"]
+    return WINDOWS["lung" if np.median(crop) < AIR_LEVEL else "soft_tissue"]
 
 
 def render(image: np.ndarray, z: int, x0: int, y0: int, side: int, lo: float | None = None,
            hi: float | None = None) -> tuple[np.ndarray, tuple[float, float]]:
-    """Slice ``z`` of ``image`` ([z, y, x] uint8) cropped to the square (zero outside the image),
-    windowed to 0..255; and the window used (``lo``/``hi``: given, else chosen from this crop)."""
-    out = np.zeros((side, side), np.uint8)
+    """Slice ``z`` of ``image`` ([z, y, x] on the 0..255 scale, any storage) cropped to the square (zero
+    outside the image), windowed to 0..255 uint8; and the window used (``lo``/``hi``: given, else chosen
+    from this crop)."""
+    out = np.zeros((side, side), np.float32)
     if 0 <= z < image.shape[0]:
         h, w = image.shape[1:]
         ys, xs = max(y0, 0), max(x0, 0)
@@ -114,7 +116,7 @@ def render(image: np.ndarray, z: int, x0: int, y0: int, side: int, lo: float | N
             out[ys - y0:ye - y0, xs - x0:xe - x0] = image[z, ys:ye, xs:xe]
     if lo is None or hi is None:
         lo, hi = _window(out)
-    scaled = np.clip((out.astype(np.float32) - lo) / (hi - lo) * 255.0, 0, 255).astype(np.uint8)
+    scaled = np.clip((out - lo) / (hi - lo) * 255.0, 0, 255).astype(np.uint8)
     return scaled, (lo, hi)
 
 
@@ -162,7 +164,7 @@ def render_cards(cards: pd.DataFrame, h5_path: Path, out_dir: Path, lesions: pd.
             x0, y0, side = crop_square([c.x1, c.y1, c.x2, c.y2], context, min_side)
             zs = list(range(z - window, z + window + 1))
             lo_z, hi_z = max(z - window, 0), min(z + window + 1, image.shape[0])
-            stack = np.zeros((len(zs),) + image.shape[1:], np.uint8)
+            stack = np.zeros((len(zs),) + image.shape[1:], image.dtype)
             stack[lo_z - (z - window):hi_z - (z - window)] = image[lo_z:hi_z]
             main, win = render(stack, window, x0, y0, side)
             write_png(out_dir / f"{bid}.png", main)

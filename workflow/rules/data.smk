@@ -41,13 +41,14 @@ rule preprocess:
         truth=truth_arg,
         out=parent_of("h5"),
         shard=shard_arg,
-        p=settings("preprocess", "pixel_mm", "slice_mm", "split_seed", "ln_diameter_mm", "deeplesion_box_pad_px"),
+        p=settings("preprocess", "pixel_mm", "slice_mm", "split_seed", "ln_diameter_mm", "deeplesion_box_pad_px", "storage"),
     group:
         "preprocess"
     shell:
         "lens preprocess --format {params.fmt} --root {params.root} --dataset {wildcards.dataset} "
         "--out {params.out} {params.shard} "
-        "--pixel-mm {params.p[pixel_mm]} --slice-mm {params.p[slice_mm]} --split-seed {params.p[split_seed]} "
+        "--pixel-mm {params.p[pixel_mm]} --slice-mm {params.p[slice_mm]} --storage {params.p[storage]} "
+        "--split-seed {params.p[split_seed]} "
         "--ln-diameter-mm {params.p[ln_diameter_mm]} --dl-box-pad-px {params.p[deeplesion_box_pad_px]} "
         "{params.truth} --no-progress 2> {log}"
 
