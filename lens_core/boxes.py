@@ -18,6 +18,10 @@ from __future__ import annotations
 
 import numpy as np
 
+# The paper's theta: the IoU at which 2D boxes on neighbouring slices are one lesion (2D->3D stacking,
+# Sec. IV-C; cross-slice mining, Sec. V-A). Every step's default reads it from here.
+THETA = 0.5
+
 __all__ = [
     "as_boxes",
     "box_volume",

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 from numba import njit
 
+from lens_core.boxes import THETA
 from lens_core.io import InputError, require_columns
 
 __all__ = ["build_tracklets", "tracklets_from_table", "stack_to_3d"]
@@ -167,7 +168,7 @@ def tracklets_from_table(df: pd.DataFrame, iou_threshold: float = 0.5) -> pd.Dat
     return out
 
 
-def stack_to_3d(df: pd.DataFrame, iou_threshold: float = 0.5, score_col: str = "score") -> pd.DataFrame:
+def stack_to_3d(df: pd.DataFrame, iou_threshold: float = THETA, score_col: str = "score") -> pd.DataFrame:
     """Stack 2D detections into 3D boxes (paper Sec. IV-C, last sentences).
 
     Boxes on consecutive slices with IoU > theta form one 3D box (a tracklet). Its x1, y1, x2, y2 are

@@ -11,6 +11,11 @@ CONFIG = yaml.safe_load((ROOT / "config.yaml").read_text())
 
 # (config section, key) -> the steps' flags (step, argparse dest) that rules fill from it
 FLAGS = {
+    ("preprocess", "pixel_mm"): [("preprocess", "pixel_mm")],
+    ("preprocess", "slice_mm"): [("preprocess", "slice_mm")],
+    ("preprocess", "storage"): [("preprocess", "storage")],
+    ("preprocess", "split_seed"): [("preprocess", "split_seed")],
+    ("preprocess", "ln_diameter_mm"): [("preprocess", "ln_diameter_mm")],
     ("mining", "theta"): [("build-tracklets", "theta"), ("mine-cross-slice", "theta"), ("embed-lesions", "theta")],
     ("mining", "tracklet_min_score"): [("build-tracklets", "min_score")],
     ("mining", "sigma"): [("mine-cross-dataset", "sigma")],
@@ -45,3 +50,15 @@ def test_a_steps_flag_defaults_to_config_yaml(section, key):
             default = default.split(",")
         assert default == value, f"lens {step} --{dest.replace('_', '-')} defaults to {default!r}, " \
                                  f"config.yaml {section}.{key} is {value!r}"
+
+
+def test_theta_lives_in_one_place_and_every_step_defaults_to_it():
+    """Issue 23: the paper's theta (0.5) was typed in six places. Every step that takes it defaults to
+    lens_core.boxes.THETA, and config.yaml gives the same value to both of its keys."""
+    from lens_core.boxes import THETA
+
+    assert THETA == CONFIG["mining"]["theta"] == CONFIG["propose"]["stack_iou"] == 0.5
+    steps = {"build-tracklets": "theta", "mine-cross-slice": "theta", "embed-lesions": "theta",
+             "mine-intra-patient": "theta", "propose": "stack_iou", "detect": "stack_iou"}
+    for step, dest in steps.items():
+        assert step_defaults(step)[dest] is THETA, step

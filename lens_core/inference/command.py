@@ -10,6 +10,7 @@ from pathlib import Path
 
 from lens_core.arguments import (add_numerics_args, add_torch_args, iou_threshold, non_negative_int, positive_float, positive_int,
                                  positive_shard, probability, set_torch_threads)
+from lens_core.boxes import THETA
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +37,7 @@ def add_parser(subparsers) -> None:
                    help="an expert's score: head = its classifier (the paper, Sec. IV-B); two_stage = "
                         "sqrt(classifier x its AFP's centerness) (an ablation row)")
     p.add_argument("--max-per-slice", type=positive_int, default=20, help="fused proposals kept per slice")
-    p.add_argument("--stack-iou", type=iou_threshold, default=0.5, help="theta of the 2D->3D stacking")
+    p.add_argument("--stack-iou", type=iou_threshold, default=THETA, help="theta of the 2D->3D stacking")
     p.add_argument("--batch-slices", type=positive_int, default=None, help="slices per forward pass (16 CPU, 64 CUDA)")
     add_torch_args(p)
     add_numerics_args(p)
@@ -79,7 +80,7 @@ def add_parser(subparsers) -> None:
                    help="in-plane resampling (default: recorded in the model files, else 2.0)")
     p.add_argument("--slice-mm", type=positive_float, default=None,
                    help="slice resampling (default: recorded in the model files, else 4.0)")
-    p.add_argument("--stack-iou", type=iou_threshold, default=0.5, help="theta of the 2D->3D stacking")
+    p.add_argument("--stack-iou", type=iou_threshold, default=THETA, help="theta of the 2D->3D stacking")
     add_torch_args(p)
     add_numerics_args(p)
     p.set_defaults(func=run_detect)

@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 import SimpleITK as sitk
 
+from lens_core.boxes import THETA
 from lens_core.preprocess.volumes import PrepParams, Prepared, map_boxes, prepare
 
 log = logging.getLogger(__name__)
@@ -123,7 +124,7 @@ def to_scan_coordinates(det: pd.DataFrame, pre: Prepared, img: sitk.Image) -> pd
 
 def detect_scan(lens, lens_meta: dict, img: sitk.Image, params: PrepParams, device, *, fpr=None,
                 experts: list[str] | None = None, min_score: float = 0.05, proposal_min_score: float = 0.01,
-                max_per_slice: int = 20, stack_iou: float = 0.5, max_detections: int = 100,
+                max_per_slice: int = 20, stack_iou: float = THETA, max_detections: int = 100,
                 batch_slices: int = 16, volume_id: str = "scan", precision: str = "fp32") -> pd.DataFrame:
     """Detections of one scan (see the module doc); ``fpr`` is ``(FprNet, meta)`` or None.
 

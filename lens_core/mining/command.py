@@ -6,6 +6,7 @@ import logging
 from pathlib import Path
 
 from ..arguments import iou_threshold, non_negative_int, positive_float, positive_int, probability
+from ..boxes import THETA
 
 log = logging.getLogger("lens.mining")
 
@@ -83,7 +84,7 @@ def add_parser(sub) -> None:
                                    "tracklets (numba kernel); a box that joins nothing is a tracklet of one.")
     p.add_argument("--proposals", nargs="+", type=Path, required=True, help="2D proposal tables (shards)")
     p.add_argument("--volumes", type=Path, help="volumes.parquet: keep the training split only")
-    p.add_argument("--theta", type=iou_threshold, default=0.5)
+    p.add_argument("--theta", type=iou_threshold, default=THETA)
     p.add_argument("--min-score", type=probability, default=0.0,
                    help="proposals below this fused score are dropped (the paper: none, config mining.tracklet_min_score)")
     p.add_argument("--out", type=Path, required=True)
@@ -95,7 +96,7 @@ def add_parser(sub) -> None:
     p.add_argument("--volumes", type=Path, help="volumes.parquet: keep the training split only")
     p.add_argument("--split", default="train", choices=["train", "val"],
                    help="mine this split (val: the validation patients as if training data, lens mining-precision)")
-    p.add_argument("--theta", type=iou_threshold, default=0.5)
+    p.add_argument("--theta", type=iou_threshold, default=THETA)
     p.add_argument("--extent-ratio", type=positive_float, default=None,
                    help="a lesion spans at most this x its long axis in z: slices farther from the key slice "
                         "are not mined (needs --volumes for the spacing; default: no limit)")
@@ -119,7 +120,7 @@ def add_parser(sub) -> None:
     p.add_argument("--lesions", type=Path, required=True)
     p.add_argument("--mined", nargs="*", type=Path, default=[], help="mined tables, highest priority first")
     p.add_argument("--uncertain", type=Path)
-    p.add_argument("--theta", type=iou_threshold, default=0.5)
+    p.add_argument("--theta", type=iou_threshold, default=THETA)
     p.add_argument("--review", type=Path, help="review.parquet (lens review-import): a reviewer's verdicts on the "
                                                 "mined boxes (accepted/fixed: lesions, rejected: dropped)")
     p.add_argument("--out", type=Path, required=True)
@@ -139,7 +140,7 @@ def add_embedding_parsers(sub) -> None:
     p.add_argument("--steps", type=positive_int, default=150, help="encoder training steps (learned; config mining.encoder_steps)")
     p.add_argument("--seed", type=non_negative_int, default=0)
     p.add_argument("--threads", type=positive_int, default=None)
-    p.add_argument("--theta", type=iou_threshold, default=0.5)
+    p.add_argument("--theta", type=iou_threshold, default=THETA)
     p.add_argument("--encoder-out", type=Path, help="where to keep the trained encoder (learned)")
     p.add_argument("--out", type=Path, required=True, help="embeddings.h5")
     p.set_defaults(func=_embed)
@@ -155,7 +156,7 @@ def add_embedding_parsers(sub) -> None:
     p.add_argument("--embeddings", type=Path, required=True)
     p.add_argument("--split", default="val")
     p.add_argument("--delta", type=positive_float, required=True, help="the configured delta, marked on the plot")
-    p.add_argument("--theta", type=iou_threshold, default=0.5)
+    p.add_argument("--theta", type=iou_threshold, default=THETA)
     p.add_argument("--out", type=Path, required=True, help="delta_audit.parquet (the curve)")
     p.add_argument("--plot", type=Path, required=True, help="delta_audit.png")
     p.set_defaults(func=_audit_delta)
@@ -165,7 +166,7 @@ def add_embedding_parsers(sub) -> None:
     p.add_argument("--tracklets", type=Path, required=True)
     p.add_argument("--embeddings", type=Path, required=True)
     p.add_argument("--delta", required=True, help="a number, or a JSON file {\"delta\": number}")
-    p.add_argument("--theta", type=iou_threshold, default=0.5)
+    p.add_argument("--theta", type=iou_threshold, default=THETA)
     p.add_argument("--split", default="train", choices=["train", "val"],
                    help="mine this split (val: the validation patients as if training data, lens mining-precision)")
     p.add_argument("--out", type=Path, required=True)
