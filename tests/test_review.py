@@ -16,7 +16,7 @@ from lens_core.review.boxes import box_ids, mined_boxes
 from lens_core.review.page import build_page
 from lens_core.review.simulate import simulate_verdicts
 from lens_core.review.value import value_table, write_value_table
-from review_data import build_mining, merge_args, run
+from review_data import build_mining, merge_args, page_data, run
 
 
 @pytest.fixture(scope="module")
@@ -35,9 +35,7 @@ def boxes(mining):
 
 
 def _page_data(page: Path) -> dict:
-    text = (page / "index.html").read_text()
-    m = re.search(r'<script id="lens-data" type="application/json">(.*?)</script>', text, re.S)
-    return json.loads(m.group(1).replace("<\\/", "</"))
+    return page_data(page)
 
 
 def _doc(rows):

@@ -4,6 +4,7 @@ imported and round-2 labels change accordingly. Also: verdicts survive a reload,
 through a plain static server as well as from the file system.
 
 Skipped, with the reason, where no browser is installed (`.ci/run` installs one)."""
+import contextlib
 import functools
 import http.server
 import json
@@ -17,7 +18,7 @@ import pandas as pd
 import pytest
 
 from lens_core.cli import main
-from review_data import build_mining, merge_args
+from review_data import build_mining, merge_args, page_data, write_chunk
 
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install -e .[test])")
 from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402
@@ -190,19 +191,15 @@ def test_page_works_through_a_static_server(browser, mining):
 def test_names_from_the_data_are_shown_as_text_never_run_as_markup(browser, mining, tmp_path):
     """A volume or lesion name holding markup (a file name is the user's) is shown literally: the page put
     names in with insertAdjacentHTML, so `<img onerror=...>` ran (issue 23)."""
-    import re
-
     page = tmp_path / "review"
     shutil.copytree(mining / "review", page)
-    html = (page / "index.html").read_text()
-    m = re.search(r'(<script id="lens-data" type="application/json">)(.*?)(</script>)', html, re.S)
-    data = json.loads(m.group(2).replace("<\\/", "</"))
+    data = page_data(page)
+    assert data["page"]["chunks"] == 1
     evil = '<img src=x onerror="document.title=\'pwned\'">'
     card = next(i for i, c in enumerate(data["cards"]) if c.get("source"))
     data["cards"][card]["volume_id"] = evil
     data["cards"][card]["source"]["lesion_id"] = evil
-    text = json.dumps(data).replace("</", "<\\/")
-    (page / "index.html").write_text(html[:m.start(2)] + text + html[m.end(2):])
+    write_chunk(page, 0, data["cards"])
     browser.get((page / "index.html").as_uri())
     browser.execute_script("localStorage.clear()")
     browser.get((page / "index.html").as_uri())
@@ -231,3 +228,84 @@ def test_enter_ends_the_reviewer_name_so_the_next_key_judges_the_card(browser, m
     assert field.get_attribute("value") == "alice"
     verdict = browser.execute_script("return window.lensReview.state().verdicts[arguments[0]]", first["id"])
     assert verdict is not None and verdict["decision"] == "accept" and verdict["reviewer"] == "alice"
+
+
+@contextlib.contextmanager
+def counting_server(folder: Path):
+    """A static server of ``folder`` that records every path the browser asks for: (base URL, paths)."""
+    served: list[str] = []
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, directory=str(folder), **kwargs)
+
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):
+            served.append(self.path.split("?")[0])
+            super().do_GET()
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", served
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_page_of_20000_cards_loads_a_small_first_view_and_walks_every_chunk(browser, tmp_path, downloads):
+    """Issue 23: real DeepLesion mines tens of thousands of boxes, and the page held every card inline
+    (~0.9 KB each: 18 MB at 20,000). The first view now loads index.html, one data file and one card's
+    images; moving on loads the next file; filters skip files without a match; export still covers all."""
+    from review_data import synthetic_review_page
+
+    n = 20_000
+    page = synthetic_review_page(tmp_path / "review", n)
+    with counting_server(page.parent) as (url, served):
+        browser.get(f"{url}/index.html")
+        browser.execute_script("localStorage.clear()")
+        served.clear()
+        browser.refresh()
+        WebDriverWait(browser, 20).until(lambda d: _images_loaded(d) and d.find_elements(By.CSS_SELECTOR, "#card figcaption"))
+        first_view = list(served)
+        _review_20000(browser, page, n, downloads)
+    size = sum((page.parent / f.lstrip("/")).stat().st_size for f in set(first_view) if (page.parent / f.lstrip("/")).is_file())
+    assert size < 2_000_000, (size, first_view)
+    assert "/data/cards-00000.js" in first_view and not [f for f in first_view if "cards-" in f and "00000" not in f]
+
+
+def _review_20000(browser, page, n, downloads):
+    assert browser.execute_script("return window.lensReview.loaded()") == 1
+    assert browser.find_element(By.ID, "progress").text.startswith(f"0 / {n} decided")
+    chunk = browser.execute_script("return window.lensReview.cards.length")
+    assert browser.find_element(By.ID, "showing").text == f"card 1 of {chunk} shown · part 1 of {n // chunk} ([ ])"
+    # the last card of the first file, then one more: the second file, its first card
+    browser.find_element(By.TAG_NAME, "body").click()
+    _keys(browser, "k")                                   # already at the first card: nothing before it
+    assert browser.find_element(By.CSS_SELECTOR, "#card figcaption").text.startswith(f"card 1 of {n}")
+    browser.execute_script("document.querySelectorAll('#list span')[arguments[0]].click()", chunk - 1)
+    _keys(browser, "a")                                   # a verdict on the file's last card moves on into the next
+    WebDriverWait(browser, 10).until(lambda d: d.execute_script("return window.lensReview.chunk()") == 1)
+    assert browser.find_element(By.CSS_SELECTOR, "#card figcaption").text.startswith(f"card {chunk + 1} of {n}")
+    _keys(browser, "k")                                   # and back into the first file, at its last card
+    WebDriverWait(browser, 10).until(lambda d: d.execute_script("return window.lensReview.chunk()") == 0)
+    assert browser.find_element(By.CSS_SELECTOR, "#card figcaption").text.startswith(f"card {chunk} of {n}")
+    # a filter jumps to the first file holding a match, unread files skipped by their summaries
+    Select(browser.find_element(By.ID, "f-strategy")).select_by_value("uncertain")
+    first_uncertain = n * 4 // 10 * 2
+    WebDriverWait(browser, 10).until(lambda d: d.execute_script("return window.lensReview.chunk()") == first_uncertain // chunk)
+    assert browser.find_element(By.CSS_SELECTOR, "#card figcaption").text.startswith(f"card {first_uncertain + 1} of {n}")
+    assert browser.execute_script("return window.lensReview.loaded()") == 3  # files 0, 1 and the first uncertain one
+    assert _done(browser) == 1
+    # export: every card's row, the files not yet read loaded for it
+    for f in downloads.glob("*"):
+        f.unlink()
+    browser.find_element(By.ID, "export").click()
+    target = downloads / f"verdicts_synthetic {n}.json"
+    WebDriverWait(browser, 60).until(lambda d: target.exists() and target.stat().st_size > 0)
+    time.sleep(0.5)
+    doc = json.loads(target.read_text())
+    assert len(doc["verdicts"]) == n and sum(v["decision"] is not None for v in doc["verdicts"]) == 1
+    assert not [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]

@@ -1,6 +1,8 @@
-"""`lens review`'s page: ``index.html`` (every script, style and the cards' data inline) and ``img/`` (the
-cards' PNG crops), written as one folder that replaces the old one only when complete. It needs no server
-and no network: it opens from the file system and through any static server alike."""
+"""`lens review`'s page: ``index.html`` (every script and style inline, the page's summary), ``data/`` (the
+cards' records, CHUNK to a file, loaded one at a time as the reviewer moves on) and ``img/`` (the cards' PNG
+crops), written as one folder that replaces the old one only when complete. It needs no server and no
+network: it opens from the file system and through any static server alike. Real DeepLesion mines tens of
+thousands of boxes: the first view loads index.html, one data file and one card's images, whatever the count."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ import hashlib
 import html
 import json
 import math
+from collections import Counter
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -18,6 +21,7 @@ from lens_core.io import atomic_folder
 from lens_core.review.cards import choose_cards, expert_scores, render_cards, source_annotations
 
 STATIC = Path(__file__).with_name("static")
+CHUNK = 500  # cards per data file (~0.5 MB)
 
 TEMPLATE = """<!DOCTYPE html>
 <html lang="en">
@@ -53,6 +57,7 @@ TEMPLATE = """<!DOCTYPE html>
     <p><kbd>u</kbd>clear this card's verdict</p>
     <p><kbd>j</kbd><kbd>&rarr;</kbd>next &nbsp; <kbd>k</kbd><kbd>&larr;</kbd>previous</p>
     <p><kbd>n</kbd>next undecided &nbsp; <kbd>e</kbd>export</p>
+    <p><kbd>[</kbd><kbd>]</kbd>previous / next part of the cards (each part loads as you reach it)</p>
     <p style="color:#9aa0a6">Orange: the mined box. Green: annotations. Yellow dashed: the tracklet on neighbouring
     slices. Blue: your fixed box. Verdicts stay in this browser until you export them
     (<code>lens review-import</code>).</p>
@@ -62,6 +67,7 @@ TEMPLATE = """<!DOCTYPE html>
 <div id="list"></div>
 <div id="toast"></div>
 <script id="lens-data" type="application/json">{data}</script>
+<!-- the cards' records: data/cards-NNNNN.js, loaded by review.js one file at a time -->
 <script>
 {js}
 </script>
@@ -88,6 +94,34 @@ def card_records(cards: pd.DataFrame, experts: list[dict], geometry: list[dict])
     return out
 
 
+def chunk_file(k: int) -> str:
+    """The data file of chunk ``k`` (review.js builds the same name)."""
+    return f"data/cards-{k:05d}.js"
+
+
+def chunk_summary(part: list[dict]) -> dict:
+    """What the filters need to skip a chunk unread: its cards per strategy and dataset, its best score."""
+    scores = [c["score"] for c in part if c["score"] is not None]
+    return {"n": len(part), "strategy": dict(Counter(c["strategy"] for c in part)),
+            "dataset": dict(Counter(c["dataset"] for c in part)), "max_score": max(scores) if scores else None}
+
+
+def write_page(folder: Path, records: list[dict], page: dict, summary: str, chunk: int = CHUNK) -> None:
+    """index.html and data/ of a page of ``records`` (card_records) into ``folder`` (the img/ files are the
+    caller's): the records CHUNK to a data file, index.html with the page's metadata and each chunk's summary."""
+    parts = [records[i:i + chunk] for i in range(0, len(records), chunk)] or [[]]
+    (folder / "data").mkdir()
+    for k, part in enumerate(parts):
+        js = json.dumps(part, separators=(",", ":"), allow_nan=False)
+        (folder / chunk_file(k)).write_text(f"window.lensReviewChunk({k},{js});\n", encoding="utf-8")
+    data = json.dumps({"page": {**page, "chunk_size": chunk, "chunks": len(parts)},
+                       "index": [chunk_summary(p) for p in parts]}, separators=(",", ":"), allow_nan=False)
+    text = TEMPLATE.format(experiment=html.escape(page["experiment"]), css=(STATIC / "review.css").read_text(),
+                           js=(STATIC / "review.js").read_text(), summary=html.escape(summary),
+                           data=data.replace("</", "<\\/"))  # a "</script>" inside the data must not end it
+    (folder / "index.html").write_text(text, encoding="utf-8")
+
+
 def build_page(boxes: pd.DataFrame, prep_dir: Path, out_dir: Path, *, experiment: str = "lens",
                tracklets: pd.DataFrame | None = None, proposals: pd.DataFrame | None = None,
                uncertain_sample: int | None = 100, window: int = 2, seed: int = 0) -> dict:
@@ -99,7 +133,7 @@ def build_page(boxes: pd.DataFrame, prep_dir: Path, out_dir: Path, *, experiment
     cards = choose_cards(boxes, uncertain_sample, seed)
     sources = source_annotations(cards, lesions)
     # the page and its images are one unit: a temporary folder replaces out_dir whole, only once complete
-    with atomic_folder(out_dir, own={"index.html", "img"}) as tmp:
+    with atomic_folder(out_dir, own={"index.html", "img", "data"}) as tmp:
         geometry = render_cards(cards, prep_dir / "volumes.h5", tmp / "img", lesions, tracklets, sources, window=window)
         records = card_records(cards, expert_scores(cards, tracklets, proposals), geometry)
         counts = cards["strategy"].value_counts().to_dict()
@@ -108,11 +142,7 @@ def build_page(boxes: pd.DataFrame, prep_dir: Path, out_dir: Path, *, experiment
                 "experiment": experiment, "built": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 "cards": int(len(cards)), "boxes": {k: int(v) for k, v in total.items()}}
         shown = ", ".join(f"{counts.get(s, 0)} of {total.get(s, 0)} {s}" for s in total) or "no mined boxes"
-        data = json.dumps({"page": page, "cards": records}, separators=(",", ":"), allow_nan=False)
-        text = TEMPLATE.format(experiment=html.escape(experiment), css=(STATIC / "review.css").read_text(),
-                               js=(STATIC / "review.js").read_text(), summary=html.escape(f"Cards: {shown}."),
-                               data=data.replace("</", "<\\/"))  # a "</script>" inside the data must not end it
-        (tmp / "index.html").write_text(text, encoding="utf-8")
+        write_page(tmp, records, page, f"Cards: {shown}.")
         tmp.chmod(0o755)
     files = [p for p in out_dir.rglob("*") if p.is_file()]
     return {"cards": int(len(cards)), "by_strategy": {k: int(v) for k, v in counts.items()},

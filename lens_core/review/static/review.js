@@ -1,9 +1,13 @@
 // LENS review page: one card per mined box; keyboard-first verdicts kept in localStorage and exported
-// as JSON (lens review-import). No network, no server: everything it needs is in this file and img/.
+// as JSON (lens review-import). No network, no server: everything it needs is in this file, data/ and img/.
+// The cards' records come in chunks (data/cards-NNNNN.js, page.chunk_size cards each), loaded one at a time
+// as the reviewer reaches them, so the first view stays small however many boxes were mined.
 (function () {
   "use strict";
   const DATA = JSON.parse(document.getElementById("lens-data").textContent);
-  const CARDS = DATA.cards;
+  const PAGE = DATA.page, INDEX = DATA.index, TOTAL = PAGE.cards;
+  const loaded = {};  // chunk -> its cards
+  let chunk = 0, CARDS = [];  // the chunk on screen
   const KEY = "lens-review:" + DATA.page.id;
   const MAIN = 320;  // px: the box's slice as shown
   const $ = (id) => document.getElementById(id);
@@ -23,12 +27,56 @@
     try { localStorage.setItem(KEY, JSON.stringify(state)); } catch (e) { toast("not saved in the browser: export now"); }
   }
 
+  // ------------------------------------------------------------------------------- chunks
+  // a data file calls this as it loads (a <script> works from file://, where fetch() is refused)
+  window.lensReviewChunk = (k, cards) => { loaded[k] = cards; };
+  function loadChunk(k, then) {
+    if (loaded[k]) { then(); return; }
+    const s = document.createElement("script");
+    s.src = "data/cards-" + String(k).padStart(5, "0") + ".js";
+    s.onload = () => { s.remove(); if (loaded[k]) then(); else toast(s.src + " holds no cards"); };
+    s.onerror = () => { s.remove(); toast("cannot load " + s.src + ": keep data/ beside index.html"); };
+    document.head.appendChild(s);
+  }
+  function loadAll(then, k) {  // every chunk, one after another (export)
+    k = k || 0;
+    if (k >= INDEX.length) { then(); return; }
+    loadChunk(k, () => loadAll(then, k + 1));
+  }
+  // whether chunk k may hold a card passing the filters (its summary; "undecided only" needs its cards)
+  function mayMatch(k) {
+    const s = $("f-strategy").value, d = $("f-dataset").value, lo = parseFloat($("f-score").value), x = INDEX[k];
+    if (s && !x.strategy[s]) return false;
+    if (d && !x.dataset[d]) return false;
+    return isNaN(lo) || (x.max_score !== null && x.max_score >= lo);
+  }
+  function nextChunk(from, step) {
+    for (let k = from + step; k >= 0 && k < INDEX.length; k += step) if (mayMatch(k)) return k;
+    return -1;
+  }
+  // show chunk k at its first card (at 0), its last (-1), or the card with view index `at`
+  function showChunk(k, at, then) {
+    loadChunk(k, () => {
+      chunk = k; CARDS = loaded[k];
+      applyFilters(null);
+      if (at === -1) pos = Math.max(view.length - 1, 0); else if (at) pos = Math.min(at, Math.max(view.length - 1, 0));
+      fixing = false; render();
+      if (then) then();
+    });
+  }
+  // the first chunk from `from` (step +1 or -1) with a card passing the filters, or none (-1)
+  function seek(from, step, at) {
+    const k = mayMatch(from) ? from : nextChunk(from, step);
+    if (k < 0) { showChunk(chunk, at); return; }  // no chunk can match: this one, "no card matches"
+    showChunk(k, at, () => { const n = nextChunk(k, step); if (!view.length && n >= 0) seek(n, step, at); });
+  }
+
   // ------------------------------------------------------------------------------- filters
   function score(c) { return c.score === null ? -1 : c.score; }
   function applyFilters(keepCard) {
     const s = $("f-strategy").value, d = $("f-dataset").value;
     const lo = parseFloat($("f-score").value), undecided = $("f-undecided").checked;
-    const cur = keepCard === undefined ? view[pos] : keepCard;
+    const cur = keepCard === undefined ? view[pos] : keepCard === null ? -2 : keepCard;
     view = [];
     CARDS.forEach((c, i) => {
       if (s && c.strategy !== s) return;
@@ -41,8 +89,11 @@
     // otherwise a card that left the view gives way to the first one
     const at = view.indexOf(cur);
     pos = at >= 0 ? at : keepCard === -1 ? Math.min(pos, Math.max(view.length - 1, 0)) : 0;
-    render();
+    if (keepCard !== null) render();
   }
+  // filters changed: the card on screen stays if it passes; else the chunk's first match, else the first
+  // chunk holding one
+  function refilter() { applyFilters(); if (!view.length) seek(0, 1, 0); }
   function options(sel, values) {
     values.forEach((v) => { const o = document.createElement("option"); o.value = v; o.textContent = v; sel.appendChild(o); });
   }
@@ -88,7 +139,7 @@
     main.id = "main"; if (fixing) main.classList.add("fixing");
     main.addEventListener("mousedown", startDrag);
     fig.appendChild(main);
-    fig.appendChild(caption([`card ${i + 1} of ${CARDS.length} · ${c.volume_id} · slice ${c.z}`]));
+    fig.appendChild(caption([`card ${chunk * PAGE.chunk_size + i + 1} of ${TOTAL} · ${c.volume_id} · slice ${c.z}`]));
     row.appendChild(fig);
     // where the box came from
     if (c.source) {
@@ -141,12 +192,14 @@
     card.appendChild(strip);
   }
   function renderProgress() {
-    const n = CARDS.length, counts = { accept: 0, reject: 0, fix: 0 };
-    CARDS.forEach((c) => { const v = state.verdicts[c.id]; if (v) counts[v.decision]++; });
+    // the verdicts are this page's own (stored under its id): counted without loading every chunk
+    const n = TOTAL, counts = { accept: 0, reject: 0, fix: 0 };
+    Object.values(state.verdicts).forEach((v) => { if (v && counts[v.decision] !== undefined) counts[v.decision]++; });
     const done = counts.accept + counts.reject + counts.fix;
     $("progress").innerHTML = `<b id="n-done">${done}</b> / ${n} decided · ${counts.accept} accepted · ` +
       `${counts.reject} rejected · ${counts.fix} fixed<span class="bar"><i style="width:${n ? 100 * done / n : 0}%"></i></span>`;
-    $("showing").textContent = view.length ? `card ${pos + 1} of ${view.length} shown` : "0 shown";
+    const part = INDEX.length > 1 ? ` · part ${chunk + 1} of ${INDEX.length} ([ ])` : "";
+    $("showing").textContent = (view.length ? `card ${pos + 1} of ${view.length} shown` : "0 shown") + part;
   }
   function renderList() {
     const list = $("list"); list.innerHTML = "";
@@ -166,13 +219,29 @@
     state.verdicts[c.id] = { decision: decision, box: box || null, reviewer: $("reviewer").value.trim(),
                              time: new Date().toISOString() };
     save(); fixing = false;
-    if ($("f-undecided").checked) applyFilters(-1); else { pos = Math.min(pos + 1, view.length - 1); render(); }
+    if ($("f-undecided").checked) { applyFilters(-1); if (!view.length && nextChunk(chunk, 1) >= 0) seek(nextChunk(chunk, 1), 1, 0); }
+    else if (pos + 1 < view.length) { pos += 1; render(); }
+    else if (nextChunk(chunk, 1) >= 0) showChunk(nextChunk(chunk, 1), 0);
+    else render();
   }
   function clearVerdict() {
     if (!view.length) return;
     delete state.verdicts[CARDS[view[pos]].id]; save(); render();
   }
-  function move(step) { if (view.length) { pos = Math.max(0, Math.min(view.length - 1, pos + step)); fixing = false; render(); } }
+  // the next / previous card; past either end of this chunk, into the next / previous chunk with a match
+  function move(step) {
+    const to = pos + step;
+    if (view.length && to >= 0 && to < view.length) { pos = to; fixing = false; render(); return; }
+    const k = nextChunk(chunk, step);
+    if (k >= 0) showChunk(k, step > 0 ? 0 : -1);
+  }
+  function nextUndecided() {
+    const at = view.findIndex((i, p) => p > pos && !state.verdicts[CARDS[i].id]);
+    if (at >= 0) { pos = at; render(); return; }
+    const k = nextChunk(chunk, 1);
+    if (k < 0) { toast("no undecided card after this one"); return; }
+    showChunk(k, 0, () => { if (view.length && state.verdicts[CARDS[view[0]].id]) nextUndecided(); });
+  }
 
   // "lesion but wrong box": f, then drag the box on the main image
   function toVolume(ev, c) {
@@ -205,8 +274,9 @@
   });
 
   // ------------------------------------------------------------------------------- export
-  function exportVerdicts() {
-    const rows = CARDS.map((c) => {
+  function exportVerdicts() { loadAll(writeExport); }  // every card's row: the chunks not yet seen load first
+  function writeExport() {
+    const rows = INDEX.flatMap((x, k) => loaded[k]).map((c) => {
       const v = state.verdicts[c.id];
       return { box_id: c.id, decision: v ? v.decision : null, box: v ? v.box : null,
                reviewer: v ? v.reviewer : null, time: v ? v.time : null };
@@ -233,7 +303,9 @@
     else if (k === "u") clearVerdict();
     else if (k === "j" || k === "ArrowRight" || k === "ArrowDown") move(1);
     else if (k === "k" || k === "ArrowLeft" || k === "ArrowUp") move(-1);
-    else if (k === "n") { const at = view.findIndex((i, p) => p > pos && !state.verdicts[CARDS[i].id]); if (at >= 0) { pos = at; render(); } }
+    else if (k === "n") nextUndecided();
+    else if (k === "]") { const n = nextChunk(chunk, 1); if (n >= 0) showChunk(n, 0); }
+    else if (k === "[") { const n = nextChunk(chunk, -1); if (n >= 0) showChunk(n, 0); }
     else if (k === "e") exportVerdicts();
     else return;
     ev.preventDefault();
@@ -248,10 +320,15 @@
   $("reviewer").addEventListener("keydown", (ev) => {
     if (ev.key === "Enter" || ev.key === "Escape") { ev.preventDefault(); $("reviewer").blur(); }
   });
-  options($("f-strategy"), [...new Set(CARDS.map((c) => c.strategy))]);
-  options($("f-dataset"), [...new Set(CARDS.map((c) => c.dataset))].sort());
-  ["f-strategy", "f-dataset", "f-score", "f-undecided"].forEach((id) => $(id).addEventListener("change", () => { applyFilters(); $(id).blur(); }));
+  const seen = (what) => [...new Set(INDEX.flatMap((x) => Object.keys(x[what])))];
+  options($("f-strategy"), seen("strategy"));
+  options($("f-dataset"), seen("dataset").sort());
+  ["f-strategy", "f-dataset", "f-score"].forEach((id) => $(id).addEventListener("change", () => { refilter(); $(id).blur(); }));
+  $("f-undecided").addEventListener("change", () => {
+    applyFilters(); if (!view.length) seek(chunk, 1, 0); $("f-undecided").blur();
+  });
   $("export").addEventListener("click", exportVerdicts);
-  window.lensReview = { state: () => state, cards: CARDS };  // for scripted checks; the page never needs it
-  applyFilters(0);
+  // for scripted checks (the page never needs it): the chunk on screen's cards, and which chunk that is
+  window.lensReview = { state: () => state, get cards() { return CARDS; }, chunk: () => chunk, loaded: () => Object.keys(loaded).length };
+  showChunk(0, 0);
 })();
