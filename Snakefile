@@ -27,5 +27,5 @@ include: "workflow/rules/report.smk"
 rule all:
     input:
         "results/report.html",
-        f"results/{MAIN}/mining/val_precision.md",  # mining precision on the validation split (no hidden truth)
+        validation_precision,  # mining precision on the validation split (no hidden truth), where it has 3D truth
     default_target: True

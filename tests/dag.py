@@ -15,9 +15,9 @@ SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "
 ENV = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
 
 
-def run(wd, *args) -> subprocess.CompletedProcess:
-    return subprocess.run(SNAKEMAKE + ["--directory", str(wd), *args], capture_output=True, text=True,
-                          timeout=300, env=ENV)
+def run(wd, *args, timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(SNAKEMAKE + ["--directory", str(wd), *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, env=ENV)
 
 
 def job_counts(res: subprocess.CompletedProcess) -> dict[str, int]:

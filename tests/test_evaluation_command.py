@@ -263,3 +263,36 @@ def test_an_empty_truth_table_is_named_not_an_index_error(toy, tmp_path, caplog)
                  "--protocol", "lens3d", "--out", str(tmp_path / "out")]) == 1
     assert "empty.parquet: no ground-truth lesions to score against" in caplog.text
     assert "lens import-manual-3d" in caplog.text and not (tmp_path / "out").exists()
+
+
+def test_deeplesion2d_scores_3d_boxes_by_their_key_slice_sections_on_the_preprocessed_split(tiny_prep, tmp_path):
+    """Issue 23: a real DeepLesion run without the manual 3D set scores the official key-slice protocol.
+    The DAG gives it 3D proposals, lesions.parquet and volumes.parquet: the units are the split's key
+    slices, and a 3D box counts on a key slice it spans, by its in-plane box."""
+    prep = tiny_prep / "deeplesion"
+    les = pd.read_parquet(prep / "lesions.parquet")
+    vols = pd.read_parquet(prep / "volumes.parquet")
+    test_vols = set(vols.loc[vols.split == "test", "volume_id"])
+    keys = les[les.volume_id.isin(test_vols)]
+    assert len(keys) >= 2, "the tiny corpus has too few test key slices"
+    hit = keys.assign(z1=keys.z - 1.0, z2=keys.z + 2.0, score=0.9)          # spans its key slice
+    off = keys.assign(z1=keys.z + 1.0, z2=keys.z + 3.0, score=0.95)          # the same box, off the key slice
+    other = les[~les.volume_id.isin(test_vols)].assign(score=1.0)            # other splits: not counted
+    pd.concat([hit, off, other]).drop(columns=["z"]).to_parquet(tmp_path / "pred.3d.parquet")
+    assert run("evaluate", "--pred", tmp_path / "pred.3d.parquet", "--truth", prep / "lesions.parquet",
+               "--protocol", "deeplesion2d", "--units", prep / "volumes.parquet", "--split", "test",
+               "--out", tmp_path / "out") == 0
+    s = pd.read_parquet(tmp_path / "out" / "summary.parquet").query("stratum_by == 'all'").iloc[0]
+    n_images = len(keys.drop_duplicates(["volume_id", "z"]))
+    assert s["protocol"] == "deeplesion2d" and s["n_gt"] == len(keys) and s["n_units"] == n_images
+    assert s["average"] == 1.0 and s["n_fp"] == 0  # the off-slice copies never reach a key slice
+    units = pd.read_parquet(tmp_path / "out" / "matches.parquet").query("kind == 'unit'")
+    assert set(units.patient) <= set(vols.loc[vols.split == "test", "patient_id"].astype(str))  # resampled by patient
+    # a 3D box that starts one slice past the key slice is an FP of nothing: it is not on a test image
+    only_off = off.drop(columns=["z"])
+    only_off.to_parquet(tmp_path / "off.3d.parquet")
+    assert run("evaluate", "--pred", tmp_path / "off.3d.parquet", "--truth", prep / "lesions.parquet",
+               "--protocol", "deeplesion2d", "--units", prep / "volumes.parquet", "--split", "test",
+               "--out", tmp_path / "out_off") == 0
+    s = pd.read_parquet(tmp_path / "out_off" / "summary.parquet").query("stratum_by == 'all'").iloc[0]
+    assert s["average"] == 0.0 and s["n_fp"] == 0

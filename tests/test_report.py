@@ -12,7 +12,7 @@ import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
 from lens_core.cli import main  # noqa: E402
-from lens_core.io import write_parquet  # noqa: E402
+from lens_core.io import read_meta, write_parquet  # noqa: E402
 from lens_core.mining.audit import write_audit  # noqa: E402
 from lens_core.report.page import CAPTIONS  # noqa: E402
 
@@ -117,3 +117,18 @@ def test_captions_live_only_in_the_rst_files():
     for rst in RST.glob("*.rst"):
         first = " ".join(rst.read_text().split())[:60]
         assert first not in sources, f"{rst.name}'s caption is copied into lens_core"
+
+
+def test_the_report_names_the_protocol_its_numbers_were_scored_with(run, tmp_path):
+    """Issue 23: a real run without DeepLesion's manual 3D set is scored by the key-slice protocol; the
+    report says so above the main table, and says which protocol scored the built-in corpus's run."""
+    from lens_core.report.page import PROTOCOLS
+
+    assert _report(run) == 0
+    page = (run / "report.html").read_text()
+    assert html.escape(PROTOCOLS["lens3d"]) in page and "key-slice" not in page
+    table = pd.read_parquet(run / "table.parquet").assign(protocol="deeplesion2d")
+    write_parquet(table, run / "table.parquet", read_meta(run / "table.parquet"))
+    assert _report(run) == 0
+    page = (run / "report.html").read_text()
+    assert html.escape(PROTOCOLS["deeplesion2d"]) in page and html.escape(PROTOCOLS["lens3d"]) not in page

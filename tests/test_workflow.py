@@ -6,7 +6,7 @@ import sys
 import pytest
 import yaml
 
-from dag import ROOT, finish, planned, run, tiny_workdir
+from dag import ROOT, finish, job_counts, planned, run, tiny_workdir
 
 # rules that run before mining (never rerun by --forcerun of a mining rule)
 UPSTREAM = {"synthesize_corpus", "preprocess", "gather_prep", "train_lens"}
@@ -188,3 +188,63 @@ def test_ablation_plans_data_pooling_and_separate_models_training_each_alone_mod
     assert ("lens propose --model results/single_s1/round1/lens.pt "
             + " ".join(fig7.format(d) + "/lens.pt" for d in ("luna", "lits", "nihln"))) in res.stdout
     assert "--seed 1 --set 'datasets=[deeplesion]' 'pool=[luna,lits,nihln]' --out results/pooled_s1/round1" in res.stdout
+
+
+def release_copy(tiny_corpus, dest, manual_3d: bool):
+    """The tiny corpus's four dataset folders as released datasets (no hidden truth beside them), DeepLesion
+    with or without its manual 3D test set."""
+    import shutil
+
+    roots = {}
+    for d in ("deeplesion", "luna", "lits", "nihln"):
+        roots[d] = dest / d
+        shutil.copytree(tiny_corpus / d, roots[d], ignore=None if manual_3d or d != "deeplesion"
+                        else shutil.ignore_patterns("manual_3d"))
+    return roots
+
+
+def evaluate_protocols(res) -> set[str]:
+    return set(re.findall(r"lens evaluate .*?--protocol (\w+)", res.stdout))
+
+
+@pytest.mark.parametrize("manual_3d", [False, True])
+def test_the_real_config_plans_the_papers_run_with_no_audit(tiny_corpus, tmp_path, manual_3d):
+    """config/real.yaml over config.yaml (issue 23): no corpus, no audit, no simulated review; without
+    DeepLesion's manual 3D set the evaluation is DeepLesion's key-slice protocol and the validation
+    mining precision (which needs 3D truth) is left out."""
+    roots = release_copy(tiny_corpus, tmp_path / "data", manual_3d)
+    (tmp_path / "config.yaml").write_text((ROOT / "config.yaml").read_text())
+    real = yaml.safe_load((ROOT / "config" / "real.yaml").read_text())
+    assert real["corpus"]["builtin"] is False and real["train"]["preset"] == "paper"
+    assert (real["preprocess"]["pixel_mm"], real["preprocess"]["slice_mm"]) == (0.8, 2.0)
+    real["datasets"] = {d: {"format": d, "root": str(r)} for d, r in roots.items()}
+    (tmp_path / "real.yaml").write_text(yaml.safe_dump(real))
+    res = run(tmp_path, "-n", "-p", "--configfile", tmp_path / "config.yaml", tmp_path / "real.yaml")
+    assert res.returncode == 0, res.stdout + res.stderr
+    jobs = job_counts(res)
+    assert "html_report" in jobs and "synthesize_corpus" not in jobs and jobs["preprocess"] == 4 * 32
+    assert not {"audit_mining", "audit_delta", "review_simulate"} & set(jobs), jobs
+    assert evaluate_protocols(res) == {"lens3d" if manual_3d else "deeplesion2d"}
+    assert ("mining_precision_val" in jobs) == manual_3d
+    assert "--pixel-mm 0.8 --slice-mm 2.0 --storage float16" in res.stdout
+
+
+def test_a_real_layout_run_without_truth_or_manual_3d_set_reaches_the_report(tiny_corpus, tmp_path):
+    """Issue 23: the whole default DAG, at the tiny scale, on the corpus as released datasets with the hidden
+    truth and DeepLesion's manual 3D set removed, runs to report.html, scored by the key-slice protocol."""
+    import pandas as pd
+
+    roots = release_copy(tiny_corpus, tmp_path / "data", manual_3d=False)
+    cfg = real_data_config(tmp_path, roots)
+    cfg["mining"]["encoder_steps"] = 30  # the DAG's completeness is tested here, not the embedding
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
+    res = run(tmp_path, timeout=1500)
+    assert res.returncode == 0, res.stderr[-4000:]
+    page = (tmp_path / "results" / "report.html").read_text()
+    assert "official key-slice protocol" in page and "No manual 3D test set was found" in page
+    table = pd.read_parquet(tmp_path / "results" / "eval" / "table.parquet")
+    assert len(table) >= 3 and table["protocol"].eq("deeplesion2d").all(), table
+    assert not (tmp_path / "results" / "corpus").exists()
+    truths = list((tmp_path / "results" / "truth").glob("*.parquet"))  # the rules' fixed outputs: empty here
+    assert all(pd.read_parquet(t).empty for t in truths), truths
+    assert not list((tmp_path / "results").rglob("audit*.parquet"))

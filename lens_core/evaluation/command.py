@@ -142,7 +142,21 @@ def run_evaluate(args: argparse.Namespace) -> int:
         if args.split:
             inputs.require_columns(table, ["split"], "units")
             table = table.loc[table["split"] == args.split]
-        if args.protocol == "deeplesion2d":  # units are key-slice images: `image` or volume_id + z
+        if args.protocol == "deeplesion2d" and not {"image", "z"} & set(table.columns):
+            # units are key-slice images; a table of volumes (volumes.parquet) says whose key slices count
+            inputs.require_columns(table, ["volume_id"], "units")
+            truth = truth.loc[truth["volume_id"].astype(str).isin(table["volume_id"].astype(str))]
+            if truth.empty:
+                from lens_core.io import InputError
+
+                raise InputError(f"{args.truth}: no key-slice lesions in the volumes of {args.units}"
+                                 f"{f' (split {args.split})' if args.split else ''}")
+            from lens_core.evaluation.deeplesion2d import image_key
+
+            keys = truth.drop_duplicates(["volume_id", "z"])
+            table = keys[["volume_id", "z"]].merge(table.drop(columns=["z"], errors="ignore"), on="volume_id")
+            table = table.assign(image=image_key(table, "units"))
+        elif args.protocol == "deeplesion2d":  # units are key-slice images: `image` or volume_id + z
             from lens_core.evaluation.deeplesion2d import image_key
 
             table = table.assign(image=image_key(table, "units"))
@@ -150,6 +164,13 @@ def run_evaluate(args: argparse.Namespace) -> int:
         inputs.require_columns(table, [col], "units")
         units = pd.unique(table[col]).tolist()
         unit_info = table.drop_duplicates(col).set_index(col)
+
+    if args.protocol == "deeplesion2d" and {"z1", "z2"} <= set(pred.columns):
+        from lens_core.evaluation.deeplesion2d import key_slice_sections
+
+        n3d = len(pred)
+        pred = key_slice_sections(pred, truth)
+        log.info("deeplesion2d: %d 3D boxes scored by their %d cross-sections on the key slices", n3d, len(pred))
 
     if args.protocol == "luna":
         if not {"x", "y", "z"} <= set(pred.columns):

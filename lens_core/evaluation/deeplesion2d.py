@@ -6,7 +6,9 @@ ranking and hit rule are those of the LENS protocol with 2D IoU instead of 3D Io
 at 0.5, 1, 2, 4, 8, 16 FPs per image.
 
 Predictions: ``volume_id, z, x1, y1, x2, y2, score`` (or an ``image`` column instead of
-``volume_id, z``); ground truth: the same without ``score``.
+``volume_id, z``); ground truth: the same without ``score``. A 3D detector's boxes (``z1, z2`` too) are
+scored by their cross-sections on the key slices (:func:`key_slice_sections`): the fallback protocol of
+a real DeepLesion run without the manual 3D test set.
 """
 
 from __future__ import annotations
@@ -29,6 +31,18 @@ def image_key(df: pd.DataFrame, what: str) -> pd.Series:
     if (z != z.round()).any():
         raise ValueError(f"{inputs.where(df, what)}: slice index z must be an integer")
     return df["volume_id"].astype(str) + "@" + pd.Series(z.astype(int), index=df.index).astype(str)
+
+
+def key_slice_sections(pred3d: pd.DataFrame, truth: pd.DataFrame) -> pd.DataFrame:
+    """3D boxes -> their 2D cross-sections on the key slices of ``truth`` (one row per 3D box and key slice
+    it spans: slice z covers [z, z + 1), so a box spans it when z1 < z + 1 and z2 > z), with every other
+    column (the score) kept. The in-plane box of a LENS 3D box is the union of its stacked 2D boxes."""
+    inputs.require_columns(pred3d, ["volume_id", "z1", "z2"], "3D predictions")
+    inputs.require_columns(truth, ["volume_id", "z"], "ground truth")
+    keys = truth[["volume_id", "z"]].drop_duplicates().astype({"volume_id": str})
+    pred = pred3d.drop(columns=["z", "image"], errors="ignore").astype({"volume_id": str})
+    pairs = pred.reset_index(drop=True).merge(keys, on="volume_id", how="inner")
+    return pairs.loc[(pairs["z1"] < pairs["z"] + 1) & (pairs["z2"] > pairs["z"])].reset_index(drop=True)
 
 
 def match_deeplesion2d(

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
+import pyarrow.parquet as pq
 
 from ..io import atomic_path, read_meta
 
@@ -24,6 +25,15 @@ CAPTIONS = {"table": "table.rst", "froc": "froc_all.rst", "audit": "audit.rst", 
             "delta": "delta.rst", "losses": "losses.rst"}
 # main-table columns not shown: the stratum is always `all`, FPs and units are in the FROC plot
 MAIN_HIDDEN = ("protocol", "stratum_by", "stratum", "n_units", "n_fp")
+# what each protocol scored, said above the main table (a real run without DeepLesion's manual 3D set falls
+# back to the official key-slice protocol: its numbers are not the paper's Table II)
+PROTOCOLS = {
+    "lens3d": "Scored with the paper's 3D protocol: IoBB >= 0.3 against full 3D annotations, FPs per sub-volume.",
+    "deeplesion2d": "Scored with DeepLesion's official key-slice protocol: IoU >= 0.5 on the test split's annotated "
+                    "key slices, FPs per image, each 3D detection by its cross-section. No manual 3D test set was "
+                    "found (lens import-manual-3d), so these numbers are not comparable with the paper's Table II.",
+    "luna": "Scored with the LUNA16 protocol (CPM).",
+}
 AUDIT_PERCENT = ("precision", "duplicate_rate", "recall_missing", "recall_missing_cum")
 
 
@@ -121,7 +131,10 @@ def build_report(inp: ReportInputs, out: Path) -> None:
              ".row{display:flex;gap:12px}.row>div{flex:1}</style>",
              "<h1>LENS pipeline report</h1>"]
 
-    parts.append("<h2>Evaluation</h2>" + caption(inp.captions, "table") + _html_table(main_table(inp.table)))
+    protocols = pd.read_parquet(inp.table, columns=["protocol"])["protocol"].dropna().unique() \
+        if "protocol" in pq.read_schema(inp.table).names else []
+    said = "".join(f"<p><b>{html.escape(PROTOCOLS.get(p, f'Scored with the {p} protocol.'))}</b></p>" for p in protocols)
+    parts.append("<h2>Evaluation</h2>" + caption(inp.captions, "table") + said + _html_table(main_table(inp.table)))
     if inp.froc is not None:
         parts.append(caption(inp.captions, "froc") + _img(inp.froc, "FROC of every variant"))
 

@@ -372,12 +372,49 @@ def stage_pred_val(wildcards):
     return stage_pred(wildcards, "val")
 
 
+def eval_protocol():
+    """evaluation.protocol, with auto resolved: lens3d on the built-in corpus's full 3D truth or on DeepLesion's
+    manual 3D set (its CSVs in the release folder, `lens import-manual-3d`); without that set, DeepLesion's
+    official key-slice protocol (deeplesion2d), the only complete truth a real run then has."""
+    chosen = config["evaluation"].get("protocol", "auto")
+    if chosen != "auto":
+        return chosen
+    dl = config["datasets"].get("deeplesion")
+    if config["corpus"]["builtin"] or dl is None:  # without DeepLesion no rule evaluates on it
+        return "lens3d"
+    manual = Path(dl["root"]) / "manual_3d" / "boxes.csv"
+    return "lens3d" if manual.is_file() else "deeplesion2d"
+
+
 def eval_truth(wildcards):
-    """The built-in corpus's full 3D truth carries lesion type and size (stratified FROC); real data
-    uses the manual 3D test set."""
+    """The built-in corpus's full 3D truth carries lesion type and size (stratified FROC); real data uses
+    the manual 3D test set, or without it the key-slice boxes (deeplesion2d)."""
+    if eval_protocol() == "deeplesion2d":
+        return "results/prep/deeplesion/lesions.parquet"
     if config["corpus"]["builtin"]:
         return "results/truth/deeplesion.parquet"
     return "results/prep/deeplesion/test3d.parquet"
+
+
+def eval_protocol_args(wildcards):
+    """`lens evaluate`'s protocol flags: lens3d with the config's IoBB and FP rates per sub-volume;
+    deeplesion2d with its own (IoU 0.5; 0.5..16 FPs per key-slice image), its units the split's key slices."""
+    e = config["evaluation"]
+    if eval_protocol() == "deeplesion2d":
+        return "--protocol deeplesion2d"
+    return (f"--protocol lens3d --unit-column volume_id --threshold {e['iobb']} "
+            f"--fp-rates {' '.join(str(r) for r in e['fp_rates'])}")
+
+
+def eval_protocol_title():
+    return {"lens3d": "LENS 3D protocol",
+            "deeplesion2d": "DeepLesion's key-slice protocol (no manual 3D set)"}[eval_protocol()]
+
+
+def validation_precision(wildcards):
+    """Mining precision on the validation split needs its full 3D annotations: the built-in corpus's, or
+    real DeepLesion's manual 3D set; without them it is left out of the default target."""
+    return [f"results/{MAIN}/mining/val_precision.md"] if eval_protocol() == "lens3d" else []
 
 
 def main_curves(wildcards):

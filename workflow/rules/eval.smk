@@ -22,16 +22,16 @@ rule evaluate:
     conda:
         ENV
     params:
-        e=settings("evaluation", "iobb", "fp_rates", "bootstrap", "bootstrap_seed"),
+        e=settings("evaluation", "bootstrap", "bootstrap_seed"),
+        protocol=eval_protocol_args,
         out=parent_of("froc"),
         label=stage_label,
         score=stage_score_column,
         split="test",
     shell:
-        "lens evaluate --pred {input.pred} --truth {input.truth} --protocol lens3d --name '{params.label}' "
-        "--score-column {params.score} --units {input.volumes} --unit-column volume_id --split {params.split} "
-        "--threshold {params.e[iobb]} --bootstrap {params.e[bootstrap]} --seed {params.e[bootstrap_seed]} "
-        "--fp-rates {params.e[fp_rates]} --out {params.out} 2> {log}"
+        "lens evaluate --pred {input.pred} --truth {input.truth} {params.protocol} --name '{params.label}' "
+        "--score-column {params.score} --units {input.volumes} --split {params.split} "
+        "--bootstrap {params.e[bootstrap]} --seed {params.e[bootstrap_seed]} --out {params.out} 2> {log}"
 
 
 # the same stage on the validation split, the split choices are made on (test is scored, never tuned on)
@@ -70,8 +70,9 @@ rule froc_plot:
         ENV
     params:
         paper=main_paper_arg,
+        protocol=eval_protocol_title(),
     shell:
         "lens froc-plot --curves {input.curves} --val-summaries {input.val} --out {output.plot} "
         "--table {output.table} --paper {params.paper} "
-        "--title 'LENS on the DeepLesion-like test split, validation beside it (paper: Table II, on DeepLesion)' "
-        "2> {log}"
+        "--title 'LENS on the DeepLesion-like test split, {params.protocol}, validation beside it "
+        "(paper: Table II, on DeepLesion)' 2> {log}"
