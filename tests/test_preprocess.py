@@ -111,3 +111,13 @@ def test_review_cards_and_the_body_mask_read_float_storage_like_uint8():
     (a, wa), (b, wb) = render(u8, 1, 10, 5, 30), render(f16, 1, 10, 5, 30)
     assert a.dtype == b.dtype == np.uint8 and wa == wb
     assert np.abs(a.astype(int) - b.astype(int)).max() <= 0.5 * 255 / (wa[1] - wa[0]) + 1
+
+
+def test_the_uint8_window_of_float32_hu_rounds_as_before_storage_was_a_choice():
+    """The window computed in float64 moved 5 voxels in 2 million by one level (float32 HU from SimpleITK
+    had been windowed in float32), and one level anywhere retrains every model differently: the default
+    run's tables must stay bit for bit."""
+    rng = np.random.default_rng(0)
+    hu = (rng.random(2_000_000) * 5000 - 1500).astype(np.float32)
+    before = np.rint((np.clip(hu, -1024.0, 3071.0) + 1024.0) * (255.0 / 4095.0)).astype(np.uint8)
+    assert np.array_equal(window(hu, "uint8"), before)

@@ -15,8 +15,13 @@ STORAGES = ("uint8", "float16", "float32")
 
 
 def level(hu):
-    """HU -> the window's [0, 255] scale (unclipped): display windows and thresholds in stored units."""
-    return (np.asarray(hu, np.float64) - HU_MIN) * (255.0 / (HU_MAX - HU_MIN))
+    """HU -> the window's [0, 255] scale (unclipped): display windows and thresholds in stored units.
+    A float array keeps its precision (SimpleITK's float32 volumes: the uint8 rounding stays bit for bit
+    what it was before storage was a choice); integers and scalars go through float64."""
+    hu = np.asarray(hu)
+    if hu.dtype.kind != "f":
+        hu = hu.astype(np.float64)
+    return (hu - HU_MIN) * (255.0 / (HU_MAX - HU_MIN))
 
 
 def window(hu: np.ndarray, storage: str = "uint8") -> np.ndarray:
