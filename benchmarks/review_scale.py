@@ -16,8 +16,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from review_data import synthetic_review_page  # noqa: E402
-from test_review_browser import counting_server  # noqa: E402
+from review_data import counting_server, synthetic_review_page  # noqa: E402
 
 
 def main() -> int:

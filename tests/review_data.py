@@ -1,7 +1,10 @@
 """A tiny mining output for the review tests: the real mining commands run on stand-in proposals of the
 tiny corpus (made from its truth, so no detector is trained), then `lens review-boxes` and `lens review`."""
+import contextlib
+import http.server
 import json
 import re
+import threading
 from pathlib import Path
 
 import pandas as pd
@@ -103,3 +106,28 @@ def synthetic_review_page(folder: Path, n: int, seed: int = 0) -> Path:
     write_page(folder, records, {"id": f"synthetic{n}", "experiment": f"synthetic {n}", "built": "2026-01-01T00:00:00+00:00",
                                  "cards": n, "boxes": counts}, f"Cards: {n} synthetic.")
     return folder / "index.html"
+
+
+@contextlib.contextmanager
+def counting_server(folder: Path):
+    """A static server of ``folder`` that records every path the browser asks for: (base URL, paths)."""
+    served: list[str] = []
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, directory=str(folder), **kwargs)
+
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):
+            served.append(self.path.split("?")[0])
+            super().do_GET()
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", served
+    finally:
+        server.shutdown()
+        server.server_close()

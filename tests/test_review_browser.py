@@ -4,7 +4,6 @@ imported and round-2 labels change accordingly. Also: verdicts survive a reload,
 through a plain static server as well as from the file system.
 
 Skipped, with the reason, where no browser is installed (`.ci/run` installs one)."""
-import contextlib
 import functools
 import http.server
 import json
@@ -18,7 +17,7 @@ import pandas as pd
 import pytest
 
 from lens_core.cli import main
-from review_data import build_mining, merge_args, page_data, write_chunk
+from review_data import build_mining, counting_server, merge_args, page_data, write_chunk
 
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install -e .[test])")
 from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402
@@ -228,31 +227,6 @@ def test_enter_ends_the_reviewer_name_so_the_next_key_judges_the_card(browser, m
     assert field.get_attribute("value") == "alice"
     verdict = browser.execute_script("return window.lensReview.state().verdicts[arguments[0]]", first["id"])
     assert verdict is not None and verdict["decision"] == "accept" and verdict["reviewer"] == "alice"
-
-
-@contextlib.contextmanager
-def counting_server(folder: Path):
-    """A static server of ``folder`` that records every path the browser asks for: (base URL, paths)."""
-    served: list[str] = []
-
-    class Handler(http.server.SimpleHTTPRequestHandler):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, directory=str(folder), **kwargs)
-
-        def log_message(self, *args):
-            pass
-
-        def do_GET(self):
-            served.append(self.path.split("?")[0])
-            super().do_GET()
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", served
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def test_a_page_of_20000_cards_loads_a_small_first_view_and_walks_every_chunk(browser, tmp_path, downloads):

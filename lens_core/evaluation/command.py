@@ -142,24 +142,15 @@ def run_evaluate(args: argparse.Namespace) -> int:
         if args.split:
             inputs.require_columns(table, ["split"], "units")
             table = table.loc[table["split"] == args.split]
-        if args.protocol == "deeplesion2d" and not {"image", "z"} & set(table.columns):
-            # units are key-slice images; a table of volumes (volumes.parquet) says whose key slices count
-            inputs.require_columns(table, ["volume_id"], "units")
-            truth = truth.loc[truth["volume_id"].astype(str).isin(table["volume_id"].astype(str))]
+        if args.protocol == "deeplesion2d":  # units are key-slice images
+            from lens_core.evaluation.deeplesion2d import unit_images
+
+            table, truth = unit_images(table, truth)
             if truth.empty:
                 from lens_core.io import InputError
 
                 raise InputError(f"{args.truth}: no key-slice lesions in the volumes of {args.units}"
                                  f"{f' (split {args.split})' if args.split else ''}")
-            from lens_core.evaluation.deeplesion2d import image_key
-
-            keys = truth.drop_duplicates(["volume_id", "z"])
-            table = keys[["volume_id", "z"]].merge(table.drop(columns=["z"], errors="ignore"), on="volume_id")
-            table = table.assign(image=image_key(table, "units"))
-        elif args.protocol == "deeplesion2d":  # units are key-slice images: `image` or volume_id + z
-            from lens_core.evaluation.deeplesion2d import image_key
-
-            table = table.assign(image=image_key(table, "units"))
         col = unit if unit in table.columns else ("volume_id" if "volume_id" in table.columns else unit)
         inputs.require_columns(table, [col], "units")
         units = pd.unique(table[col]).tolist()

@@ -45,6 +45,19 @@ def key_slice_sections(pred3d: pd.DataFrame, truth: pd.DataFrame) -> pd.DataFram
     return pairs.loc[(pairs["z1"] < pairs["z"] + 1) & (pairs["z2"] > pairs["z"])].reset_index(drop=True)
 
 
+def unit_images(units: pd.DataFrame, truth: pd.DataFrame, what: str = "units") -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``(units, truth)`` for a ``--units`` table: its rows keyed by ``image``. A table of images (an ``image``
+    or ``z`` column) names them itself; a table of volumes (volumes.parquet) says whose key slices count, and
+    ``truth`` keeps only those volumes' lesions."""
+    if {"image", "z"} & set(units.columns):
+        return units.assign(image=image_key(units, what)), truth
+    inputs.require_columns(units, ["volume_id"], what)
+    truth = truth.loc[truth["volume_id"].astype(str).isin(units["volume_id"].astype(str))]
+    keys = truth.drop_duplicates(["volume_id", "z"])[["volume_id", "z"]]
+    table = keys.merge(units.drop(columns=["z"], errors="ignore"), on="volume_id")
+    return table.assign(image=image_key(table, what)), truth
+
+
 def match_deeplesion2d(
     pred: pd.DataFrame,
     truth: pd.DataFrame,
