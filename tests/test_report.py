@@ -126,7 +126,7 @@ def test_the_report_names_the_protocol_its_numbers_were_scored_with(run, tmp_pat
 
     assert _report(run) == 0
     page = (run / "report.html").read_text()
-    assert html.escape(PROTOCOLS["lens3d"]) in page and "key-slice" not in page
+    assert html.escape(PROTOCOLS["lens3d"]) in page and html.escape(PROTOCOLS["deeplesion2d"]) not in page
     table = pd.read_parquet(run / "table.parquet").assign(protocol="deeplesion2d")
     write_parquet(table, run / "table.parquet", read_meta(run / "table.parquet"))
     assert _report(run) == 0

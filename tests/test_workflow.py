@@ -229,25 +229,41 @@ def test_the_real_config_plans_the_papers_run_with_no_audit(tiny_corpus, tmp_pat
     assert "--pixel-mm 0.8 --slice-mm 2.0 --storage float16" in res.stdout
 
 
-def test_a_real_layout_run_without_truth_or_manual_3d_set_is_scored_by_the_key_slice_protocol(tiny_corpus, tmp_path):
-    """Issue 23: the DAG, at the tiny scale, on the corpus as released datasets with the hidden truth and
-    DeepLesion's manual 3D set removed, runs from the released files through both rounds and mining to the
-    key-slice evaluation of round 2. (The FPR, and so report.html, is not reached at this scale: its tiny
-    round-2 model finds no true positive to train on, and `lens train-fpr` refuses that, naming the file.)"""
+def test_a_real_layout_run_without_truth_or_manual_3d_set_reaches_the_report(tiny_corpus, tmp_path):
+    """Issue 23: the default DAG, at the tiny scale, on the corpus as released datasets with the hidden truth and
+    DeepLesion's manual 3D set removed, runs from the released files through both rounds and mining to
+    report.html, scored by DeepLesion's key-slice protocol, with no audit. The tiny 1-epoch round-2 model finds no
+    true positive for the FPR to train on (`lens train-fpr` refuses that, naming the file and this switch), so
+    the run sets fpr.enabled: false and the table ends at round 2."""
+    import html
+    import zipfile
+
     import pandas as pd
 
     roots = release_copy(tiny_corpus, tmp_path / "data", manual_3d=False)
     cfg = real_data_config(tmp_path, roots)
     cfg["mining"]["encoder_steps"] = 30  # the DAG's path is tested here, not the embedding
+    cfg["fpr"]["enabled"] = False
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
-    targets = ["results/eval/lens/r2_fused/summary.parquet", "results/eval/lens/r2_fused/val/summary.parquet"]
-    res = run(tmp_path, *targets, timeout=1500)
+    res = run(tmp_path, timeout=1500)  # the default target
     assert res.returncode == 0, res.stderr[-4000:]
-    for t in targets:
+    for t in ["results/eval/lens/r2_fused/summary.parquet", "results/eval/lens/r2_fused/val/summary.parquet"]:
         s = pd.read_parquet(tmp_path / t).query("stratum_by == 'all'").iloc[0]
         assert s["protocol"] == "deeplesion2d" and s["n_gt"] > 0 and s["n_units"] > 0
-    assert "FP@16" in pd.read_parquet(tmp_path / targets[0]).columns  # DeepLesion's own FP rates, per image
+    table = pd.read_parquet(tmp_path / "results/eval/table.parquet")
+    assert set(table["protocol"]) == {"deeplesion2d"} and "FP@16" in table.columns  # DeepLesion's FPs per image
+    assert list(table["variant"]) == ["round 1 (LENS)", "round 2 (LENS + mining)"]  # no FPR rows
+    page = html.unescape((tmp_path / "results" / "report.html").read_text())
+    assert "DeepLesion's official key-slice protocol" in page and "not comparable with the paper's Table II" in page
+    assert "<h2>Mining</h2>" not in page  # the mining audit reads the hidden truth: not run, not shown
     assert not (tmp_path / "results" / "corpus").exists()
+    assert not (tmp_path / "results" / "lens" / "fpr").exists()
     truths = list((tmp_path / "results" / "truth").glob("*.parquet"))  # the rules' fixed outputs: empty here
     assert all(pd.read_parquet(t).empty for t in truths), truths
     assert not list((tmp_path / "results").rglob("audit*.parquet"))
+    # the captioned Snakemake report of the same run, as README documents it
+    rep = run(tmp_path, "--report", "results/report.zip")
+    assert rep.returncode == 0, rep.stderr[-3000:]
+    with zipfile.ZipFile(tmp_path / "results" / "report.zip") as z:
+        names = z.namelist()
+    assert any(n.endswith("report.html") for n in names) and any(n.endswith("froc.png") for n in names)

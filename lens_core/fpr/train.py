@@ -226,10 +226,13 @@ def train_fpr(
     # only the main dataset's patients are held out: the AUC is measured where the FPR is used
     held = holdout_patients(patients, cfg.val_fraction, cfg.seed) & main
     y_train = np.where(held, -1, y)
-    if (y_train == TP).sum() == 0 or (y_train == FP).sum() == 0:
+    train_tp, train_fp = int((y_train == TP).sum()), int((y_train == FP).sum())
+    if not train_tp or not train_fp:
+        hint = "" if train_tp else (
+            f": no proposal of the training patients overlaps a label at key-slice IoU > {cfg.theta} (a detector "
+            f"trained too briefly?); config fpr.enabled: false ends the default target at round 2")
         raise ValueError(f"{proposals3d if not isinstance(proposals3d, pd.DataFrame) else 'proposals'}: "
-                         f"too few training samples ({int((y_train == TP).sum())} TP, "
-                         f"{int((y_train == FP).sum())} FP) for the FPR network")
+                         f"too few training samples ({train_tp} TP, {train_fp} FP) for the FPR network{hint}")
 
     # every epoch's samples first, so that only the patches some epoch uses are cropped
     plans = [epoch_samples(y_train, e, cfg.seed, cfg.fp_per_tp, cfg.tp_per_epoch) for e in range(cfg.epochs)]

@@ -80,7 +80,7 @@ rule ablation_table:
         eval_dir=eval_dir,
         e=settings("evaluation", "bootstrap", "bootstrap_seed"),
     shell:
-        "lens ablation-table --spec '{params.spec}' --eval-dir {params.eval_dir} --out {params.out} --val "
+        "lens ablation-table --spec {params.spec:q} --eval-dir {params.eval_dir} --out {params.out} --val "
         "--bootstrap {params.e[bootstrap]} --seed {params.e[bootstrap_seed]} 2> {log}"
 
 

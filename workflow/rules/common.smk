@@ -46,7 +46,8 @@ STAGE_LABEL = {"r1_dl": "round 1, DeepLesion expert", "r1_fused": "round 1 (LENS
                "r2u_fused": "round 2, uncertain as GT", "r2ts_fused": "round 2, two-stage score",
                "r2_fpr": "round 2 + FPR (Eq. 4)",
                "fpr_only": "FPR score alone", "sep_fused": "separate models, proposals fused"}
-MAIN_STAGES = ["r1_fused", "r2_fused", "r2_fpr", "fpr_only"]
+# the default target's rows; config fpr.enabled: false ends it at round 2
+MAIN_STAGES = ["r1_fused", "r2_fused"] + (["r2_fpr", "fpr_only"] if config["fpr"].get("enabled", True) else [])
 
 
 wildcard_constraints:

@@ -29,7 +29,7 @@ rule evaluate:
         score=stage_score_column,
         split="test",
     shell:
-        "lens evaluate --pred {input.pred} --truth {input.truth} {params.protocol} --name '{params.label}' "
+        "lens evaluate --pred {input.pred} --truth {input.truth} {params.protocol} --name {params.label:q} "
         "--score-column {params.score} --units {input.volumes} --split {params.split} "
         "--bootstrap {params.e[bootstrap]} --seed {params.e[bootstrap_seed]} --out {params.out} 2> {log}"
 
@@ -70,9 +70,9 @@ rule froc_plot:
         ENV
     params:
         paper=main_paper_arg,
-        protocol=eval_protocol_title(),
+        # quoted by snakemake (:q): "DeepLesion's key-slice protocol" broke a hand-quoted title
+        title=f"LENS on the DeepLesion-like test split, {eval_protocol_title()}, validation beside it "
+              "(paper: Table II, on DeepLesion)",
     shell:
         "lens froc-plot --curves {input.curves} --val-summaries {input.val} --out {output.plot} "
-        "--table {output.table} --paper {params.paper} "
-        "--title 'LENS on the DeepLesion-like test split, {params.protocol}, validation beside it "
-        "(paper: Table II, on DeepLesion)' 2> {log}"
+        "--table {output.table} --paper {params.paper} --title {params.title:q} 2> {log}"

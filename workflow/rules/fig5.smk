@@ -24,7 +24,7 @@ rule fig5_table:
         eval_dir=eval_dir,
         e=settings("evaluation", "bootstrap", "bootstrap_seed"),
     shell:
-        "lens fig5-table --spec '{params.spec}' --eval-dir {params.eval_dir} --out {params.out} "
+        "lens fig5-table --spec {params.spec:q} --eval-dir {params.eval_dir} --out {params.out} "
         "--bootstrap {params.e[bootstrap]} --seed {params.e[bootstrap_seed]} 2> {log}"
 
 

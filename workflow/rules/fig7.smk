@@ -115,7 +115,7 @@ rule fig7_evaluate:
         volumes=fig7_eval_volumes,
         split=fig7_eval_split_arg,
     shell:
-        "lens evaluate --pred {input.pred} --truth {params.truth} --protocol luna --name '{params.label}' "
+        "lens evaluate --pred {input.pred} --truth {params.truth} --protocol luna --name {params.label:q} "
         "--units {params.volumes} --volumes {params.volumes} {params.split} --fp-rates {params.e[fp_rates]} "
         "--bootstrap {params.e[bootstrap]} --seed {params.e[bootstrap_seed]} --out {params.out} 2> {log}"
 
@@ -141,7 +141,7 @@ rule fig7_table:
         out=parent_of("table"),
         e=settings("evaluation", "bootstrap", "bootstrap_seed"),
     shell:
-        "lens fig7-table --spec '{params.spec}' --scored-on '{params.scored_on}' --out {params.out} "
+        "lens fig7-table --spec {params.spec:q} --scored-on {params.scored_on:q} --out {params.out} "
         "--bootstrap {params.e[bootstrap]} --seed {params.e[bootstrap_seed]} 2> {log}"
 
 

@@ -10,7 +10,8 @@ rule html_report:
         delta=delta_plot,  # the delta audit (decides nothing)
         # the training curves: losses, the learning curves (validation by epoch), the FPR's loss against chance
         losses=expand("results/{exp}/{round}/{curve}.png", exp=MAIN, round=["round1", "round2"],
-                      curve=["losses", "val_curve"]) + [f"results/{MAIN}/fpr/fpr_loss.png"],
+                      curve=["losses", "val_curve"])
+               + ([f"results/{MAIN}/fpr/fpr_loss.png"] if "r2_fpr" in MAIN_STAGES else []),
         # the captions of `snakemake --report` (beside the Snakefile, whatever --directory says)
         captions=expand(f"{workflow.basedir}/workflow/report/{{item}}.rst",
                         item=["table", "froc_all", "audit", "montage", "delta", "losses"]),
