@@ -15,6 +15,8 @@ the detector's round-1 proposals exist (they come from the truth, so they must n
 
 from __future__ import annotations
 
+import textwrap
+
 from pathlib import Path
 
 import numpy as np
@@ -167,14 +169,16 @@ def plot_delta_audit(curve: pd.DataFrame, delta: float, path: str | Path, title:
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig, ax = plt.subplots(figsize=(5, 3.5), dpi=120)
+    fig, ax = plt.subplots(figsize=(5, 4), dpi=120)
     ax.plot(curve["delta"], curve["precision"], "-o", ms=3, label="precision")
     ax.plot(curve["delta"], curve["recall"], "-s", ms=3, label="recall")
     ax.axvline(delta, color="k", ls="--", lw=1, label=f"configured δ = {delta:.3f}")
     ax.set_xlabel("δ (embedding L2 distance)")
     ax.set_ylim(-0.02, 1.02)
-    ax.set_title(title or "Intra-patient matching on the validation split (audit)")
-    ax.legend(loc="lower right", fontsize=8)
+    # the whole title, wrapped (it was cut at the figure's edge), and the legend below the axes, on no curve
+    ax.set_title("\n".join(textwrap.wrap(title or "Intra-patient matching on the validation split (audit)", 50)),
+                 fontsize=10)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=3, fontsize=8, frameon=False)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     save_figure(fig, path)

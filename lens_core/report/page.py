@@ -98,6 +98,13 @@ def main_table(path: Path) -> pd.DataFrame:
     for c in out.columns:
         if c.removeprefix("val_").startswith(("FP@", "average")):  # validation beside test, both in %
             out[c] = [_percent(v) for v in out[c]]
+    # an interval's two ends as one column, "[low, high]", as table.md shows them (the page was too wide)
+    for low in [c for c in out.columns if c.endswith("_low")]:
+        base, high = low.removesuffix("_low"), low.removesuffix("_low") + "_high"
+        if high in out.columns:
+            ci = [f"[{a}, {b}]" if a != "–" else "–" for a, b in zip(out[low], out[high])]
+            out = out.drop(columns=[high]).rename(columns={low: f"{base} 95 % CI"})
+            out[f"{base} 95 % CI"] = ci
     if paper is not None:
         out["paper (average)"] = [f"{paper[v]:.1f}" if v in paper else "–" for v in out["variant"]]
     return out
@@ -121,14 +128,20 @@ def _img(path: Path, alt: str) -> str:
 
 
 def _html_table(df: pd.DataFrame) -> str:
-    return df.to_html(index=False, na_rep="–", float_format=lambda v: f"{v:.1f}", border=0)
+    # in a box of its own that scrolls sideways: a wide table (the main one, with its validation columns)
+    # was cut at the page's right edge
+    table = df.to_html(index=False, na_rep="–", float_format=lambda v: f"{v:.1f}", border=0)
+    return f"<div class='table'>{table}</div>"
 
 
 def build_report(inp: ReportInputs, out: Path) -> None:
     parts = ["<!doctype html><meta charset='utf-8'><title>LENS pipeline report</title>",
              "<style>body{font-family:sans-serif;max-width:1100px;margin:auto}table{border-collapse:collapse}"
              "td,th{border:1px solid #ccc;padding:2px 6px;font-size:13px}h2{border-bottom:1px solid #888}"
-             ".row{display:flex;gap:12px}.row>div{flex:1}</style>",
+             ".table{overflow-x:auto;margin-bottom:1em}td:first-child{white-space:nowrap}"
+             # two training figures a row: five in one row were thumbnails nobody could read
+             ".row{display:grid;grid-template-columns:repeat(auto-fill,minmax(480px,1fr));gap:12px}"
+             ".row>.wide{grid-column:1/-1}</style>",  # the loss plots: a strip of five panels each
              "<h1>LENS pipeline report</h1>"]
 
     protocols = pd.read_parquet(inp.table, columns=["protocol"])["protocol"].dropna().unique() \
@@ -153,7 +166,8 @@ def build_report(inp: ReportInputs, out: Path) -> None:
 
     if inp.losses:
         parts.append("<h2>Training</h2>" + caption(inp.captions, "losses") + "<div class='row'>"
-                     + "".join(f"<div><p>{html.escape(str(Path(p).parent / Path(p).stem))}</p>"
+                     + "".join(f"<div{' class=wide' if Path(p).stem == 'losses' else ''}>"
+                               f"<p>{html.escape(str(Path(p).parent / Path(p).stem))}</p>"
                                f"{_img(p, 'training curves')}</div>" for p in inp.losses) + "</div>")
 
     times = rule_times(inp.benchmarks) if inp.benchmarks is not None and Path(inp.benchmarks).is_dir() else None
