@@ -50,7 +50,7 @@ def models(tmp_path_factory):
     root = tmp_path_factory.mktemp("detect")
     prep = make_prep(root / "prep", datasets=DATASETS, n_volumes=4, depth=10, size=64, seed=3)
     cfg = TrainConfig.from_config({"datasets": DATASETS, "epochs": 12, "lr": 1e-3, "lr_steps": [10],
-                                   "augment": False, "fc_dim": 128, "rois_per_image": 32})
+                                   "augment": False, "fc_dim": 128, "rois_per_image": 32, "slices": 3})
     lens_path = train(cfg, prep, root / "lens", device="cpu", progress=False)
     from lens_core.model.lens import load_lens
 
