@@ -6,9 +6,12 @@ command module, so a step does not pay for importing what it does not need.
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import logging
+import shutil
 import sys
+from pathlib import Path
 
 import lens_core
 from lens_core.errors import InputError
@@ -95,11 +98,40 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except OSError as e:
         # the machine said no (permission, disk full, a read-only folder): one line naming the file, exit 1
-        where = f"{e.filename}: " if e.filename else ""
-        logging.getLogger("lens").error("%s%s (%s)", where, e.strerror or e, type(e).__name__)
+        where = e.filename or (_output(args) if e.errno == errno.ENOSPC else None)
+        logging.getLogger("lens").error("%s%s (%s)", f"{where}: " if where else "", e.strerror or e, type(e).__name__)
         if args.verbose:
             raise
         return 1
+    except RuntimeError as e:
+        # torch.save and SimpleITK's writers report a full disk as a RuntimeError: one line too; any other
+        # RuntimeError is a bug, with its traceback
+        out = _output(args)
+        if not _disk_full(e, out):
+            raise
+        logging.getLogger("lens").error("%s: No space left on device (%s: %s)", out or "output",
+                                        type(e).__name__, str(e).strip().splitlines()[0][:200])
+        if args.verbose:
+            raise
+        return 1
+
+
+def _output(args) -> str | None:
+    """The step's output (its --out, else --out3d), for a write error that names no file."""
+    out = getattr(args, "out", None) or getattr(args, "out3d", None)
+    return str(out) if out else None
+
+
+def _disk_full(e: BaseException, out: str | None) -> bool:
+    """Did ``e`` come from a full disk: its message says so, or the output's disk has under 1 MiB free."""
+    if "No space left on device" in str(e) or "errno = 28" in str(e):
+        return True
+    if out is None:
+        return False
+    folder = Path(out).absolute()
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    return shutil.disk_usage(folder).free < (1 << 20)
 
 
 if __name__ == "__main__":

@@ -178,6 +178,17 @@ def atomic_folder(path, own: Iterable[str] | Callable[[str], object] | None = No
             _remove_made(made)
 
 
+def require_free_space(folder, nbytes: int, what: str, name=None) -> None:
+    """Refuse, as an OSError (ENOSPC) naming ``name`` (the output a temporary ``folder`` becomes; default
+    ``folder``), to write ``nbytes`` where the disk has less free. HDF5
+    told of a full disk only while closing, in a page of tracebacks, and then crashed (exit 139); asked before
+    each volume is written, a full disk is one line and the temporary folder is removed."""
+    free = shutil.disk_usage(folder).free
+    if free < nbytes:
+        raise OSError(errno.ENOSPC, f"No space left on device ({what} needs up to {nbytes / 1e6:.1f} MB, "
+                                    f"{free / 1e6:.1f} MB free)", str(name or folder))
+
+
 def write_parquet(df: pd.DataFrame, path, meta: dict | None = None, schema=None) -> None:
     """Write ``df`` atomically; ``meta`` (the config keys the artifact depends on) goes into the file's
     ``lens`` metadata key, ``schema`` (pyarrow) fixes column order and types when given."""

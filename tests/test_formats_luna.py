@@ -118,3 +118,22 @@ def test_a_scan_whose_name_is_not_a_seriesuid_is_refused(tmp_path):
     (tmp_path / "subset1" / "1.3.6.1.4.1.99.2.mhd").rename(tmp_path / "subset1" / f"{bad}.mhd")
     with pytest.raises(DatasetError, match=r"is not a seriesuid \(a DICOM UID: digits and dots\)"):
         read_dataset("luna", tmp_path)
+
+
+def test_lens_preprocess_refuses_a_scan_whose_name_is_not_a_seriesuid(tmp_path, caplog):
+    """The same through the real entry point: one line naming the file, exit 1, no output."""
+    import logging
+
+    from lens_core.cli import main
+
+    root = tmp_path / "luna"
+    root.mkdir()
+    _write(root)
+    bad = "<img src=x onerror=alert(1)>"
+    (root / "subset1" / "1.3.6.1.4.1.99.2.mhd").rename(root / "subset1" / f"{bad}.mhd")
+    with caplog.at_level(logging.ERROR, logger="lens"):
+        assert main(["preprocess", "--format", "luna", "--root", str(root), "--out", str(tmp_path / "prep"),
+                     "--no-progress"]) == 1
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and f"{bad}.mhd: '{bad}' is not a seriesuid" in errors[0], errors
+    assert not (tmp_path / "prep").exists()

@@ -4,6 +4,7 @@ structure from the release's own content (tests/data/deeplesion-manual-3d, conve
 import logging
 import os
 import pickle
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -36,6 +37,22 @@ def test_the_release_becomes_the_readers_csvs(tmp_path, caplog):
     boxes, subs = read_manual_3d(tmp_path / "manual_3d")
     assert len(subs) == 1000 and (subs.n_boxes == 0).sum() == 31 and len(boxes) == 5447
     assert sum(len(v) for v in doc["test"].values()) == (boxes.split == "test").sum()
+
+
+def test_import_never_replaces_a_folder_it_did_not_write(tmp_path, caplog):
+    """--out is replaced as a whole: a folder of the user's own files is refused, untouched (issue 23)."""
+    release_like(tmp_path / "release.pkl")
+    mine = tmp_path / "manual_3d"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep")
+    with caplog.at_level(logging.ERROR, logger="lens"):
+        assert main(["import-manual-3d", str(tmp_path / "release.pkl"), "--out", str(mine)]) == 1
+    assert "holds files this project did not write here (notes.txt); nothing was changed" in caplog.text
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"] and (mine / "notes.txt").read_text() == "keep"
+    # a folder it wrote itself is replaced on the next import
+    shutil.rmtree(mine)
+    assert main(["import-manual-3d", str(tmp_path / "release.pkl"), "--out", str(mine)]) == 0
+    assert main(["import-manual-3d", str(tmp_path / "release.pkl"), "--out", str(mine)]) == 0
 
 
 class Payload:

@@ -235,3 +235,23 @@ def test_deeplesion_png_folder_read_scan_spacing(tiny_corpus, tmp_path):
     np.testing.assert_array_equal(sitk.GetArrayFromImage(given), sitk.GetArrayFromImage(img))
     with pytest.raises(ValueError, match=r"spacing must be three numbers of mm \(x, y, z\) in \[0.05, 50.0\]"):
         read_scan(alone, spacing=(0.7, 0.0, 2.5))
+
+
+def test_no_tcia_folder_name_reaches_a_preprocessed_artifact(tiny_corpus, tmp_path):
+    """Through `lens preprocess`: the TCIA study folder's date and description appear in no output file, the
+    volumes.h5 attributes and every Parquet table included (issue 23: `source` carried them)."""
+    import h5py
+
+    from lens_core.cli import main
+
+    alt = _tcia_layout(tiny_corpus / "nihln", tmp_path / "NIH-LN")
+    out = tmp_path / "prep"
+    assert main(["preprocess", "--format", "nihln", "--root", str(alt), "--out", str(out), "--pixel-mm", "4",
+                 "--slice-mm", "5", "--no-progress"]) == 0
+    identifiers = ("09-14-2014", "2014", "ABDLYMPH-abdominallymphnodes", "abdominallymphnodes-26828")
+    with h5py.File(out / "volumes.h5", "r") as h5:
+        attrs = [str(v) for g in h5.values() for v in g.attrs.values()] + [str(h5.attrs["lens"])]
+    assert attrs and not [a for a in attrs if any(i in a for i in identifiers)]
+    for table in out.glob("*.parquet"):
+        blob = table.read_bytes()
+        assert not [i for i in identifiers if i.encode() in blob], table

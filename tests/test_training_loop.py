@@ -291,6 +291,21 @@ def test_the_paper_preset_without_weights_is_an_error_unless_training_from_scrat
     assert TrainConfig.from_config({"preset": "paper", "slices": 9, "weights_path": "densenet121.pth"}).weights_path
 
 
+def test_lens_train_refuses_the_paper_preset_without_weights_before_training(tmp_path, caplog):
+    """Through the real entry point: one line, exit 1, nothing written."""
+    import logging
+
+    from lens_core.cli import main
+
+    with caplog.at_level(logging.ERROR, logger="lens"):
+        assert main(["train", "--prep-dir", str(tmp_path / "prep"), "--config-json", '{"preset": "paper"}',
+                     "--out", str(tmp_path / "lens"), "--no-progress"]) == 1
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and "preset paper starts from ImageNet DenseNet-121 weights" in errors[0] \
+        and "paper_from_scratch: true" in errors[0], errors
+    assert not (tmp_path / "lens").exists()
+
+
 @pytest.fixture(scope="module")
 def prep_val(tmp_path_factory):
     return make_prep(tmp_path_factory.mktemp("prep_val"), datasets=DATASETS, n_volumes=4, depth=10, size=48,

@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from ..io import atomic_folder
+from ..io import atomic_folder, require_free_space
 
 TABLES = ("volumes.parquet", "lesions.parquet", "truth.parquet", "test3d.parquet")
 
@@ -102,6 +102,7 @@ def _gather_into(shards: list[Path], out: Path) -> None:
             dst.attrs["lens"] = json.dumps(meta)
             for vid in sorted(k for f in srcs for k in f.keys()):
                 src = next(f for f in srcs if vid in f)
+                require_free_space(out, src[vid]["image"].id.get_storage_size() + (1 << 20), f"volume {vid}")
                 src.copy(src[vid], dst, name=vid)
         finally:
             for f in srcs:

@@ -21,7 +21,7 @@ import pandas as pd
 import pyarrow as pa
 import SimpleITK as sitk
 
-from ..io import atomic_folder, write_parquet
+from ..io import atomic_folder, require_free_space, write_parquet
 # the tables' schemas live apart so that the steps that only read the tables (mining, FPR) need no SimpleITK
 from .schema import BOX, LESION_SCHEMA, TEST3D_SCHEMA, TRUTH_EXTRA, TRUTH_SCHEMA, VOLUME_SCHEMA  # noqa: F401
 
@@ -161,6 +161,8 @@ def preprocess_dataset(fmt: str, root: Path, out_dir: Path, params: PrepParams, 
                 img = load_image(v, root)
                 pre = prepare(img, params)
                 nz, ny, nx = pre.image.shape
+                # its raw bytes, an upper bound of the gzip'd chunks, plus room for HDF5's own records
+                require_free_space(tmp_dir, pre.image.nbytes + (1 << 20), f"volume {v['volume_id']}", out_dir)
                 g = h5.create_group(v["volume_id"])
                 # float storage: byte shuffling before gzip (HDF5's shuffle filter) about halves its files
                 g.create_dataset("image", data=pre.image, chunks=(1, ny, nx), compression="gzip", compression_opts=4,
