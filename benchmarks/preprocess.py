@@ -15,7 +15,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")  # one core: SimpleITK's resampler
 
 import SimpleITK as sitk  # noqa: E402
 
-from lens_core.datasets.corpus import write_corpus  # noqa: E402
+from lens_core.corpus.write import write_corpus  # noqa: E402
 from lens_core.preprocess.volumes import PrepParams, preprocess_dataset  # noqa: E402
 
 

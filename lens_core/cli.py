@@ -19,7 +19,7 @@ from lens_core.errors import InputError
 # every step, in the order the pipeline runs them (the order of `lens --help`), and the command module
 # (one `command.py` per package) whose `add_parser(subparsers)` registers it
 STEPS = {
-    "synthesize": "lens_core.datasets.command",
+    "synthesize": "lens_core.corpus.command",
     "import-manual-3d": "lens_core.datasets.command",
     "preprocess": "lens_core.preprocess.command",
     "gather-prep": "lens_core.preprocess.command",

@@ -156,7 +156,7 @@ def test_the_schema_knows_every_training_and_corpus_key():
     """The train section lists TrainConfig's fields, the corpus section the generator's keys."""
     from dataclasses import fields
 
-    from lens_core.datasets.corpus import DEFAULT_CORPUS
+    from lens_core.corpus.generate import DEFAULT_CORPUS
     from lens_core.training.config import TrainConfig
 
     props = yaml.safe_load((ROOT / "workflow" / "schemas" / "config.schema.yaml").read_text())["properties"]

@@ -9,7 +9,7 @@ import pytest
 
 from lens_core.cli import main
 from lens_core.datasets import read_dataset
-from lens_core.datasets.corpus import LABELED_TYPE
+from lens_core.corpus.generate import LABELED_TYPE
 
 from conftest import FORMATS, ROOT, TINY_CONFIG, build_corpus, preprocess_all
 
@@ -69,7 +69,7 @@ def test_lesion_at_known_position_lands_in_its_preprocessed_box(tiny_corpus, tin
 
 def test_truth_boxes_agree_with_world_geometry(tiny_corpus, tiny_prep):
     """Preprocessed truth boxes sit where the world coordinates say (HDF5 origin/spacing)."""
-    from lens_core.datasets import phantom  # noqa: F401  (geometry lives in the world, checked via centres)
+    from lens_core.corpus import phantom  # noqa: F401  (geometry lives in the world, checked via centres)
 
     for fmt in FORMATS:
         tr = pd.read_parquet(tiny_prep / fmt / "truth.parquet")
@@ -181,7 +181,7 @@ def default_scans():
     """The default run's corpus (config.yaml's `corpus:` on DEFAULT_CORPUS), generated without writing it."""
     import yaml
 
-    from lens_core.datasets.corpus import generate_scans
+    from lens_core.corpus.generate import generate_scans
 
     return generate_scans(yaml.safe_load((ROOT / "config.yaml").read_text())["corpus"])
 
@@ -189,7 +189,7 @@ def default_scans():
 def test_the_default_corpus_is_shaped_like_table_1(default_scans):
     """DeepLesion-like labels dominate (the paper: 22.9 K against ~3 K), and its val/test splits hold enough
     fully annotated lesions to choose delta and sigma on and to measure sensitivity."""
-    from lens_core.datasets.corpus import truth_table
+    from lens_core.corpus.generate import truth_table
 
     truth = truth_table(default_scans)
     released = {s.key for s in default_scans if s.dataset == "deeplesion" and any(v.labeled for v in s.lesions)}
@@ -230,7 +230,7 @@ def test_each_dataset_is_its_own_scanner_domain(default_scans):
 
 
 def test_the_kernel_sharpens_or_smooths_a_rendered_scan():
-    from lens_core.datasets import phantom as ph
+    from lens_core.corpus import phantom as ph
 
     p = ph.make_patient(np.random.default_rng(0), "k", 1, {"liver_tumor": 1}, (2, 2))
     grid = ph.scan_grid("abdomen", (150.0, 200.0), 2.5, 5.0, 64)
@@ -247,7 +247,7 @@ def test_centre_marks_lie_in_their_scan_and_a_cut_lesion_stays_unmarked():
     fig7.heldout: 24 scans, corpus seed 1000) has such a node in ABD_LYMPH_022, which once broke the writer."""
     import yaml
 
-    from lens_core.datasets.corpus import generate_scans
+    from lens_core.corpus.generate import generate_scans
 
     held = yaml.safe_load((ROOT / "config.yaml").read_text())["fig7"]["heldout"]
     scans = generate_scans({"seed": held["seed"], "deeplesion": {"patients": 0},

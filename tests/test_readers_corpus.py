@@ -8,7 +8,7 @@ import pytest
 
 from lens_core.datasets import read_dataset
 
-corpus = pytest.importorskip("lens_core.datasets.corpus")
+corpus = pytest.importorskip("lens_core.corpus.generate")
 CFG = {"deeplesion": {"patients": 3}, "luna": {"cases": 2}, "lits": {"cases": 2}, "nihln": {"cases": 3}}
 
 

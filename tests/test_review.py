@@ -12,7 +12,8 @@ import pytest
 from lens_core.cli import main
 from lens_core.io import read_meta
 from lens_core.mining.audit import annotation_pad_px, match_truth, truth_slices
-from lens_core.review.boxes import box_ids, mined_boxes
+from lens_core.mining.verdicts import mined_box_ids
+from lens_core.review.boxes import mined_boxes
 from lens_core.review.page import build_page
 from lens_core.review.simulate import simulate_verdicts
 from lens_core.review.value import value_table, write_value_table
@@ -55,11 +56,11 @@ def test_every_mined_box_has_a_stable_unique_id(mining, boxes):
     assert boxes["box_id"].is_unique
     # the same table gives the same ids; moving a box changes its id only
     cs = tables["cross_slice"]
-    again = box_ids(cs)
+    again = mined_box_ids(cs)
     assert list(again) == list(boxes.loc[boxes["strategy"] == "cross_slice", "box_id"])
     moved = cs.copy()
     moved.loc[0, "x1"] += 0.5
-    changed = box_ids(moved) != again
+    changed = mined_box_ids(moved) != again
     assert changed[0] and not changed[1:].any()
     # the image size comes from volumes.parquet, the dataset of an uncertain box from its volume
     assert (boxes["width"] > 0).all() and (boxes["height"] > 0).all()

@@ -16,7 +16,7 @@ import SimpleITK as sitk
 
 from . import deeplesion, lits, luna16, nihln
 from .common import DATASETS, DatasetError, DatasetIndex
-from .scans import read_scan
+from .scan_file import read_scan
 
 __all__ = ["DATASETS", "DatasetError", "DatasetIndex", "read_dataset", "load_image", "read_scan"]
 

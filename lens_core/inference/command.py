@@ -15,7 +15,7 @@ from lens_core.boxes import THETA
 log = logging.getLogger(__name__)
 
 SCORES = ("head", "two_stage")  # lens_core.model.lens.SCORES (not imported here: torch loads late)
-SPACING_MM = (0.05, 50.0)  # lens_core.datasets.scans.SPACING_MM (not imported here: SimpleITK loads late)
+SPACING_MM = (0.05, 50.0)  # lens_core.datasets.scan_file.SPACING_MM (not imported here: SimpleITK loads late)
 
 
 def add_parser(subparsers) -> None:

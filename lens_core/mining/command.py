@@ -496,7 +496,7 @@ def _merge(args) -> int:
         if args.uncertain else None
     review = None
     if args.review:
-        from ..review.verdicts import read_review
+        from .verdicts import read_review
 
         review = read_review(args.review)
         log.info("%s: %s", args.review, json.dumps(review["decision"].value_counts().to_dict()))

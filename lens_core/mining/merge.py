@@ -18,7 +18,7 @@ import pandas as pd
 
 from lens_core.mining.overlap import overlaps_any, same_slice_iou
 from lens_core.mining.schema import GT_LIKE_KINDS, IGNORE_KINDS, conform
-from lens_core.review.boxes import box_ids
+from lens_core.mining.verdicts import mined_box_ids
 
 __all__ = ["GT_LIKE_KINDS", "IGNORE_KINDS", "UnknownVerdict", "apply_review", "merge_round2", "training_slices"]
 
@@ -48,7 +48,7 @@ def apply_review(mined: Sequence[pd.DataFrame], uncertain: pd.DataFrame | None, 
     is none of these tables' boxes is an UnknownVerdict (a ValueError): it was made on another mining output.
     """
     tables = [conform(t) for t in mined] + ([conform(uncertain)] if uncertain is not None else [])
-    ids = [box_ids(t) for t in tables]
+    ids = [mined_box_ids(t) for t in tables]
     verdict = review.drop_duplicates("box_id", keep="last").set_index("box_id")
     unknown = verdict.index.difference(pd.Index(np.concatenate(ids) if ids else []))
     if len(unknown):

@@ -1,20 +1,19 @@
 """The mined boxes a reviewer can judge, each with a stable id.
 
-A box id is a short hash of the box's strategy (``source_rule``), volume, slice and coordinates, so the
-same mined box keeps its id when mining reruns unchanged, and a verdict made on another mining output
-names a box that no longer exists (an error, not a silent mismatch). ``review_boxes.parquet`` lists
+Ids are :func:`lens_core.mining.verdicts.mined_box_ids`. ``review_boxes.parquet`` lists
 every mined box with its id and its image size: the contract between the page, ``lens review-import``,
 the simulated reviewer and ``merge_labels``.
 """
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+
+from lens_core.mining.verdicts import mined_box_ids
 
 # strategies in the order the page shows them, and the label_kind each one's table holds
 STRATEGIES = ("cross_slice", "intra_patient", "uncertain")
@@ -27,26 +26,6 @@ REVIEW_BOXES_SCHEMA = pa.schema([
     ("tracklet_id", pa.int64()), ("lesion_id", pa.string()), ("lesion_type", pa.string()),
     ("width", pa.int64()), ("height", pa.int64()), ("n_slices", pa.int64()),
 ])
-
-
-def box_ids(df: pd.DataFrame) -> np.ndarray:
-    """The id of each row of a mining table (``source_rule, volume_id, z, x1..y2``): 12 hex digits of a
-    BLAKE2b hash of those values (coordinates to 1/1000 px). Two identical rows get ``-2``, ``-3`` ...
-    suffixes in table order, so every id is unique within the table."""
-    if not len(df):
-        return np.zeros(0, dtype=object)
-    keys = [f"{r}|{v}|{int(z)}|{x1:.3f}|{y1:.3f}|{x2:.3f}|{y2:.3f}"
-            for r, v, z, x1, y1, x2, y2 in zip(df["source_rule"].astype(str), df["volume_id"].astype(str),
-                                               df["z"], df["x1"].astype(float), df["y1"].astype(float),
-                                               df["x2"].astype(float), df["y2"].astype(float))]
-    ids = np.array([hashlib.blake2b(k.encode(), digest_size=6).hexdigest() for k in keys], dtype=object)
-    seen: dict[str, int] = {}
-    for i, b in enumerate(ids):
-        n = seen.get(b, 0) + 1
-        seen[b] = n
-        if n > 1:
-            ids[i] = f"{b}-{n}"
-    return ids
 
 
 def mined_boxes(tables: Mapping[str, pd.DataFrame], volumes: pd.DataFrame) -> pd.DataFrame:
@@ -70,7 +49,7 @@ def mined_boxes(tables: Mapping[str, pd.DataFrame], volumes: pd.DataFrame) -> pd
             i = int(np.flatnonzero(bad)[0])
             raise ValueError(f"{strategy} row {i}: volume {t['volume_id'].iloc[i]!r} is not in volumes.parquet")
         dims = size.loc[t["volume_id"]].reset_index(drop=True)
-        out = pd.DataFrame({"box_id": box_ids(t), "strategy": strategy})
+        out = pd.DataFrame({"box_id": mined_box_ids(t), "strategy": strategy})
         for f in REVIEW_BOXES_SCHEMA:
             if f.name in out.columns:
                 continue

@@ -125,7 +125,8 @@ def _page(args) -> int:
 def _import(args) -> int:
     from ..io import read_table, write_parquet
     from .boxes import REVIEW_BOXES_SCHEMA
-    from .verdicts import REVIEW_SCHEMA, read_review, read_verdicts_json
+    from lens_core.mining.verdicts import REVIEW_SCHEMA, read_review
+    from .verdicts import read_verdicts_json
 
     boxes_path = args.boxes or args.out.with_name("review_boxes.parquet")
     if not boxes_path.exists():

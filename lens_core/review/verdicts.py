@@ -1,5 +1,5 @@
-"""Verdicts: the JSON the review page downloads, and ``review.parquet``, the validated table that
-``merge_labels`` reads.
+"""Verdicts: the JSON the review page downloads, read into ``review.parquet`` (whose table,
+:mod:`lens_core.mining.verdicts`, is what ``merge_labels`` reads).
 
 The JSON (``format: lens-review-verdicts``) holds one row per card: ``box_id``, ``decision`` (``accept``,
 ``reject``, ``fix`` or null = not reviewed), ``box`` (the corrected ``[x1, y1, x2, y2]`` of a fix, in the
@@ -16,17 +16,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
+
+from lens_core.mining.verdicts import DECISIONS, REVIEW_SCHEMA, conform_review
 
 FORMAT = "lens-review-verdicts"
-DECISIONS = ("accept", "reject", "fix")
-REVIEW_SCHEMA = pa.schema([
-    ("box_id", pa.string()), ("strategy", pa.string()), ("volume_id", pa.string()), ("z", pa.int64()),
-    ("decision", pa.string()),
-    # the corrected box of a fix (NaN otherwise)
-    ("x1", pa.float64()), ("y1", pa.float64()), ("x2", pa.float64()), ("y2", pa.float64()),
-    ("reviewer", pa.string()), ("time", pa.string()),
-])
 
 
 def read_verdicts_json(path: str | Path, boxes: pd.DataFrame) -> pd.DataFrame:
@@ -92,38 +85,3 @@ def _check_box(box, width: int, height: int, volume: str, where: str) -> list[fl
     if x1 < 0 or y1 < 0 or x2 > width or y2 > height:
         raise ValueError(f"{where}: box {box!r} lies outside the {width} x {height} image of volume {volume}")
     return [x1, y1, x2, y2]
-
-
-def conform_review(df: pd.DataFrame) -> pd.DataFrame:
-    """``df`` with exactly the REVIEW_SCHEMA columns and dtypes."""
-    types = {f.name: ("int64" if pa.types.is_integer(f.type) else "float64" if pa.types.is_floating(f.type)
-                      else object) for f in REVIEW_SCHEMA}
-    return df[[f.name for f in REVIEW_SCHEMA]].astype(types).reset_index(drop=True)
-
-
-def read_review(path: str | Path) -> pd.DataFrame:
-    """A review.parquet, checked: the REVIEW_SCHEMA columns, known decisions, a finite box on every fix,
-    one row per box id. Errors name the file and row."""
-    path = Path(path)
-    try:
-        df = pd.read_parquet(path)
-    except FileNotFoundError:
-        raise
-    except Exception as e:  # pyarrow raises several types for a file that is not Parquet
-        raise ValueError(f"{path}: not a Parquet table ({e})") from None
-    missing = [f.name for f in REVIEW_SCHEMA if f.name not in df.columns]
-    if missing:
-        raise ValueError(f"{path}: not a review table, columns {missing} are missing")
-    bad = ~df["decision"].isin(DECISIONS)
-    if bad.any():
-        i = int(np.flatnonzero(bad)[0])
-        raise ValueError(f"{path}: row {i}: decision {df['decision'].iloc[i]!r} is not one of {list(DECISIONS)}")
-    fix = df["decision"].eq("fix").to_numpy()
-    b = df[["x1", "y1", "x2", "y2"]].to_numpy(float)
-    bad = fix & ~(np.isfinite(b).all(axis=1) & (b[:, 2] > b[:, 0]) & (b[:, 3] > b[:, 1]))
-    if bad.any():
-        raise ValueError(f"{path}: row {int(np.flatnonzero(bad)[0])}: a fix without a valid box")
-    dup = df["box_id"].duplicated()
-    if dup.any():
-        raise ValueError(f"{path}: row {int(np.flatnonzero(dup)[0])}: box id {df['box_id'][dup].iloc[0]} given twice")
-    return conform_review(df)

@@ -1,21 +1,27 @@
-"""Write the built-in corpus's scans (`corpus.Scan`) in the four released formats.
+"""Write the built-in corpus (:mod:`lens_core.corpus.generate`) in the four released formats, with the format
+writers of the dataset readers (:mod:`lens_core.datasets`), and its hidden truth beside them.
 
-`corpus.write_corpus` calls `write_all(root, scans)` -> root/{deeplesion,luna,lits,nihln}/. Which lesions a
+`write_corpus(out, cfg)` -> out/{deeplesion,luna,lits,nihln}/, hidden_truth.parquet, corpus.json. Which lesions a
 dataset labels is decided by the corpus (`VisibleLesion.labeled`); how a label is written is the format's
 business (RECIST marks on a key slice, world-mm nodules, a tumour mask, node points).
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 from tqdm import tqdm
 
-from .corpus import DL_TYPE_CODE, LABELED_TYPE, Scan, centre_in_scan
-from .deeplesion import DeepLesionWriter
-from .lits import write_lits_case
-from .luna16 import LunaWriter
-from .nihln import NihlnWriter
+from lens_core.datasets.deeplesion import DeepLesionWriter
+from lens_core.datasets.lits import write_lits_case
+from lens_core.datasets.luna16 import LunaWriter
+from lens_core.datasets.nihln import NihlnWriter
+from lens_core.io import atomic_folder
+
+from .generate import (DL_TYPE_CODE, LABELED_TYPE, Scan, centre_in_scan, corpus_config, corpus_stats, generate_scans,
+                       truth_table)
 
 
 def _origin(scan: Scan) -> tuple[float, float, float]:
@@ -114,3 +120,18 @@ def write_all(root: Path, scans: list[Scan], progress: bool = False) -> None:
     for name, fn in tqdm(WRITERS.items(), desc="write corpus", disable=not progress, unit="dataset"):
         (root / name).mkdir(parents=True, exist_ok=True)
         fn(root / name, [s for s in scans if s.dataset == name])
+
+
+def write_corpus(out: Path, cfg: dict | None = None, progress: bool = True) -> pd.DataFrame:
+    """Write the whole corpus under `out` atomically (built in a temporary folder that replaces `out`)."""
+    out = Path(out)
+    cfg = corpus_config(cfg)  # a bad key fails here, before anything is written
+    with atomic_folder(out) as tmp:
+        scans = generate_scans(cfg)
+        write_all(tmp, scans, progress=progress)
+        truth = truth_table(scans)
+        truth.to_parquet(tmp / "hidden_truth.parquet", index=False)
+        stats = corpus_stats(truth, scans)
+        (tmp / "corpus.json").write_text(json.dumps({"config": corpus_config(cfg),
+                                                     "stats": stats.to_dict("records")}, indent=1, default=str))
+    return stats

@@ -8,7 +8,7 @@ studies/series (intra-patient matching, Sec. V-B), lesions span several slices (
 propagation, Sec. V-A), and lesion types are not trivially separable (lung vessels look like
 nodules on one slice, lymph nodes like vessels, liver tumours are only a little darker than liver).
 
-The corpus writer (`corpus.py`) decides which lesions each dataset labels; this module only knows
+The corpus generator (`generate.py`) decides which lesions each dataset labels; this module only knows
 anatomy, lesions and rendering.
 """
 from __future__ import annotations

@@ -1,6 +1,7 @@
-"""The built-in multi-dataset CT corpus (issue 2): four datasets in their released formats + hidden truth.
+"""The built-in multi-dataset CT corpus (issue 2), generated: four datasets' scans and their hidden truth
+(:mod:`lens_core.corpus.write` writes them in the released formats).
 
-The same synthetic world (`phantom.py`) is scanned four ways, and each dataset labels what its real
+The same synthetic world (:mod:`lens_core.corpus.phantom`) is scanned four ways, and each dataset labels what its real
 counterpart labels (paper Sec. VI-A, Table I):
 
 - DeepLesion-like: universal and *partial*: every lesion type, several studies and series per patient,
@@ -20,12 +21,12 @@ whether its dataset labels it. Only evaluation and mining audits read it.
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from lens_core.config import deep_merge
 
 from . import phantom as ph
 
@@ -99,8 +100,6 @@ class Scan:
 
 def corpus_config(overrides: dict | None) -> dict:
     """DEFAULT_CORPUS with config.yaml's `corpus:` section deep-merged on top (pipeline keys dropped)."""
-    from ..config import deep_merge
-
     extra = {k: v for k, v in (overrides or {}).items() if k not in ("builtin", "root")}
     _check_keys(extra, DEFAULT_CORPUS, "corpus")
     return deep_merge(DEFAULT_CORPUS, extra)
@@ -262,21 +261,3 @@ def corpus_stats(truth: pd.DataFrame, scans: list[Scan]) -> pd.DataFrame:
     out = g.join(t).fillna(0).astype(int)
     out["hidden"] = out["lesions"] - out["labeled"]
     return out.reset_index()
-
-
-def write_corpus(out: Path, cfg: dict | None = None, progress: bool = True) -> pd.DataFrame:
-    """Write the whole corpus under `out` atomically (built in a temporary folder that replaces `out`)."""
-    from ..io import atomic_folder
-    from . import writers  # the format writers
-
-    out = Path(out)
-    cfg = corpus_config(cfg)  # a bad key fails here, before anything is written
-    with atomic_folder(out) as tmp:
-        scans = generate_scans(cfg)
-        writers.write_all(tmp, scans, progress=progress)
-        truth = truth_table(scans)
-        truth.to_parquet(tmp / "hidden_truth.parquet", index=False)
-        stats = corpus_stats(truth, scans)
-        (tmp / "corpus.json").write_text(json.dumps({"config": corpus_config(cfg),
-                                                     "stats": stats.to_dict("records")}, indent=1, default=str))
-    return stats
