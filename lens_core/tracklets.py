@@ -17,23 +17,10 @@ import pandas as pd
 from numba import njit
 
 from lens_core.boxes import THETA
+from lens_core.boxes.ops_nb import iou_2d
 from lens_core.io import InputError, require_columns
 
 __all__ = ["build_tracklets", "tracklets_from_table", "stack_to_3d"]
-
-
-@njit(cache=True, inline="always")
-def _iou(ax1, ay1, ax2, ay2, bx1, by1, bx2, by2):
-    # A private IoU instead of lens_core.boxes: numba cannot call the vectorised numpy version in the
-    # hot loop without allocating. float64 arithmetic in this exact order (the reference does the same)
-    # so that kernel and reference agree bit for bit at IoU == theta.
-    iw = min(ax2, bx2) - max(ax1, bx1)
-    ih = min(ay2, by2) - max(ay1, by1)
-    if iw <= 0.0 or ih <= 0.0:
-        return 0.0
-    inter = iw * ih
-    union = (ax2 - ax1) * (ay2 - ay1) + (bx2 - bx1) * (by2 - by1) - inter
-    return inter / union
 
 
 @njit(cache=True)
@@ -70,7 +57,7 @@ def _tracklet_kernel(volume, z, boxes, iou_threshold):
                 ax2 = np.float64(boxes[i, 2])
                 ay2 = np.float64(boxes[i, 3])
                 for j in range(e, e2):
-                    iou = _iou(ax1, ay1, ax2, ay2,
+                    iou = iou_2d(ax1, ay1, ax2, ay2,
                                np.float64(boxes[j, 0]), np.float64(boxes[j, 1]),
                                np.float64(boxes[j, 2]), np.float64(boxes[j, 3]))
                     if iou > iou_threshold:

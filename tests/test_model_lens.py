@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from lens_core.model import boxes as box_coding
+from lens_core.boxes import coder
 from lens_core.model.backbone import build_backbone
 from lens_core.model.lens import LENS, ImageTargets, load_lens, save_lens, total_loss
 from lens_core.training.targets import batch_targets
@@ -119,7 +119,7 @@ def test_paper_preset_loads_imagenet_weights_from_a_local_file_only(tmp_path):
 def test_box_deltas_round_trip():
     ref = torch.tensor([[10.0, 10.0, 30.0, 40.0], [0.0, 5.0, 8.0, 9.0]])
     gt = torch.tensor([[12.0, 8.0, 33.0, 41.0], [1.0, 4.0, 6.0, 12.0]])
-    assert torch.allclose(box_coding.decode(ref, box_coding.encode(ref, gt)), gt, atol=1e-5)
+    assert torch.allclose(coder.decode(ref, coder.encode(ref, gt)), gt, atol=1e-5)
 
 
 def test_model_file_round_trips_with_weights_only(tmp_path):

@@ -14,7 +14,7 @@ PACKAGE = ROOT / "lens_core"
 
 # The pipeline, bottom up (DESIGN's package map): a module may import its own layer and those below.
 LAYERS = [
-    {"config", "errors", "io", "boxes", "runtime", "arguments", "tracklets", "deviations"},  # shared by every step
+    {"config", "errors", "io", "boxes", "runtime", "arguments", "tracklets", "deviations", "label_kinds"},  # shared by every step
     {"datasets"},
     {"corpus"},  # the built-in corpus: the readers' format writers write it; the pipeline reads it from disk
     {"preprocess"},

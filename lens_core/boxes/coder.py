@@ -1,4 +1,4 @@
-"""Box-delta coding of the detection head (Faster R-CNN [28] parameterisation, torchvision convention)."""
+"""Box-delta coding of the detection head (Faster R-CNN [28] parameterisation, torchvision convention), in torch."""
 from __future__ import annotations
 
 import math

@@ -1,4 +1,4 @@
-"""Box algebra shared by the whole pipeline (pure numpy functions).
+"""Box algebra on numpy arrays, shared by the whole pipeline.
 
 Convention (docs/artifacts.md): continuous 0-based pixel coordinates with exclusive upper bounds,
 i.e. torchvision's. A 2D box is ``(x1, y1, x2, y2)``, a 3D box ``(x1, y1, z1, x2, y2, z2)`` (the
@@ -17,10 +17,6 @@ evaluator needs after it has listed the candidate pairs itself.
 from __future__ import annotations
 
 import numpy as np
-
-# The paper's theta: the IoU at which 2D boxes on neighbouring slices are one lesion (2D->3D stacking,
-# Sec. IV-C; cross-slice mining, Sec. V-A). Every step's default reads it from here.
-THETA = 0.5
 
 __all__ = [
     "as_boxes",

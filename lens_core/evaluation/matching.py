@@ -17,6 +17,7 @@ import numba
 import numpy as np
 import pandas as pd
 
+from lens_core.boxes.ops_nb import row_intersection, row_volume
 from lens_core.evaluation import inputs
 from lens_core.evaluation.froc import Matching, group_by_unit
 
@@ -32,26 +33,15 @@ def _match_kernel(pred_boxes, pred_unit, scores, gt_boxes, gt_order, gt_start, g
     d = pred_boxes.shape[1] // 2
     for i in range(pred_boxes.shape[0]):
         u = pred_unit[i]
-        vol = pred_boxes[i, d] - pred_boxes[i, 0]
-        for a in range(1, d):
-            vol *= pred_boxes[i, a + d] - pred_boxes[i, a]
+        vol = row_volume(pred_boxes, i, d)
         matched = False
         for k in range(gt_start[u], gt_start[u] + gt_count[u]):
             j = gt_order[k]
-            inter = 1.0
-            for a in range(d):
-                lo = max(pred_boxes[i, a], gt_boxes[j, a])
-                hi = min(pred_boxes[i, a + d], gt_boxes[j, a + d])
-                if hi <= lo:
-                    inter = 0.0
-                    break
-                inter *= hi - lo
+            inter = row_intersection(pred_boxes, i, gt_boxes, j, d)
             if inter == 0.0:
                 continue  # disjoint: overlap 0 is below any (positive) threshold
             if use_iou:
-                gvol = gt_boxes[j, d] - gt_boxes[j, 0]
-                for a in range(1, d):
-                    gvol *= gt_boxes[j, a + d] - gt_boxes[j, a]
+                gvol = row_volume(gt_boxes, j, d)
                 ratio = inter / (vol + gvol - inter)
             else:
                 ratio = inter / vol  # IoBB: over the predicted box (Sec. VI-C)

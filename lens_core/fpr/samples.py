@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from lens_core.boxes import pairwise_iou
-from lens_core.mining.schema import GT_LIKE_KINDS
+from lens_core.label_kinds import GT_LIKE_KINDS
 
 TP, FP, UNUSED = 1, 0, -1
 THETA, THETA_FP = 0.5, 0.3

@@ -30,7 +30,8 @@ from lens_core.io import InputError, require_columns, write_parquet, write_text
 
 from lens_core.mining.merge import merge_round2, training_slices
 from lens_core.mining.overlap import same_slice_iou
-from lens_core.mining.schema import GT_LIKE_KINDS, conform
+from lens_core.label_kinds import GT_LIKE_KINDS
+from lens_core.mining.schema import conform
 
 __all__ = ["annotation_pad_px", "truth_slices", "match_truth", "classify_boxes", "audit_mining", "write_audit",
            "STRATEGY_ORDER"]

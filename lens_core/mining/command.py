@@ -483,7 +483,8 @@ def _cross_dataset(args) -> int:
 def _merge(args) -> int:
     from ..io import InputError, check_output
     from .merge import UnknownVerdict, merge_round2, training_slices
-    from .schema import GT_LIKE_KINDS, IGNORE_KINDS, write_mining_table
+    from ..label_kinds import GT_LIKE_KINDS, IGNORE_KINDS
+    from .schema import write_mining_table
 
     check_output(args.out)
     lesions = _lesions(args.lesions, {"dataset": "any"})

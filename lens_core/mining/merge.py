@@ -17,7 +17,8 @@ import numpy as np
 import pandas as pd
 
 from lens_core.mining.overlap import overlaps_any, same_slice_iou
-from lens_core.mining.schema import GT_LIKE_KINDS, IGNORE_KINDS, conform
+from lens_core.label_kinds import GT_LIKE_KINDS, IGNORE_KINDS
+from lens_core.mining.schema import conform
 from lens_core.mining.verdicts import mined_box_ids
 
 __all__ = ["GT_LIKE_KINDS", "IGNORE_KINDS", "UnknownVerdict", "apply_review", "merge_round2", "training_slices"]

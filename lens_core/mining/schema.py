@@ -25,9 +25,6 @@ MINING_EXTRA = [("source_rule", pa.string()), ("tracklet_id", pa.int64()), ("sco
                 ("key_iou", pa.float64()), ("embedding_distance", pa.float64())]
 MINING_SCHEMA = pa.schema(list(LESION_SCHEMA) + MINING_EXTRA)
 
-# label_kind values (docs/artifacts.md) and how round-2 training treats them (Sec. V-C).
-GT_LIKE_KINDS = ("gt", "mined_cross_slice", "mined_intra_patient")
-IGNORE_KINDS = ("uncertain", "excluded")
 
 _DEFAULTS = {"source_rule": "annotation", "tracklet_id": -1, "score": np.nan, "key_iou": np.nan,
              "embedding_distance": np.nan, "lesion_type": "unknown", "lesion_id": "", "dataset": "",

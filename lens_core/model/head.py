@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import box_iou, roi_align
 
-from lens_core.model import boxes as box_coding
+from lens_core.boxes import coder
 from lens_core.model.roi_align import roi_align_separable
 
 
@@ -113,7 +113,7 @@ class MultiTaskHead(nn.Module):
         cls = F.binary_cross_entropy_with_logits(logits.float(), labels, reduction="sum") / n
         pos = labels > 0
         if pos.any():
-            target = box_coding.encode(rois[pos].float(), matched[pos].float())
+            target = coder.encode(rois[pos].float(), matched[pos].float())
             box = F.smooth_l1_loss(deltas[pos].float(), target, beta=1.0 / 9, reduction="sum") / n
         else:
             box = deltas.sum() * 0.0

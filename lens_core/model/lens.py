@@ -9,7 +9,7 @@ from torch import nn
 from torchvision.ops import nms
 
 from lens_core.errors import InputError
-from lens_core.model import boxes as box_coding
+from lens_core.boxes import coder
 from lens_core.model.afp import AfpTargets, AnchorFreeProposalNetwork
 from lens_core.model.backbone import build_backbone
 from lens_core.model.head import MultiTaskHead
@@ -188,7 +188,7 @@ class LENS(nn.Module):
             boxes, scores = [], []
             for k, d in enumerate(self.datasets):
                 logit, delta = self.head.expert(xi, d)
-                b = box_coding.decode(p.float(), delta.float())
+                b = coder.decode(p.float(), delta.float())
                 b[:, 0::2] = b[:, 0::2].clamp(0, w)
                 b[:, 1::2] = b[:, 1::2].clamp(0, h)
                 boxes.append(b)

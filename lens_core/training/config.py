@@ -6,6 +6,8 @@ import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+from lens_core.label_kinds import GT_LIKE_KINDS, IGNORE_KINDS
+
 DATASETS = ("deeplesion", "luna", "lits", "nihln")
 NORMS = ("batch", "group")
 
@@ -15,8 +17,8 @@ class TrainConfig:
     datasets: list[str] = field(default_factory=lambda: list(DATASETS))
     # label_kind values that count as lesions (positives) and as ignored regions (Sec. V-C);
     # rows of any other label_kind are dropped.
-    gt_kinds: list[str] = field(default_factory=lambda: ["gt", "mined_cross_slice", "mined_intra_patient"])
-    ignore_kinds: list[str] = field(default_factory=lambda: ["uncertain", "excluded"])
+    gt_kinds: list[str] = field(default_factory=lambda: list(GT_LIKE_KINDS))
+    ignore_kinds: list[str] = field(default_factory=lambda: list(IGNORE_KINDS))
     preset: str = "cpu"
     slices: int = 6  # config.yaml's: two groups of 3 (the paper: 9, three groups; a registered deviation)
     weights_path: str | None = None  # local ImageNet densenet121 state_dict for the paper preset
