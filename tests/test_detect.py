@@ -63,6 +63,40 @@ def models(tmp_path_factory):
     return lens_path, fpr_path
 
 
+@pytest.mark.slow
+def test_detect_runs_at_the_grid_its_model_records_without_flags(models, tmp_path, lens_main, caplog):
+    """Through `lens detect`: a model whose lens.pt records its preprocessing (meta["prep"], written by
+    training) is run at that grid with no --pixel-mm / --slice-mm, finding the lesion as with the flags; a
+    model without the record runs at the pipeline's default grid with a warning (issue 23)."""
+    import logging
+
+    lens_path, _ = models
+    ckpt = torch.load(lens_path, weights_only=True)
+    ckpt["meta"]["prep"] = {"dataset": "deeplesion", "pixel_mm": 2.0, "slice_mm": 4.0, "storage": "uint8"}
+    recorded = tmp_path / "recorded.pt"
+    torch.save(ckpt, recorded)
+    hu, box = planted_scan()
+    path = write_scan("nifti", hu, tmp_path)
+    truth_world = world_box(make_image(hu, (2.0, 1.0, 1.0), ORIGIN, DIRECTION), box)
+    runs = {}
+    for name, model, flags in (("flags", lens_path, GRID), ("recorded", recorded, [])):
+        out = tmp_path / f"{name}.csv"
+        with caplog.at_level(logging.WARNING, logger="lens"):
+            caplog.clear()
+            assert lens_main(["detect", "--model", str(model), "--input", str(path), "--out", str(out), *flags]) == 0
+            assert "no preprocessing recorded" not in caplog.text
+        runs[name] = pd.read_csv(out)
+    pd.testing.assert_frame_equal(runs["flags"], runs["recorded"])
+    assert iobb(runs["recorded"].iloc[0][WORLD].to_numpy(float), truth_world)[0] > 0.3
+    del ckpt["meta"]["prep"]
+    bare = tmp_path / "bare.pt"
+    torch.save(ckpt, bare)
+    with caplog.at_level(logging.WARNING, logger="lens"):
+        caplog.clear()
+        assert lens_main(["detect", "--model", str(bare), "--input", str(path), "--out", str(tmp_path / "b.csv")]) == 0
+    assert "no preprocessing recorded in the model files" in caplog.text
+
+
 def planted_scan(seed: int = 14):
     """HU scan with one bright lesion, and the lesion's box in the scan's voxels."""
     small, boxes = make_volume(np.random.default_rng(seed), depth=10, size=64, n_lesions=1)

@@ -263,3 +263,31 @@ def test_the_temporaries_of_a_killed_run_go_with_the_next_run_of_that_output(tmp
     with atomic_folder(out, own=["a"]) as t:
         (t / "a").write_text("new")
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["prep", mine.name])
+
+
+def test_a_killed_lens_preprocess_leaves_a_temporary_that_its_next_run_removes(tiny_corpus, tmp_path):
+    """The same through `lens preprocess` itself: the child runs the real entry point, held after its first
+    volume is written (prepare() slowed), and is killed with -9; rerun, the step leaves only its output."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    out = tmp_path / "prep"
+    args = ["preprocess", "--format", "luna", "--root", str(tiny_corpus / "luna"), "--out", str(out),
+            "--pixel-mm", "4", "--slice-mm", "5", "--no-progress"]
+    code = ("import sys, time\nimport lens_core.preprocess.volumes as v\nfrom lens_core.cli import main\n"
+            "real, calls = v.prepare, []\n"
+            "def held(*a, **k):\n    calls.append(1)\n    if len(calls) == 2:\n"
+            "        print('writing', flush=True)\n        time.sleep(60)\n    return real(*a, **k)\n"
+            "v.prepare = held\nmain(sys.argv[1:])\n")
+    child = subprocess.Popen([sys.executable, "-c", code, *args], stdout=subprocess.PIPE, text=True,
+                             env={**os.environ, "PYTHONPATH": str(PACKAGE.parent)})
+    assert child.stdout.readline().strip() == "writing"
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait()
+    left = [p for p in tmp_path.iterdir()]
+    assert len(left) == 1 and left[0].name.startswith(".prep.") and left[0].name.endswith(".tmp")
+    assert (left[0] / "volumes.h5").is_file()  # a half-written volumes file: what -9 leaves
+    assert main(args) == 0
+    assert [p.name for p in tmp_path.iterdir()] == ["prep"]

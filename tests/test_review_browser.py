@@ -198,6 +198,8 @@ def test_names_from_the_data_are_shown_as_text_never_run_as_markup(browser, mini
     card = next(i for i, c in enumerate(data["cards"]) if c.get("source"))
     data["cards"][card]["volume_id"] = evil
     data["cards"][card]["source"]["lesion_id"] = evil
+    data["cards"][card]["source"]["lesion_type"] = evil
+    data["cards"][card]["lesion_type"] = evil
     write_chunk(page, 0, data["cards"])
     browser.get((page / "index.html").as_uri())
     browser.execute_script("localStorage.clear()")
@@ -208,6 +210,9 @@ def test_names_from_the_data_are_shown_as_text_never_run_as_markup(browser, mini
     captions = [e.text for e in browser.find_elements(By.CSS_SELECTOR, "#card figcaption")]
     assert evil in captions[0] and any(evil in c for c in captions[1:]), captions
     assert not browser.find_elements(By.CSS_SELECTOR, "#card figcaption img")
+    assert sum(c.count(evil) for c in captions[1:]) == 2  # the source's lesion type and id
+    cells = [e.text for e in browser.find_elements(By.CSS_SELECTOR, "#card table.meta td")]
+    assert evil in cells and not browser.find_elements(By.CSS_SELECTOR, "#card table.meta img")
     assert browser.title != "pwned"
 
 
