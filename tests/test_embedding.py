@@ -198,3 +198,40 @@ def test_tracklet_centre_is_the_middle_slice(dl):
     z = trk.loc[trk["tracklet_id"] == long, "z"]
     assert row["z"] == (z.min() + z.max()) // 2
     assert len(c) == trk["tracklet_id"].nunique()
+
+
+def test_embed_lesions_killed_with_minus_9_resumes_to_the_encoder_of_an_uninterrupted_run(dl, tmp_path):
+    """Issue 24: the encoder trains in the one training loop: a checkpoint every 50 steps, and `lens
+    embed-lesions --resume` after a kill -9 ends with the uninterrupted run's weights and embeddings."""
+    from killing import run_killed
+
+    from lens_core.cli import main
+
+    prep, truth, _, trk = dl
+    trk.to_parquet(tmp_path / "tracklets.parquet")
+
+    def args(out, seed=0):
+        return ["embed-lesions", "--prep-dir", prep, "--tracklets", tmp_path / "tracklets.parquet", "--source",
+                "learned", "--steps", "120", "--seed", seed, "--threads", "1", "--encoder-out", out / "encoder.pt",
+                "--out", out / "embeddings.h5", "--no-progress"]
+
+    assert main([str(a) for a in args(tmp_path / "ref")]) == 0
+    run_killed(args(tmp_path / "run"), epoch=1, batch=10)  # step 60 of 120
+    ckpt = tmp_path / "run" / "encoder.checkpoint.pt"
+    assert ckpt.exists() and not (tmp_path / "run" / "encoder.pt").exists()
+    import torch
+
+    assert torch.load(ckpt, weights_only=True)["epoch"] == 1  # steps 0-49 saved
+    assert main([str(a) for a in args(tmp_path / "run")] + ["--resume"]) == 0
+    assert not ckpt.exists()
+    (a, _), (b, _) = load_encoder(tmp_path / "ref" / "encoder.pt"), load_encoder(tmp_path / "run" / "encoder.pt")
+    sa, sb = a.state_dict(), b.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    ka, ea = embedding.read_embeddings_h5(tmp_path / "ref" / "embeddings.h5")[:2]
+    kb, eb = embedding.read_embeddings_h5(tmp_path / "run" / "embeddings.h5")[:2]
+    assert np.array_equal(ea, eb) and list(ka) == list(kb)
+    # another seed's checkpoint is not continued: that run trains anew, to other weights (not vacuous)
+    run_killed(args(tmp_path / "other"), epoch=1, batch=0)
+    assert main([str(a) for a in args(tmp_path / "other", seed=1)] + ["--resume"]) == 0
+    c = load_encoder(tmp_path / "other" / "encoder.pt")[0].state_dict()
+    assert not all(torch.equal(sa[k], c[k]) for k in sa)

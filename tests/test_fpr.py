@@ -13,6 +13,7 @@ from lens_core.fpr.samples import FP, TP, UNUSED, epoch_samples, label_proposals
 from lens_core.fpr.score import eq4, fpr_scores, h5_volumes, with_fpr_scores
 from lens_core.fpr.train import FprTrainConfig, SampleSource, roc_auc, train_fpr
 from lens_core.training.synthetic import make_prep
+from killing import run_killed
 
 
 
@@ -421,3 +422,33 @@ def test_the_chance_loss_is_the_best_constant_predictions_focal_loss():
         logits = torch.full((3,), float(np.log(p / (1 - p))))
         constant = float(focal_loss(logits, torch.tensor([1.0, 0.0, 0.0])))
         assert chance_loss(share) <= constant + 1e-6
+
+
+def test_train_fpr_killed_with_minus_9_resumes_to_the_weights_of_an_uninterrupted_run(blob_prep, tmp_path, lens_main):
+    """Issue 24: the FPR trains in the one training loop (lens_core.training.engine): a checkpoint after every
+    epoch, and `lens train-fpr --resume` after a kill -9 ends with the uninterrupted run's weights, bit for bit."""
+    props, _ = synthetic_proposals(blob_prep / "train", "deeplesion", 0)
+    props.to_parquet(tmp_path / "train.3d.parquet")
+    pd.read_parquet(blob_prep / "train" / "deeplesion" / "lesions.parquet").to_parquet(tmp_path / "labels.parquet")
+
+    def args(out, seed=1):
+        return ["train-fpr", "--prep-dir", blob_prep / "train" / "deeplesion", "--proposals3d",
+                tmp_path / "train.3d.parquet", "--labels", tmp_path / "labels.parquet", "--out", out,
+                "--tp-per-epoch", "32", "--epochs", "3", "--seed", seed, "--threads", "1", "--no-progress"]
+
+    assert lens_main([str(a) for a in args(tmp_path / "ref" / "fpr.pt")]) == 0
+    run_killed(args(tmp_path / "run" / "fpr.pt"), epoch=2, batch=1)
+    ckpt = tmp_path / "run" / "fpr.checkpoint.pt"
+    assert ckpt.exists() and not (tmp_path / "run" / "fpr.pt").exists()
+    assert torch.load(ckpt, weights_only=True)["epoch"] == 2  # epochs 0 and 1 saved; epoch 2 died mid-way
+    assert lens_main([str(a) for a in args(tmp_path / "run" / "fpr.pt")] + ["--resume"]) == 0
+    assert not ckpt.exists() and not (tmp_path / "ref" / "fpr.checkpoint.pt").exists()
+    (a, meta_a), (b, meta_b) = load_fpr(tmp_path / "ref" / "fpr.pt"), load_fpr(tmp_path / "run" / "fpr.pt")
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert meta_a["history"] == meta_b["history"] and len(meta_a["history"]) == 3
+    # a checkpoint of other settings (seed 2) is not continued: that run trains anew, to other weights
+    run_killed(args(tmp_path / "other" / "fpr.pt"), epoch=1, batch=0)
+    assert lens_main([str(a) for a in args(tmp_path / "other" / "fpr.pt", seed=2)] + ["--resume"]) == 0
+    c = load_fpr(tmp_path / "other" / "fpr.pt")[0].state_dict()
+    assert not all(torch.equal(sa[k], c[k]) for k in sa)

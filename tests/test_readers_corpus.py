@@ -6,16 +6,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from lens_core.corpus.write import write_corpus
 from lens_core.datasets import read_dataset
 
-corpus = pytest.importorskip("lens_core.corpus.generate")
 CFG = {"deeplesion": {"patients": 3}, "luna": {"cases": 2}, "lits": {"cases": 2}, "nihln": {"cases": 3}}
 
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     root = tmp_path_factory.mktemp("corpus") / "corpus"
-    corpus.write_corpus(root, CFG, progress=False)
+    write_corpus(root, CFG, progress=False)
     return root, pd.read_parquet(root / "hidden_truth.parquet")
 
 

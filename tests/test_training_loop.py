@@ -48,7 +48,7 @@ def test_resume_after_a_killed_epoch_gives_the_weights_of_an_uninterrupted_run(p
         train(cfg, prep, tmp_path / "run", device="cpu", progress=False, on_step=kill)
     assert (tmp_path / "run" / "checkpoint.pt").exists() and not (tmp_path / "run" / "lens.pt").exists()
     ckpt = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
-    assert ckpt["sampler"]["epoch"] == 2  # epochs 0 and 1 were saved; epoch 2 dies mid-way
+    assert ckpt["epoch"] == 2  # epochs 0 and 1 were saved; epoch 2 dies mid-way
     resumed = train(cfg, prep, tmp_path / "run", device="cpu", progress=False, resume=True)
 
     a = torch.load(ref, weights_only=True)["state_dict"]
@@ -78,7 +78,7 @@ def test_a_step_budget_trains_that_many_steps_and_resumes_exactly(prep, tmp_path
     with pytest.raises(Killed):
         train(cfg, prep, tmp_path / "run", device="cpu", progress=False, on_step=kill)
     ckpt = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
-    assert ckpt["config"]["steps_per_epoch"] == 2  # recorded with the other fields: a change retrains
+    assert ckpt["fingerprint"]["training config"]["steps_per_epoch"] == 2  # recorded with the other fields: a change retrains
     resumed = train(cfg, prep, tmp_path / "run", device="cpu", progress=False, resume=True)
     assert _same(_weights(ref), _weights(resumed))
 

@@ -39,6 +39,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--split", default="train", help="volumes of this split (volumes.parquet) are used")
     p.add_argument("--seed", type=int, default=0)
     add_torch_args(p)
+    p.add_argument("--resume", action="store_true",
+                   help="continue a killed run from <out stem>.checkpoint.pt (written after every epoch) when it is "
+                        "of the same settings and inputs; the result is that of an uninterrupted run")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_train)
 
@@ -65,7 +68,7 @@ def _train(args: argparse.Namespace) -> int:
                                     val_fraction=args.val_fraction, seed=args.seed)
     extra = [SampleSource(Path(d), Path(p), Path(lab)) for d, p, lab in args.extra_source]
     stats = train_fpr(cfg, args.prep_dir, args.proposals3d, args.labels, args.out, device=args.device,
-                      split=args.split, progress=not args.no_progress, extra_sources=extra)
+                      split=args.split, progress=not args.no_progress, extra_sources=extra, resume=args.resume)
     log.info("wrote %s (%d TP / %d FP training proposals, %.1f s)", args.out, stats["train_tp"], stats["train_fp"],
              stats["seconds"])
     return 0

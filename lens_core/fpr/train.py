@@ -28,6 +28,8 @@ from lens_core.fpr.patches import BOX3D, PROPOSALS3D, augment, centre_window, cr
 from lens_core.fpr.samples import FP, THETA, THETA_FP, TP, epoch_samples, label_proposals
 from lens_core.io import read_table
 from lens_core.preprocess.schema import prep_meta
+from lens_core.training import engine
+from lens_core.training.engine import checkpoint_beside
 
 BOX2D = ["x1", "y1", "x2", "y2"]
 
@@ -189,6 +191,8 @@ def train_fpr(
     split: str | None = "train",
     progress: bool = False,
     extra_sources: tuple[SampleSource, ...] | list[SampleSource] = (),
+    resume: bool = False,
+    on_step=None,
 ) -> dict:
     """Train the FPR network on the TPs / FPs of ``proposals3d`` and write it to ``out``.
 
@@ -197,10 +201,10 @@ def train_fpr(
     their lesion type (the single-type datasets); their ``split`` proposals add TPs (and FPs when
     ``cfg.extra_fps``), see FprTrainConfig. Returns statistics (sample counts, seconds, held-out AUC
     when ``cfg.val_fraction > 0``, measured on held-out patients of the main dataset only), also
-    stored in the model file's meta.
+    stored in the model file's meta. A checkpoint after every epoch (``<out stem>.checkpoint.pt``, removed at the
+    end) lets ``resume`` continue a killed run to the bytes of an uninterrupted one (lens_core.training.engine);
+    ``on_step(epoch, batch)`` is called after every batch (tests kill there).
     """
-    from tqdm import tqdm
-
     from lens_core.runtime import resolve_device
 
     t_start = time.perf_counter()
@@ -256,42 +260,17 @@ def train_fpr(
 
     torch.manual_seed(cfg.seed)
     model = FprNet(preset, cfg.weights_path).to(dev).train()
-    opt = torch.optim.RAdam(model.parameters(), lr=cfg.lr)
-    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=list(cfg.lr_steps), gamma=0.1)
-    history = []
     vi = torch.as_tensor([slot[int(j)] for j in val_idx], dtype=torch.long)
     val_patches = centre_window(patches[vi].float(), boxes[vi], preset.patch)
     chance = chance_loss(float(np.mean([(y[plan] == TP).mean() for plan in plans])), cfg.focal_alpha,
                          cfg.focal_gamma)
-    for epoch, plan in enumerate(plans):
-        model.train()
-        rng = np.random.default_rng([cfg.seed, epoch, 1])
-        losses = []
-        for i in tqdm(range(0, len(plan), cfg.batch_size), desc=f"FPR epoch {epoch + 1}/{cfg.epochs}",
-                      disable=not progress, leave=False):
-            idx = torch.as_tensor([slot[int(j)] for j in plan[i:i + cfg.batch_size]])
-            if len(idx) < 2:  # BatchNorm needs two samples
-                continue
-            if cfg.augment:
-                p, b = augment(patches[idx].float(), boxes[idx], preset.patch, rng)
-            else:
-                p, b = patches[idx].float(), boxes[idx]
-            target = torch.as_tensor(y[plan[i:i + cfg.batch_size]] == TP, dtype=torch.float32)
-            loss = focal_loss(model(p.to(dev), b.to(dev)), target.to(dev), cfg.focal_alpha, cfg.focal_gamma)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"non-finite FPR loss at epoch {epoch} batch {i // cfg.batch_size}")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            losses.append(float(loss.detach()))
-        history.append({"epoch": epoch, "loss": float(np.mean(losses)) if losses else float("nan"),
-                        "chance_loss": chance, "lr": opt.param_groups[0]["lr"], "samples": int(len(plan))})
-        if len(val_idx):  # the held-out AUC after every epoch shows when the FPR starts to memorise
-            s_val = predict(model, *val_patches, dev)
-            history[-1]["val_auc"] = roc_auc(y[val_idx] == TP, s_val)
-        log.info("FPR epoch %d: loss %.4f (chance %.4f; lr %.1e, %d samples)%s", epoch, history[-1]["loss"], chance,
-                 history[-1]["lr"], len(plan), f", held-out AUC {history[-1]['val_auc']:.3f}" if len(val_idx) else "")
-        sched.step()
+    trainer = _FprTrainer(cfg, model, plans, patches, boxes, slot, y, preset, dev,
+                          val_patches if len(val_idx) else None, val_idx, chance)
+    ckpt = checkpoint_beside(out)
+    _, history = engine.run(trainer, checkpoint=ckpt, fingerprint=_fingerprint(cfg, sources, split), resume=resume,
+                            progress=progress, desc="FPR epoch", on_step=on_step)
+    if len(val_idx):
+        s_val = predict(model, *val_patches, dev)  # the last epoch's held-out scores (also after a resume)
     stats = {"proposals": int(len(y)), "tp": n_tp, "fp": n_fp, "unused": int((y < 0).sum()),
              "main_tp": int((y[main] == TP).sum()), "main_fp": int((y[main] == FP).sum()),
              "train_tp": int((y_train == TP).sum()), "train_fp": int((y_train == FP).sum()),
@@ -307,10 +286,81 @@ def train_fpr(
     stats["seconds"] = time.perf_counter() - t_start
     meta = {"config": asdict(cfg), "prep": prep_meta(prep_dir), "history": history, "stats": stats,
             "deviations": fpr_deviations(cfg, [Path(src.prep_dir).name for src in extra_sources])}
-    save_fpr(out, model, meta)
     plot_fpr_loss(history, Path(out).with_name(Path(out).stem + "_loss.png"))
+    save_fpr(out, model, meta)  # last: an fpr.pt means the curve beside it is of its run
+    ckpt.unlink(missing_ok=True)  # a finished run leaves no checkpoint to "resume" on a forced rerun
     log.info("FPR trained in %.1f s: %s", stats["seconds"], stats)
     return stats
+
+
+class _FprTrainer:
+    """The FPR's epochs for :func:`lens_core.training.engine.run`: each epoch's TP / FP draws are fixed up front
+    (``plans``), its augmentation stream is a function of (seed, epoch)."""
+
+    def __init__(self, cfg, model, plans, patches, boxes, slot, y, preset, dev, val_patches, val_idx, chance):
+        self.cfg, self.model, self.plans, self.patches, self.boxes = cfg, model, plans, patches, boxes
+        self.slot, self.y, self.preset, self.dev = slot, y, preset, dev
+        self.val_patches, self.val_idx, self.chance = val_patches, val_idx, chance
+        self.epochs = cfg.epochs
+        self.opt = torch.optim.RAdam(model.parameters(), lr=cfg.lr)
+        self.sched = torch.optim.lr_scheduler.MultiStepLR(self.opt, milestones=list(cfg.lr_steps), gamma=0.1)
+
+    def batches(self, epoch):
+        self.model.train()
+        self.rng = np.random.default_rng([self.cfg.seed, epoch, 1])
+        plan = self.plans[epoch]
+        return [plan[i:i + self.cfg.batch_size] for i in range(0, len(plan), self.cfg.batch_size)]
+
+    def step(self, epoch, index, chunk):
+        cfg = self.cfg
+        idx = torch.as_tensor([self.slot[int(j)] for j in chunk])
+        if len(idx) < 2:  # BatchNorm needs two samples
+            return None
+        if cfg.augment:
+            p, b = augment(self.patches[idx].float(), self.boxes[idx], self.preset.patch, self.rng)
+        else:
+            p, b = self.patches[idx].float(), self.boxes[idx]
+        target = torch.as_tensor(self.y[chunk] == TP, dtype=torch.float32)
+        loss = focal_loss(self.model(p.to(self.dev), b.to(self.dev)), target.to(self.dev), cfg.focal_alpha,
+                          cfg.focal_gamma)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"non-finite FPR loss at epoch {epoch} batch {index}")
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        return {"epoch": epoch, "loss": float(loss.detach())}
+
+    def end_epoch(self, epoch, rows):
+        plan = self.plans[epoch]
+        h = {"epoch": epoch, "loss": float(np.mean([r["loss"] for r in rows])) if rows else float("nan"),
+             "chance_loss": self.chance, "lr": self.opt.param_groups[0]["lr"], "samples": int(len(plan))}
+        if self.val_patches is not None:  # the held-out AUC after every epoch shows when the FPR starts to memorise
+            h["val_auc"] = roc_auc(self.y[self.val_idx] == TP, predict(self.model, *self.val_patches, self.dev))
+        log.info("FPR epoch %d: loss %.4f (chance %.4f; lr %.1e, %d samples)%s", epoch, h["loss"], self.chance,
+                 h["lr"], len(plan), f", held-out AUC {h['val_auc']:.3f}" if "val_auc" in h else "")
+        self.sched.step()
+        return h
+
+    def state_dict(self):
+        return {"model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
+                "scheduler": self.sched.state_dict()}
+
+    def load_state_dict(self, state):
+        self.model.load_state_dict(state["model"])
+        self.opt.load_state_dict(state["optimizer"])
+        self.sched.load_state_dict(state["scheduler"])
+
+
+def _fingerprint(cfg: FprTrainConfig, sources, split) -> dict:
+    """What a checkpoint resumes onto: the settings and the samples' tables (sha256 of each file or table)."""
+    def digest(x):
+        if isinstance(x, pd.DataFrame):
+            return hashlib.sha256(pd.util.hash_pandas_object(x, index=False).to_numpy().tobytes()).hexdigest()
+        return hashlib.sha256(Path(x).read_bytes()).hexdigest()
+
+    return {"config": asdict(cfg), "split": split,
+            "sources": [[digest(s.proposals3d), digest(s.labels), digest(Path(s.prep_dir) / "volumes.parquet")]
+                        for s in sources]}
 
 
 def plot_fpr_loss(history: list[dict], path: Path) -> None:

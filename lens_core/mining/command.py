@@ -143,6 +143,10 @@ def add_embedding_parsers(sub) -> None:
     p.add_argument("--theta", type=iou_threshold, default=THETA)
     p.add_argument("--encoder-out", type=Path, help="where to keep the trained encoder (learned)")
     p.add_argument("--out", type=Path, required=True, help="embeddings.h5")
+    p.add_argument("--resume", action="store_true",
+                   help="continue a killed encoder training from <encoder-out stem>.checkpoint.pt (written every "
+                        "50 steps) when it is of the same settings and inputs; the result is an uninterrupted run's")
+    p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_embed)
 
     p = sub.add_parser("audit-delta", help="precision/recall of intra-patient matching against delta (an audit)",
@@ -223,18 +227,23 @@ def _embed(args) -> int:
     config = {"source": str(args.source), "theta": args.theta}
     encoder = None
     if args.source in ("learned", "appearance"):
+        from ..training.engine import checkpoint_beside
         from .embed_model import EncoderTraining, save_encoder
 
         train = _split_volumes(args.prep_dir, "train")
         groups = training_groups(lesions[lesions["volume_id"].isin(train)], trk[trk["volume_id"].isin(train)],
                                  args.theta)
         cfg = EncoderTraining(steps=args.steps, seed=args.seed, threads=args.threads or EncoderTraining.threads)
-        encoder, cfg, history = fit_encoder(groups, args.prep_dir, cfg=cfg, log=log.info)
+        ckpt = checkpoint_beside(args.encoder_out or args.out)
+        encoder, cfg, history = fit_encoder(groups, args.prep_dir, cfg=cfg, log=log.info, checkpoint=ckpt,
+                                            resume=args.resume, progress=not args.no_progress)
         config["encoder"] = cfg.to_dict()
         if args.encoder_out:
             save_encoder(encoder, cfg, args.encoder_out)
     keys, emb = embed(boxes, args.prep_dir, args.source, encoder=encoder)
     write_embeddings_h5(args.out, box_keys(boxes) if len(keys) != len(boxes) else keys, emb, config)
+    if encoder is not None:
+        ckpt.unlink(missing_ok=True)  # both outputs written: a forced rerun trains anew
     log.info("embedded %d annotations and %d tracklet centres (d = %d)", len(lesions), len(centres), emb.shape[1])
     return 0
 

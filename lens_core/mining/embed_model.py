@@ -14,15 +14,19 @@ the encoder reads ``[N, 3, CROP_PX, CROP_PX]`` crops and returns ``[N, dim]`` L2
 
 from __future__ import annotations
 
+import hashlib
 import math
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import roi_align
+
+from lens_core.training import engine
 
 CROP_PX = 32
 PATCH_PX = 64  # a patch spans twice the crop: room for the shift/scale augmentation
@@ -114,14 +118,16 @@ class EncoderTraining:
 
 
 def train_encoder(patches: np.ndarray, group: np.ndarray, patient: np.ndarray, volume: np.ndarray,
-                  cfg: EncoderTraining = EncoderTraining(), log=None) -> tuple[LesionEncoder, list[dict]]:
+                  cfg: EncoderTraining = EncoderTraining(), log=None, checkpoint: Path | None = None,
+                  resume: bool = False, progress: bool = False, on_step=None) -> tuple[LesionEncoder, list[dict]]:
     """Train a :class:`LesionEncoder` with NT-Xent on grouped patches.
 
     patches: uint8 or float [N, 3, P, P]; group: int [N] (same value = same lesion, e.g. a tracklet);
     patient, volume: int [N] codes, used only to keep same-patient/other-volume groups out of each
     other's negatives. Each step draws ``batch`` distinct groups, two members of each (the same one
     twice for a single-box group), and augments both views independently. Returns the model (eval
-    mode) and a per-step loss history.
+    mode) and a per-step loss history. In the one training loop (lens_core.training.engine): a ``checkpoint``
+    every CHECKPOINT_EVERY steps, from which ``resume`` continues a killed run to the same weights.
     """
     group = np.asarray(group)
     if not (len(patches) == len(group) == len(patient) == len(volume)):
@@ -142,35 +148,73 @@ def train_encoder(patches: np.ndarray, group: np.ndarray, patient: np.ndarray, v
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=max(cfg.steps, 1), pct_start=0.1)
     b = min(cfg.batch, len(codes))
-    history = []
-    t0 = time.perf_counter()
+    trainer = _EncoderTrainer(model, opt, sched, x, members, g_patient, g_volume, b, rng, gen, cfg, log)
+    fingerprint = {"config": cfg.to_dict(), "inputs": hashlib.sha256(b"".join(
+        np.ascontiguousarray(a).tobytes() for a in (patches, group, patient, volume))).hexdigest()}
     model.train()
     try:
-        for step in range(cfg.steps):
-            gs = rng.choice(len(codes), size=b, replace=False)
-            i1 = np.empty(b, np.int64)
-            i2 = np.empty(b, np.int64)
-            for k, g in enumerate(gs):
-                m = members[g]
-                pick = rng.choice(len(m), size=2, replace=len(m) < 2)
-                i1[k], i2[k] = m[pick[0]], m[pick[1]]
-            exclude = torch.as_tensor((g_patient[gs][:, None] == g_patient[gs][None, :])
-                                      & (g_volume[gs][:, None] != g_volume[gs][None, :]))
-            z1 = model(augment(x[i1], gen))
-            z2 = model(augment(x[i2], gen))
-            loss = nt_xent(z1, z2, cfg.temperature, exclude)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            value = float(loss.detach())
-            history.append({"step": step, "loss": value, "seconds": time.perf_counter() - t0})
-            if log is not None and (step % 100 == 0 or step == cfg.steps - 1):
-                log(f"encoder step {step}: loss {value:.3f} (chance {math.log(2 * b - 1):.3f})")
+        history, _ = engine.run(trainer, checkpoint=checkpoint, fingerprint=fingerprint, resume=resume,
+                                progress=progress, desc="encoder steps", on_step=on_step)
     finally:
         torch.set_num_threads(old_threads)
     model.eval()
     return model, history
+
+
+CHECKPOINT_EVERY = 50  # the encoder's steps between checkpoints: its "epochs" in the training loop
+
+
+class _EncoderTrainer:
+    """The encoder's steps for :func:`lens_core.training.engine.run`, CHECKPOINT_EVERY to an epoch. Its random
+    streams (numpy's for the draws, torch's for the augmentation) are part of its state."""
+
+    def __init__(self, model, opt, sched, x, members, g_patient, g_volume, b, rng, gen, cfg, log):
+        self.model, self.opt, self.sched, self.x, self.members = model, opt, sched, x, members
+        self.g_patient, self.g_volume, self.b, self.rng, self.gen, self.cfg, self.log = \
+            g_patient, g_volume, b, rng, gen, cfg, log
+        self.epochs = -(-cfg.steps // CHECKPOINT_EVERY)
+        self.t0 = time.perf_counter()
+
+    def batches(self, epoch):
+        return range(epoch * CHECKPOINT_EVERY, min((epoch + 1) * CHECKPOINT_EVERY, self.cfg.steps))
+
+    def step(self, epoch, index, step):
+        rng, b, cfg = self.rng, self.b, self.cfg
+        gs = rng.choice(len(self.members), size=b, replace=False)
+        i1 = np.empty(b, np.int64)
+        i2 = np.empty(b, np.int64)
+        for k, g in enumerate(gs):
+            m = self.members[g]
+            pick = rng.choice(len(m), size=2, replace=len(m) < 2)
+            i1[k], i2[k] = m[pick[0]], m[pick[1]]
+        exclude = torch.as_tensor((self.g_patient[gs][:, None] == self.g_patient[gs][None, :])
+                                  & (self.g_volume[gs][:, None] != self.g_volume[gs][None, :]))
+        z1 = self.model(augment(self.x[i1], self.gen))
+        z2 = self.model(augment(self.x[i2], self.gen))
+        loss = nt_xent(z1, z2, cfg.temperature, exclude)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        self.sched.step()
+        value = float(loss.detach())
+        if self.log is not None and (step % 100 == 0 or step == cfg.steps - 1):
+            self.log(f"encoder step {step}: loss {value:.3f} (chance {math.log(2 * b - 1):.3f})")
+        return {"step": step, "loss": value, "seconds": time.perf_counter() - self.t0}
+
+    def end_epoch(self, epoch, rows):
+        return {"epoch": epoch, "loss": float(np.mean([r["loss"] for r in rows])) if rows else float("nan")}
+
+    def state_dict(self):
+        return {"model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
+                "scheduler": self.sched.state_dict(), "rng": self.rng.bit_generator.state,
+                "generator": self.gen.get_state()}
+
+    def load_state_dict(self, state):
+        self.model.load_state_dict(state["model"])
+        self.opt.load_state_dict(state["optimizer"])
+        self.sched.load_state_dict(state["scheduler"])
+        self.rng.bit_generator.state = state["rng"]
+        self.gen.set_state(state["generator"])
 
 
 @torch.no_grad()

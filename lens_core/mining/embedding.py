@@ -241,11 +241,11 @@ def training_groups(annotations: pd.DataFrame, tracklet_boxes: pd.DataFrame, iou
 
 
 def fit_encoder(groups: pd.DataFrame, prep_dir: str | Path, weights: EmbeddingWeights = EmbeddingWeights(),
-                cfg=None, max_per_group: int = 8, log=None):
+                cfg=None, max_per_group: int = 8, log=None, **training):
     """Train the appearance encoder on :func:`training_groups` output; returns ``(model, cfg, history)``.
 
     At most ``max_per_group`` boxes per group (evenly spaced slices) so that long tracklets do not
-    dominate the patches held in memory.
+    dominate the patches held in memory. ``training``: train_encoder's checkpoint, resume, progress, on_step.
     """
     from lens_core.mining.embed_model import EncoderTraining, train_encoder
 
@@ -261,7 +261,7 @@ def fit_encoder(groups: pd.DataFrame, prep_dir: str | Path, weights: EmbeddingWe
     patches = extract_patches(g, prep_dir, weights)
     patient, _ = pd.factorize(g["patient_id"].astype(str))
     volume, _ = pd.factorize(g["volume_id"].astype(str))
-    model, history = train_encoder(patches, g["group"].to_numpy(), patient, volume, cfg, log=log)
+    model, history = train_encoder(patches, g["group"].to_numpy(), patient, volume, cfg, log=log, **training)
     return model, cfg, history
 
 

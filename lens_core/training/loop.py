@@ -1,23 +1,23 @@
-"""The LENS training loop (paper Sec. VI-B): RAdam, lr / 10 steps, one dataset per batch, a
-checkpoint every epoch from which a killed run resumes with the same result as an uninterrupted one."""
+"""LENS training (paper Sec. VI-B): RAdam, lr / 10 steps, one dataset per batch, in the one training loop
+(lens_core.training.engine): a checkpoint every epoch from which a killed run resumes with the same result as
+an uninterrupted one."""
 from __future__ import annotations
 
 import hashlib
 import logging
-import pickle
 from pathlib import Path
 from typing import Callable
 
 import pandas as pd
 import torch
-from tqdm import tqdm
 
 from lens_core.deviations import training_deviations
 from lens_core.errors import InputError
-from lens_core.io import atomic_path, read_table
+from lens_core.io import read_table
 from lens_core.model.lens import LENS, load_lens, save_lens, total_loss
 from lens_core.preprocess.schema import prep_meta
 from lens_core.runtime import autocast, resolve_device
+from lens_core.training import engine
 from lens_core.training.config import TrainConfig
 from lens_core.training.curves import plot_losses, plot_val_curve, write_loss_table, write_val_curve
 from lens_core.training.data import SliceReader, build_index, load_batch
@@ -50,11 +50,6 @@ def warmup_factor(step: int, warmup_steps: int) -> float:
     return 0.1 + 0.9 * step / warmup_steps
 
 
-def _atomic_save(obj, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
-
-
 def input_fingerprint(cfg: TrainConfig, prep_dir: Path, labels: Path | None) -> dict[str, str]:
     """sha256 of the tables that define the training samples: each dataset's volumes and lesions tables and
     the round-2 label table. A checkpoint resumes only onto the same inputs: after a mining step reruns,
@@ -83,17 +78,69 @@ def load_initial_weights(model: LENS, path: str | Path) -> None:
         raise ValueError(f"{path}: init_from: other layers than this training's ({' '.join(str(e).split())[:200]})") \
             from e
 
+class _LensTrainer:
+    """LENS's epochs for :func:`lens_core.training.engine.run`: one dataset per batch, each epoch's batches
+    (and their augmentation, ROI sampling) a function of (seed, epoch, batch); the learning curve's validation
+    after every ``val_every`` epochs and the last."""
 
-def _load_checkpoint(path: Path) -> dict:
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as e:  # a truncated file is an OSError
-        raise ValueError(f"{path}: cannot resume: {' '.join(str(e).split())[:300]}; remove it to train from "
-                         f"scratch") from e
-    missing = [k for k in ("model", "optimizer", "scheduler", "sampler", "losses", "config") if k not in ckpt]
-    if missing:
-        raise ValueError(f"{path}: cannot resume: not a training checkpoint (no {missing})")
-    return ckpt
+    def __init__(self, cfg, model, opt, sched, sampler, index, reader, dev, valset, meta):
+        self.cfg, self.model, self.opt, self.sched, self.sampler = cfg, model, opt, sched, sampler
+        self.index, self.reader, self.dev, self.valset, self.meta = index, reader, dev, valset, meta
+        self.epochs = cfg.epochs
+        self.steps = 0
+
+    def batches(self, epoch):
+        return self.sampler.plan(epoch)
+
+    def step(self, epoch, b, batch_keys):
+        cfg, model, opt, sampler, dev = self.cfg, self.model, self.opt, self.sampler, self.dev
+        name, keys = batch_keys
+        step = self.steps
+        rng = sampler.rng(epoch, b, 1)
+        batch = load_batch(keys, self.index[name], self.reader, cfg, model.stride, rng)
+        gen = torch.Generator().manual_seed(int(sampler.rng(epoch, b, 2).integers(2**62)))
+        with autocast(dev, cfg.precision):
+            losses = model.losses(batch.images.to(dev), name, batch.afp.to(dev),
+                                  [t.to(dev) for t in batch.targets], generator=gen)
+        loss = total_loss(losses, cfg.lambda1, cfg.lambda2)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"non-finite loss at epoch {epoch} batch {b} ({name}): "
+                                     f"{ {k: float(v) for k, v in losses.items()} }")
+        if cfg.warmup_steps and step <= cfg.warmup_steps:  # warmup on top of the epoch schedule (lr / 10 steps)
+            scheduled = cfg.lr * 0.1 ** sum(epoch >= m for m in cfg.lr_steps)
+            for g in opt.param_groups:
+                g["lr"] = scheduled * warmup_factor(step, cfg.warmup_steps)
+        opt.zero_grad(set_to_none=True)  # other datasets' AFP/expert layers keep grad None
+        loss.backward()
+        clip = cfg.grad_clip if cfg.grad_clip is not None else float("inf")
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), clip))
+        opt.step()
+        self.steps += 1
+        return {"epoch": epoch, "step": step, "dataset": name,
+                **{k: float(v.detach()) for k, v in losses.items()}, "total": float(loss.detach()),
+                "lr": opt.param_groups[0]["lr"], "grad_norm": grad_norm}
+
+    def end_epoch(self, epoch, rows):
+        self.sched.step()
+        if rows:
+            log.info("epoch %d: %s", epoch + 1,
+                     pd.DataFrame(rows)[["center", "size", "class", "box", "total"]].mean().round(4).to_dict())
+        if self.valset is None or not ((epoch + 1) % self.cfg.val_every == 0 or epoch + 1 == self.cfg.epochs):
+            return {}
+        row = {"epoch": epoch + 1, "step": self.steps, **self.valset.average(self.model, self.meta["fuse_experts"],
+                                                                              self.dev)}
+        log.info("epoch %d: validation average sensitivity %.1f%%", epoch + 1, 100 * row["val_average"])
+        return row
+
+    def state_dict(self):
+        return {"model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
+                "scheduler": self.sched.state_dict(), "steps": self.steps}
+
+    def load_state_dict(self, state):
+        self.model.load_state_dict(state["model"])
+        self.opt.load_state_dict(state["optimizer"])
+        self.sched.load_state_dict(state["scheduler"])
+        self.steps = int(state["steps"])
 
 
 def train(
@@ -136,86 +183,20 @@ def train(
     model.to(dev).train()
     opt = make_optimizer(model, cfg.lr, cfg.kernels)
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=list(cfg.lr_steps), gamma=0.1)
-    rows: list[dict] = []
-    val_rows: list[dict] = []
     valset = ValidationSet(Path(prep_dir), cfg.datasets[0]) if cfg.val_every else None
     if valset is not None and not valset:
         log.warning("%s: no validation volumes with 3D boxes: no learning curve", Path(prep_dir) / cfg.datasets[0])
         valset = None
-    start_epoch = 0
     ckpt_path = out / "checkpoint.pt"
-    inputs = input_fingerprint(cfg, Path(prep_dir), Path(labels) if labels is not None else None)
-    if resume and ckpt_path.exists():
-        ckpt = _load_checkpoint(ckpt_path)
-        # Snakemake always passes --resume: a checkpoint of another config or other inputs is a finished or
-        # killed run of a different training, so train from scratch rather than continue (or fail) on it
-        stale = [what for what, same in (("training config", ckpt["config"] == cfg.to_dict()),
-                                         ("input tables", ckpt.get("inputs") == inputs)) if not same]
-        if stale:
-            log.warning("%s: not resumed (other %s); training from scratch", ckpt_path,
-                        " and ".join(stale))
-        else:
-            try:
-                model.load_state_dict(ckpt["model"])
-                opt.load_state_dict(ckpt["optimizer"])
-                sched.load_state_dict(ckpt["scheduler"])
-            except (KeyError, RuntimeError, ValueError) as e:
-                raise ValueError(f"{ckpt_path}: cannot resume: {e}") from e
-            start_epoch = ckpt["sampler"]["epoch"]
-            rows = [dict(r) for r in ckpt["losses"]]
-            val_rows = [dict(r) for r in ckpt.get("val_curve", [])]
-            log.info("resuming %s at epoch %d", out, start_epoch)
-
-    reader = SliceReader(cfg.slices)
-    step = len(rows)
+    fingerprint = {"training config": cfg.to_dict(),
+                   "input tables": input_fingerprint(cfg, Path(prep_dir), Path(labels) if labels is not None else None)}
+    trainer = _LensTrainer(cfg, model, opt, sched, sampler, index, SliceReader(cfg.slices), dev, valset, meta)
     try:
-        for epoch in range(start_epoch, cfg.epochs):
-            plan = sampler.plan(epoch)
-            bar = tqdm(plan, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress, leave=False)
-            for b, (name, keys) in enumerate(bar):
-                rng = sampler.rng(epoch, b, 1)
-                batch = load_batch(keys, index[name], reader, cfg, model.stride, rng)
-                gen = torch.Generator().manual_seed(int(sampler.rng(epoch, b, 2).integers(2**62)))
-                with autocast(dev, cfg.precision):
-                    losses = model.losses(batch.images.to(dev), name, batch.afp.to(dev),
-                                          [t.to(dev) for t in batch.targets], generator=gen)
-                loss = total_loss(losses, cfg.lambda1, cfg.lambda2)
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"non-finite loss at epoch {epoch} batch {b} ({name}): "
-                                             f"{ {k: float(v) for k, v in losses.items()} }")
-                if cfg.warmup_steps and step <= cfg.warmup_steps:  # warmup on top of the epoch schedule (lr / 10 steps)
-                    scheduled = cfg.lr * 0.1 ** sum(epoch >= m for m in cfg.lr_steps)
-                    for g in opt.param_groups:
-                        g["lr"] = scheduled * warmup_factor(step, cfg.warmup_steps)
-                opt.zero_grad(set_to_none=True)  # other datasets' AFP/expert layers keep grad None
-                loss.backward()
-                clip = cfg.grad_clip if cfg.grad_clip is not None else float("inf")
-                grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), clip))
-                opt.step()
-                row = {"epoch": epoch, "step": step, "dataset": name,
-                       **{k: float(v.detach()) for k, v in losses.items()}, "total": float(loss.detach()),
-                       "lr": opt.param_groups[0]["lr"], "grad_norm": grad_norm}
-                rows.append(row)
-                step += 1
-                bar.set_postfix(loss=f"{row['total']:.3f}", ds=name)
-                if on_step is not None:
-                    on_step(epoch, b)
-            sched.step()
-            if valset is not None and ((epoch + 1) % cfg.val_every == 0 or epoch + 1 == cfg.epochs):
-                val_rows.append({"epoch": epoch + 1, "step": step,
-                                 **valset.average(model, meta["fuse_experts"], dev)})
-                log.info("epoch %d: validation average sensitivity %.1f%%", epoch + 1,
-                         100 * val_rows[-1]["val_average"])
-            _atomic_save({
-                "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                "sampler": sampler.state_dict(epoch + 1, 0), "losses": rows, "config": cfg.to_dict(),
-                "inputs": inputs, "val_curve": val_rows,
-            }, ckpt_path)
-            ep = pd.DataFrame([r for r in rows if r["epoch"] == epoch])
-            if len(ep):
-                log.info("epoch %d: %s", epoch + 1, ep[["center", "size", "class", "box", "total"]].mean().round(4).to_dict())
+        rows, val_rows = engine.run(trainer, checkpoint=ckpt_path, fingerprint=fingerprint, resume=resume,
+                                    progress=progress, desc="epoch", on_step=on_step)
     finally:
-        reader.close()
+        trainer.reader.close()
+    val_rows = [r for r in val_rows if r]  # epochs without a validation score have an empty row
     model_path = out / "lens.pt"
     df = write_loss_table(rows, out / "losses.parquet")
     plot_losses(df, out / "losses.png")

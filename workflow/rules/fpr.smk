@@ -26,7 +26,7 @@ rule train_fpr:
     shell:
         "lens train-fpr --prep-dir {params.prep} --proposals3d {input.proposals} --labels {input.labels} "
         "{params.extra} --preset {params.f[preset]} --epochs {params.f[epochs]} --seed {params.seed} "
-        "--threads {threads} --out {output.model} --no-progress 2> {log}"
+        "--threads {threads} --out {output.model} --resume --no-progress 2> {log}"
 
 
 rule score_fpr:

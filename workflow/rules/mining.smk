@@ -69,7 +69,7 @@ rule embed_lesions:
     shell:
         "lens embed-lesions --prep-dir {params.prep} --tracklets {input.tracklets} --source {params.m[embedding]} "
         "--steps {params.m[encoder_steps]} --theta {params.m[theta]} --threads {threads} "
-        "--encoder-out {output.encoder} --out {output.emb} 2> {log}"
+        "--encoder-out {output.encoder} --out {output.emb} --resume --no-progress 2> {log}"
 
 
 # An audit that decides nothing: precision and recall of intra-patient matching against delta on the
