@@ -25,6 +25,13 @@ def add_numerics_args(p: argparse.ArgumentParser) -> None:
                         "CPU has native bfloat16 (AVX-512 BF16, AMX), else fp32")
 
 
+def add_resume_arg(p: argparse.ArgumentParser, checkpoint: str) -> None:
+    """``--resume``, of the one training loop (lens_core.training.engine) that LENS, the FPR and the encoder use."""
+    p.add_argument("--resume", action="store_true",
+                   help=f"continue a killed run from {checkpoint} (written as it trains) when it is of the same "
+                        f"settings and inputs; the result is that of an uninterrupted run")
+
+
 def set_torch_threads(args: argparse.Namespace) -> None:
     import torch
 

@@ -6,7 +6,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from lens_core.arguments import add_torch_args, set_torch_threads
+from lens_core.arguments import add_resume_arg, add_torch_args, set_torch_threads
 
 log = logging.getLogger(__name__)
 
@@ -39,9 +39,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--split", default="train", help="volumes of this split (volumes.parquet) are used")
     p.add_argument("--seed", type=int, default=0)
     add_torch_args(p)
-    p.add_argument("--resume", action="store_true",
-                   help="continue a killed run from <out stem>.checkpoint.pt (written after every epoch) when it is "
-                        "of the same settings and inputs; the result is that of an uninterrupted run")
+    add_resume_arg(p, "<out stem>.checkpoint.pt, after every epoch")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_train)
 

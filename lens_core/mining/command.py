@@ -5,7 +5,7 @@ import json
 import logging
 from pathlib import Path
 
-from ..arguments import iou_threshold, non_negative_int, positive_float, positive_int, probability
+from ..arguments import add_resume_arg, iou_threshold, non_negative_int, positive_float, positive_int, probability
 from ..boxes import THETA
 
 log = logging.getLogger("lens.mining")
@@ -143,9 +143,7 @@ def add_embedding_parsers(sub) -> None:
     p.add_argument("--theta", type=iou_threshold, default=THETA)
     p.add_argument("--encoder-out", type=Path, help="where to keep the trained encoder (learned)")
     p.add_argument("--out", type=Path, required=True, help="embeddings.h5")
-    p.add_argument("--resume", action="store_true",
-                   help="continue a killed encoder training from <encoder-out stem>.checkpoint.pt (written every "
-                        "50 steps) when it is of the same settings and inputs; the result is an uninterrupted run's")
+    add_resume_arg(p, "<encoder-out stem>.checkpoint.pt, every 50 encoder steps")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_embed)
 

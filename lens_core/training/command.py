@@ -5,7 +5,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from lens_core.arguments import add_torch_args, positive_int, set_torch_threads
+from lens_core.arguments import add_resume_arg, add_torch_args, positive_int, set_torch_threads
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +25,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--seed", type=int, default=None, help="overrides the config's seed")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=YAML",
                    help="override config keys, e.g. --set datasets=[deeplesion] epochs=4 (ablation rows)")
-    p.add_argument("--resume", action="store_true", help="continue an interrupted run from OUT/checkpoint.pt (same config and input tables)")
+    add_resume_arg(p, "OUT/checkpoint.pt, after every epoch")
     add_torch_args(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
