@@ -1,16 +1,12 @@
-"""What every network step shares, below training, inference and FPR alike: the device, the precision,
-and how a preprocessed slice becomes a network input (2.5D stack, normalisation, padding)."""
+"""What every network step shares, below training, inference and FPR alike: the device and the precision.
+(How a preprocessed slice becomes a network input is lens_core.model.network_input.)"""
 from __future__ import annotations
 
 import contextlib
 import re
 from pathlib import Path
 
-import numpy as np
 import torch
-
-PAD_MULTIPLE = 16  # coarsest backbone stride
-
 
 def resolve_device(device: str) -> torch.device:
     if device == "auto":
@@ -56,22 +52,3 @@ def autocast(device: torch.device, precision: str = "fp32"):
     if precision == "bf16":
         return torch.autocast("cpu", dtype=torch.bfloat16)
     return contextlib.nullcontext()
-
-
-def normalize(slices: np.ndarray) -> torch.Tensor:
-    """The window's 0..255 scale (-1024..3071 HU; any storage) -> float32, air ~ -1, soft tissue ~ 0."""
-    return (torch.from_numpy(np.ascontiguousarray(slices)).float() - 64.0) / 64.0
-
-
-def stack_slices(volume, z: int, n: int) -> np.ndarray:
-    """The ``n`` slices centred on ``z`` (edge slices repeated past the volume's ends) ``[n, H, W]``.
-
-    An even ``n`` (two groups of 3) has no middle slice: ``z`` is slice ``n // 2``, one more slice above
-    it than below (6: z-3 .. z+2, so the groups are z-3..z-1 and z..z+2).
-
-    ``volume`` is anything indexable like ``[z, y, x]`` (an h5py dataset or a numpy array)."""
-    depth = volume.shape[0]
-    idx = np.clip(np.arange(z - n // 2, z - n // 2 + n), 0, depth - 1)
-    lo, hi = int(idx.min()), int(idx.max())
-    block = volume[lo:hi + 1]
-    return np.asarray(block)[idx - lo]

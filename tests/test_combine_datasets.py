@@ -11,10 +11,10 @@ import torch
 from lens_core.cli import main
 from lens_core.inference.fusion import fuse_models
 from lens_core.training.config import TrainConfig
-from lens_core.runtime import stack_slices
+from lens_core.model.network_input import stack_slices
 from lens_core.training.data import DatasetIndex, SliceReader, build_index, load_batch, pool_index
 from lens_core.training.sampler import DatasetHomogeneousSampler
-from lens_core.training.synthetic import make_prep
+from synthetic_prep import make_prep
 
 DATASETS = ["deeplesion", "luna", "lits"]
 

@@ -24,7 +24,7 @@ from lens_core.io import MARKER
 from lens_core.preprocess.volumes import PrepParams, map_boxes, prepare
 from lens_core.training.config import TrainConfig
 from lens_core.training.loop import train
-from lens_core.training.synthetic import make_prep, make_volume
+from synthetic_prep import make_prep, make_volume
 
 DATASETS = ["deeplesion", "luna"]
 # the scan is 2x finer than the model's grid (1 mm pixels, 2 mm slices vs 2 / 4): each preprocessed

@@ -12,7 +12,7 @@ from lens_core.fpr.patches import augment, centre_window, crop_patches, flip, tr
 from lens_core.fpr.samples import FP, TP, UNUSED, epoch_samples, label_proposals
 from lens_core.fpr.score import eq4, fpr_scores, h5_volumes, with_fpr_scores
 from lens_core.fpr.train import FprTrainConfig, SampleSource, roc_auc, train_fpr
-from lens_core.training.synthetic import make_prep
+from synthetic_prep import make_prep
 from killing import run_killed
 
 

@@ -49,7 +49,7 @@ def test_float_storage_keeps_the_contrast_that_uint8_rounds_to_16_hu():
     """Issue 21, item 6: the paper keeps the window's [0, 255] as floats; uint8 rounds to 16 HU levels, more
     than the 10-20 HU between many lesions and their organ. Every storage is read on one scale."""
     from lens_core.preprocess.window import HU_MAX, HU_MIN, level
-    from lens_core.runtime import normalize
+    from lens_core.model.network_input import normalize
 
     hu = np.linspace(-1024, 1500, 5001)
     back = {s: window(hu, s).astype(np.float64) * (HU_MAX - HU_MIN) / 255 + HU_MIN for s in ("uint8", "float16", "float32")}

@@ -8,7 +8,7 @@ import torch
 from lens_core.training.config import TrainConfig
 from lens_core.training.data import SliceReader, augment, build_index, load_batch, slice_boxes
 from lens_core.training.sampler import DatasetHomogeneousSampler
-from lens_core.training.synthetic import make_prep
+from synthetic_prep import make_prep
 
 DATASETS = ["deeplesion", "luna"]
 
@@ -245,7 +245,7 @@ def test_bad_volume_fractions_are_rejected_with_a_clear_error(fraction, message)
                                         (6, 9, [6, 7, 8, 9, 9, 9])])
 def test_a_stack_has_the_asked_number_of_slices_around_its_key_slice(n, z, expect):
     """Two groups of 3 (the CPU preset) as well as one or three: edge slices repeat past the ends."""
-    from lens_core.runtime import stack_slices
+    from lens_core.model.network_input import stack_slices
 
     vol = np.arange(10)[:, None, None] * np.ones((1, 2, 2))
     assert stack_slices(vol, z, n)[:, 0, 0].tolist() == expect

@@ -11,7 +11,7 @@ from lens_core.inference.proposals import propose
 from lens_core.model.lens import load_lens
 from lens_core.training.config import TrainConfig
 from lens_core.training.loop import train
-from lens_core.training.synthetic import make_prep
+from synthetic_prep import make_prep
 
 DATASETS = ["deeplesion", "luna"]
 

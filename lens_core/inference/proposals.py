@@ -13,7 +13,8 @@ import torch.nn.functional as F
 from lens_core.inference.fusion import fuse_experts, fuse_models
 from lens_core.io import read_table
 from lens_core.model.lens import LENS
-from lens_core.runtime import PAD_MULTIPLE, autocast, normalize
+from lens_core.model.network_input import PAD_MULTIPLE, normalize
+from lens_core.runtime import autocast
 
 ID_COLUMNS = ["volume_id", "patient_id", "study_id", "series_id"]
 

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from lens_core.io import read_table
 from lens_core.model.lens import ImageTargets
-from lens_core.runtime import PAD_MULTIPLE, normalize, stack_slices
+from lens_core.model.network_input import PAD_MULTIPLE, normalize, stack_slices
 from lens_core.training.config import TrainConfig
 from lens_core.training.targets import batch_targets
 

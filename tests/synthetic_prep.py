@@ -1,6 +1,7 @@
-"""A tiny synthetic ``results/prep`` tree in the artifact contract (docs/artifacts.md), for tests and
-benchmarks: noisy volumes with bright ellipsoid "lesions"; ``deeplesion`` gets 2D key-slice boxes,
-the other datasets 3D boxes; ``truth.parquet`` holds every lesion's 3D box."""
+"""A tiny synthetic ``results/prep`` tree in the artifact contract (docs/artifacts.md), for the tests: noisy
+volumes with bright ellipsoid "lesions"; ``deeplesion`` gets 2D key-slice boxes, the other datasets 3D boxes;
+``truth.parquet`` holds every lesion's 3D box. (It shipped in the package as lens_core/training/synthetic.py,
+though nothing the pipeline runs uses it.)"""
 from __future__ import annotations
 
 from pathlib import Path
