@@ -29,3 +29,15 @@ rule all:
         "results/report.html",
         validation_precision,  # mining precision on the validation split (no hidden truth), where it has 3D truth
     default_target: True
+
+
+# The experiments table: every experiment and Fig. 7 model the config declares, resolved as the rules look them
+# up (workflow/experiment_table.py): `snakemake --cores 1 experiments`.
+rule experiments:
+    output:
+        "results/experiments.tsv",
+    log:
+        "results/logs/experiments.log",
+    localrule: True
+    run:
+        experiment_table.write_tsv(config, output[0], log[0])

@@ -2,6 +2,7 @@
 # lambdas in rules).
 import json
 import shlex
+import sys
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
@@ -28,6 +29,14 @@ shell.prefix(f'set -euo pipefail; export PATH={shlex.quote(str(REPO / "scripts" 
 # in envs/lens-cuda.yaml where the profile says so (workflow/profiles/slurm: config gpu_env=cuda).
 ENV = "../../envs/lens.yaml"
 GPU_ENV = "../../envs/lens-cuda.yaml" if config.get("gpu_env", "cpu") == "cuda" else ENV
+
+# Every experiment the workflow can build, resolved once from the config (workflow/experiment_table.py): input
+# functions look an experiment up by name, and nothing parses one.
+sys.path.insert(0, str(REPO / "workflow"))
+import experiment_table  # noqa: E402  (plain Python beside the rules)
+
+EXPERIMENTS = experiment_table.experiment_table(config)
+FIG7_MODELS = experiment_table.fig7_table(config)
 
 DATASETS = list(config["datasets"])
 SHARDS = int(config["preprocess"]["shards"])
@@ -134,38 +143,26 @@ def prep_root(wildcards, input):
 
 # ----------------------------------------------------------------------------------- experiments
 def exp_name(experiment, seed):
-    return MAIN if experiment == "full" and int(seed) == int(config["train"]["seed"]) else f"{experiment}_s{seed}"
+    return experiment_table.exp_name(experiment, seed, config["train"]["seed"])
 
 
 def exp_spec(exp):
-    """(experiment settings, seed) of an experiment name: an ablation experiment or a Fig. 5 value (fig5.smk)."""
-    if exp == MAIN:
-        name, seed = "full", int(config["train"]["seed"])
-    else:
-        name, _, seed = exp.rpartition("_s")
-        seed = int(seed)
-    experiments = {**ABLATION["experiments"], **FIG5_EXPERIMENTS}
-    if name not in experiments:
-        raise ValueError(f"unknown experiment {name!r} (config ablation.experiments: {list(ABLATION['experiments'])})")
-    return experiments[name] or {}, seed
+    """(experiment settings, seed) of an experiment, from the experiments table."""
+    if exp not in EXPERIMENTS:
+        raise ValueError(f"unknown experiment {exp!r}: not one the config declares (ablation.experiments at "
+                         f"ablation.seeds, fig5.values); `snakemake --cores 1 experiments` lists them")
+    return EXPERIMENTS[exp]["spec"], EXPERIMENTS[exp]["seed"]
 
 
 # Fig. 5 (fig5.smk): one experiment per swept value of a mining setting: the main experiment's round-1
 # proposals mined again with that value (mining_from: full), round 2 retrained. The default value is the
-# main experiment itself. Named fig5<key><value x 1000> (the exp wildcard allows letters and digits only).
+# main experiment itself (experiment_table.fig5_recipes).
 FIG5 = config.get("fig5") or {}
-
-
-def fig5_name(key, value):
-    return f"fig5{key.replace('_', '')}{round(float(value) * 1000):04d}"
+fig5_name = experiment_table.fig5_name
 
 
 def fig5_default(key, value):
     return float(value) == float(config["mining"][key])
-
-
-FIG5_EXPERIMENTS = {fig5_name(k, v): {"mining_from": "full", "mining": {k: v}}
-                    for k, values in FIG5.get("values", {}).items() for v in values if not fig5_default(k, v)}
 
 
 # Mining strategies an experiment's `mining:` may switch off (Table IV); each is on unless switched off.

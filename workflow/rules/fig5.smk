@@ -1,6 +1,6 @@
 # The paper's Fig. 5 on the built-in corpus: `snakemake --cores all fig5` (not part of the default target:
-# one round-2 training per swept value). Each value is an experiment of its own (FIG5_EXPERIMENTS,
-# common.smk: the main experiment's round-1 proposals mined again with the value, round 2 retrained),
+# one round-2 training per swept value). Each value is an experiment of its own (workflow/experiment_table.py,
+# the main experiment's round-1 proposals mined again with the value, round 2 retrained),
 # scored by the evaluate / evaluate_val rules; the configured value is the main experiment itself.
 
 

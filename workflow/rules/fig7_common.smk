@@ -1,6 +1,5 @@
 # Input functions of workflow/rules/fig7.smk (the paper's Fig. 7): which models to train, evaluate and table.
 import json
-import re
 
 
 def fig7_config():
@@ -76,15 +75,11 @@ def fig7_heldout_args(wildcards):
     return f"--seed {held['seed']} --set deeplesion.patients=0 {cases}"
 
 
-def fig7_pct(fraction):
-    return format(100 * float(fraction), "g")  # 0.25 -> "25", 0.125 -> "12.5"
+fig7_pct = experiment_table.fig7_pct
 
 
 def fig7_model(dataset, mode, fraction, seed):
-    pct = fig7_pct(fraction)
-    if mode == "joint" and fig7_config().get("joint", "all") == "all":
-        return f"joint_f{pct}_s{seed}"
-    return f"{dataset}_{mode}_f{pct}_s{seed}"
+    return experiment_table.fig7_model(dataset, mode, fraction, seed, fig7_config().get("joint", "all") == "all")
 
 
 def fig7_runs():
@@ -95,19 +90,13 @@ def fig7_runs():
 
 
 def fig7_training(model):
-    """(datasets, volume_fraction, seed) that train `model`."""
-    m = re.fullmatch(r"(?:(?P<ds>[a-z0-9]+)_)?(?P<mode>alone|joint)_f(?P<pct>[0-9.]+)_s(?P<seed>\d+)", model)
-    if m is None:
-        raise ValueError(f"not a fig7 model name: {model!r}")
-    f7 = fig7_config()
-    fractions = {fig7_pct(f): float(f) for f in f7["fractions"]}
-    if m["pct"] not in fractions:
-        raise ValueError(f"{model}: fraction {m['pct']}% is not in fig7.fractions {f7['fractions']}")
-    f = fractions[m["pct"]]
-    if m["mode"] == "alone":
-        return [m["ds"]], {m["ds"]: f}, int(m["seed"])
-    reduced = [m["ds"]] if m["ds"] else list(f7["datasets"])
-    return list(config["train"]["datasets"]), {d: f for d in reduced}, int(m["seed"])
+    """(datasets, volume_fraction, seed) that train `model`, from the experiments table's Fig. 7 models."""
+    fig7_config()
+    if model not in FIG7_MODELS:
+        raise ValueError(f"{model!r} is not a Fig. 7 model of the config (fig7.datasets, fractions, seeds; "
+                         f"`snakemake --cores 1 experiments` lists them)")
+    r = FIG7_MODELS[model]
+    return list(r["datasets"]), dict(r["fractions"]), int(r["seed"])
 
 
 def fig7_reuses_main(model):
@@ -168,5 +157,5 @@ def fig7_eval_name(wildcards):
 
 
 def fig7_run_label(wildcards):
-    m = re.fullmatch(r".*?(alone|joint)_f([0-9.]+)_s(\d+)", wildcards.model)
-    return f"{wildcards.dataset} {m[1]} {m[2]}% seed {m[3]}"
+    run = next(r for r in fig7_runs() if r["model"] == wildcards.model and r["dataset"] == wildcards.dataset)
+    return f"{run['dataset']} {run['mode']} {fig7_pct(run['fraction'])}% seed {run['seed']}"

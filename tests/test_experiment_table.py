@@ -1,0 +1,78 @@
+"""Experiments as data (issue 24): every experiment the workflow can build is a record of one table resolved from
+the config (workflow/experiment_table.py), the rules look experiments up in it, and adding an ablation row is one
+entry in the config that plans that row's jobs and nothing else."""
+import sys
+
+import yaml
+
+from dag import ROOT, TINY_CONFIG, planned, run, tiny_workdir
+
+sys.path.insert(0, str(ROOT / "workflow"))
+import experiment_table  # noqa: E402
+
+CONFIG = yaml.safe_load((ROOT / "config.yaml").read_text())
+
+
+def test_the_table_holds_the_main_run_each_ablation_experiment_at_each_seed_and_each_swept_fig5_value():
+    table = experiment_table.experiment_table(CONFIG)
+    seed = CONFIG["train"]["seed"]
+    assert table["lens"]["kind"] == "main" and table["lens"]["seed"] == seed and table["lens"]["spec"] == {}
+    for recipe, spec in CONFIG["ablation"]["experiments"].items():
+        for s in CONFIG["ablation"]["seeds"]:
+            name = "lens" if recipe == "full" and s == seed else f"{recipe}_s{s}"
+            assert table[name]["spec"] == (spec or {}) and table[name]["seed"] == s, name
+    swept = [(k, v) for k, vs in CONFIG["fig5"]["values"].items() for v in vs if float(v) != float(CONFIG["mining"][k])]
+    for k, v in swept:
+        r = table[f"{experiment_table.fig5_name(k, v)}_s{seed}"]
+        assert r["kind"] == "fig5" and r["spec"] == {"mining_from": "full", "mining": {k: v}}
+    n = 1 + len(CONFIG["ablation"]["experiments"]) * len(CONFIG["ablation"]["seeds"]) - 1 + len(swept)
+    assert len(table) == n  # nothing else: an undeclared name is not buildable
+
+
+def test_fig7_models_say_what_trains_them():
+    table = experiment_table.fig7_table(CONFIG)
+    f7 = CONFIG["fig7"]
+    for d in f7["datasets"]:
+        r = table[f"{d}_alone_f25_s0"]
+        assert r == {"datasets": [d], "fractions": {d: 0.25}, "seed": 0}
+    joint = table["joint_f25_s0"]  # fig7.joint all: one joint model, every Fig. 7 dataset reduced
+    assert joint["datasets"] == CONFIG["train"]["datasets"] and joint["fractions"] == {d: 0.25 for d in f7["datasets"]}
+
+
+def test_snakemake_experiments_writes_the_table(tmp_path):
+    tiny_workdir(tmp_path)
+    res = run(tmp_path, "experiments")
+    assert res.returncode == 0, res.stderr
+    lines = (tmp_path / "results" / "experiments.tsv").read_text().splitlines()
+    assert lines[0].split("\t") == ["name", "kind", "recipe", "seed", "settings"]
+    assert [line.split("\t")[0] for line in lines[1:]] == ["lens", "single_s0"]  # the tiny config's two
+
+
+def test_an_undeclared_experiment_is_refused_by_name(tmp_path):
+    tiny_workdir(tmp_path)
+    res = run(tmp_path, "-n", "results/eval/single_s7/r1_dl/summary.parquet")  # seed 7 is not ablation.seeds
+    assert res.returncode != 0
+    assert "unknown experiment 'single_s7': not one the config declares" in res.stdout + res.stderr
+
+
+def test_adding_an_ablation_row_is_one_config_entry_that_plans_its_jobs_and_nothing_else(tmp_path):
+    """The recipe of a new row (no intra-patient mining, DeepLesion alone) and the row: with everything else
+    finished, the dry run plans that experiment's jobs and the ablation table, nothing of the others."""
+    wd = tiny_workdir(tmp_path)
+    summary = run(wd, "--summary", "ablation")
+    assert summary.returncode == 0, summary.stderr
+    for line in summary.stdout.splitlines()[1:]:
+        f = wd / line.split("\t")[0]
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.touch()
+    assert run(wd, "--touch", "ablation").returncode == 0
+    assert planned(wd, "ablation") == {}
+    cfg = yaml.safe_load(TINY_CONFIG.read_text())
+    cfg["ablation"]["experiments"]["noip"] = {"datasets": ["deeplesion"], "mining": {"intra_patient": False}}
+    cfg["ablation"]["rows"]["(x) no intra-patient"] = {"experiment": "noip", "stage": "r2_dl"}
+    (wd / "config.yaml").write_text(yaml.safe_dump(cfg))
+    outputs = []
+    jobs = planned(wd, "ablation", outputs=outputs)
+    assert jobs.get("train_lens") == 1 and jobs.get("train_lens_round2") == 1 and "embed_lesions" not in jobs
+    others = [f for f in outputs if "noip_s0" not in f and not f.startswith("results/eval/ablation/")]
+    assert others == [], others
