@@ -97,9 +97,10 @@ def run(trainer: Trainer, *, checkpoint: Path | None, fingerprint: dict, resume:
         steps += rows
         epochs.append(trainer.end_epoch(epoch, rows))
         if checkpoint is not None:
+            state = {"trainer": trainer.state_dict(), "torch_rng": torch.get_rng_state(), "epoch": epoch + 1,
+                     "steps": steps, "epochs": epochs, "fingerprint": fingerprint}
             with atomic_path(Path(checkpoint)) as tmp:
-                torch.save({"trainer": trainer.state_dict(), "torch_rng": torch.get_rng_state(), "epoch": epoch + 1,
-                            "steps": steps, "epochs": epochs, "fingerprint": fingerprint}, tmp)
+                torch.save(state, tmp)
     return steps, epochs
 
 
