@@ -170,7 +170,7 @@ def test_a_row_compared_with_several_references_gets_one_paired_difference_each(
 
 
 def test_verdict_needs_the_interval_to_exclude_zero_with_the_papers_sign():
-    from lens_core.evaluation.ablation import verdict
+    from lens_core.paper_tables.ablation import verdict
 
     assert verdict(0.5, 3.0, 2.0) == "reproduced"
     assert verdict(-3.0, -0.5, 2.0) == "contradicted"

@@ -25,6 +25,7 @@ LAYERS = [
     {"review"},  # a reviewer's verdicts on the mined boxes; merge-labels reads them through mining.verdicts
     {"fpr"},
     {"evaluation"},
+    {"paper_tables"},  # the paper's tables over seeds, from evaluated runs
     {"report"},
     {"cli", "__main__"},
 ]

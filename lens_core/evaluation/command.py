@@ -1,5 +1,5 @@
-"""`lens evaluate` (one variant under one protocol), `lens froc-plot` (variants side by side), and the paper's
-tables over seeds: `lens ablation-table` (Table II / V rows) and `lens fig7-table` (Fig. 7)."""
+"""`lens evaluate` (one variant under one protocol) and `lens froc-plot` (variants side by side). The paper's
+tables over seeds are lens_core.paper_tables'."""
 
 from __future__ import annotations
 
@@ -63,43 +63,6 @@ def add_parser(sub) -> None:
                    help="the paper's average sensitivity (%%) of each curve, in --curves order ('-' = none): "
                         "a column beside ours in --table")
     p.set_defaults(func=run_froc_plot)
-
-    p = sub.add_parser("ablation-table", help="the paper's ablation rows: mean ± sd over seeds, paper beside")
-    p.add_argument("--spec", required=True,
-                   help="JSON: row -> {stage, paper, exps: [experiment per seed], "
-                        "vs: reference row or list of rows (optional)}")
-    p.add_argument("--eval-dir", type=Path, default=Path("results/eval"))
-    p.add_argument("--out", type=Path, required=True, help="folder for table.md, table.parquet, froc.png")
-    p.add_argument("--bootstrap", type=non_negative_int, default=2000,
-                   help="bootstrap draws (test patients resampled) for the intervals; 0: none")
-    p.add_argument("--seed", type=int, default=0, help="bootstrap seed (the same seed draws the same patients)")
-    p.add_argument("--val", action="store_true",
-                   help="also the validation split (<eval-dir>/<exp>/<stage>/val/), beside the test split")
-    p.set_defaults(func=run_ablation_table)
-
-    p = sub.add_parser("fig5-table", help="Fig. 5: sensitivity against each swept mining setting (val, test)",
-                       description="The paper's Fig. 5 on our data (lens_core.evaluation.fig5).")
-    p.add_argument("--spec", required=True,
-                   help="JSON: setting -> {default: value, stage, runs: [{value, exp}, ...]}")
-    p.add_argument("--eval-dir", type=Path, default=Path("results/eval"))
-    p.add_argument("--out", type=Path, required=True, help="folder for table.md, table.parquet, fig5.png")
-    p.add_argument("--bootstrap", type=non_negative_int, default=2000,
-                   help="bootstrap draws (patients resampled) for the intervals; 0: none")
-    p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
-    p.set_defaults(func=run_fig5_table)
-
-    p = sub.add_parser("fig7-table", help="Fig. 7: each single-type dataset alone vs joint, by training fraction",
-                       description="The paper's Fig. 7 on our data (lens_core.evaluation.fig7).")
-    p.add_argument("--spec", required=True,
-                   help="JSON list of runs: {dataset, mode (alone|joint), fraction, seed, summary (summary.parquet)}")
-    p.add_argument("--scored-on", default="validation split",
-                   help="what the runs were scored on, for the title (e.g. 'held-out cohort, 24 scans per dataset')")
-    p.add_argument("--out", type=Path, required=True, help="folder for table.md, table.parquet, fig7.png")
-    p.add_argument("--bootstrap", type=non_negative_int, default=2000,
-                   help="bootstrap draws (patients resampled) for the intervals, from the matches.parquet beside "
-                        "each summary; 0: none")
-    p.add_argument("--seed", type=int, default=0, help="bootstrap seed (the same seed draws the same patients)")
-    p.set_defaults(func=run_fig7_table)
 
 
 def _unit_column(args, protocol: str, truth) -> str:
@@ -288,21 +251,3 @@ def pq_fp_rates(path) -> list[float]:
     if "fp_rates" not in meta:
         raise ValueError(f"{path}: no fp_rates metadata; was it written by `lens evaluate`?")
     return [float(r) for r in meta["fp_rates"]]
-
-
-def run_ablation_table(args: argparse.Namespace) -> int:
-    from lens_core.evaluation import ablation
-
-    return ablation.run(args)
-
-
-def run_fig5_table(args: argparse.Namespace) -> int:
-    from lens_core.evaluation import fig5
-
-    return fig5.run(args)
-
-
-def run_fig7_table(args: argparse.Namespace) -> int:
-    from lens_core.evaluation import fig7
-
-    return fig7.run(args)

@@ -68,7 +68,7 @@ def aggregate(runs: pd.DataFrame) -> pd.DataFrame:
 def intervals(runs: pd.DataFrame, table: pd.DataFrame, n_boot: int, seed: int) -> pd.DataFrame:
     """``table`` with ``average_low/high`` (each cell's pooled interval, %) and ``delta_low/high`` (the
     paired interval of joint − alone, %, on the joint rows), from each run's matches.parquet."""
-    from lens_core.evaluation.ablation import verdict
+    from lens_core.paper_tables.ablation import verdict
     from lens_core.evaluation.bootstrap import interval, read_matches, run_averages, seed_mean
 
     table = table.copy()

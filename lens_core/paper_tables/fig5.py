@@ -4,7 +4,7 @@ One run per value of a setting (delta, sigma, ...; results/eval/<exp>/<stage>/ a
 `lens evaluate`); the validation split's average is the one a value is chosen on, the test split's stands
 beside it for reference. Each value's average gets a 95 % patient-bootstrap interval and a paired interval
 of its difference to the configured value's run (the same patients and draws on both sides), from the
-ablation table's code (:mod:`lens_core.evaluation.ablation`).
+ablation table's code (:mod:`lens_core.paper_tables.ablation`).
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from lens_core.evaluation import ablation
+from lens_core.paper_tables import ablation
 from lens_core.io import atomic_path, save_figure, write_parquet
 
 PAPER_SIGN = -1.0  # other value − configured: the paper chose its values at Fig. 5's peak
