@@ -35,6 +35,9 @@ GPU_ENV = "../../envs/lens-cuda.yaml" if config.get("gpu_env", "cpu") == "cuda" 
 sys.path.insert(0, str(REPO / "workflow"))
 import experiment_table  # noqa: E402  (plain Python beside the rules)
 
+sys.path.insert(0, str(REPO))
+from lens_core.label_kinds import GT_LIKE_KINDS, IGNORE_KINDS  # noqa: E402  (plain Python: no dependency)
+
 EXPERIMENTS = experiment_table.experiment_table(config)
 FIG7_MODELS = experiment_table.fig7_table(config)
 
@@ -264,7 +267,8 @@ def train_overrides(wildcards):
         if init:
             args.append(f"init_from={init['init']}")
     if rnd == "round2u":
-        args.append("'gt_kinds=[gt,mined_cross_slice,mined_intra_patient,uncertain]' 'ignore_kinds=[excluded]'")
+        gt, ignore = [*GT_LIKE_KINDS, "uncertain"], [k for k in IGNORE_KINDS if k != "uncertain"]
+        args.append(f"'gt_kinds=[{','.join(gt)}]' 'ignore_kinds=[{','.join(ignore)}]'")
     return " ".join(args)
 
 
