@@ -224,6 +224,7 @@ def test_the_real_config_plans_the_papers_run_with_no_audit(tiny_corpus, tmp_pat
     jobs = job_counts(res)
     assert "html_report" in jobs and "synthesize_corpus" not in jobs and jobs["preprocess"] == 4 * 32
     assert not {"audit_mining", "audit_delta", "review_simulate"} & set(jobs), jobs
+    assert {"train_fpr", "score_fpr"} <= set(jobs)  # fpr.enabled (default true): the paper's (h) row
     assert evaluate_protocols(res) == {"lens3d" if manual_3d else "deeplesion2d"}
     assert ("mining_precision_val" in jobs) == manual_3d
     assert "--pixel-mm 0.8 --slice-mm 2.0 --storage float16" in res.stdout
