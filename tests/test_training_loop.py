@@ -105,6 +105,19 @@ def test_a_checkpoint_of_another_config_is_not_resumed(prep, tmp_path, caplog):
     assert _same(_weights(again), _weights(train(cfg, prep, tmp_path / "fresh", device="cpu", progress=False)))
 
 
+def test_a_checkpoint_of_the_older_format_is_not_resumed_but_trained_anew(prep, tmp_path, caplog):
+    """A killed run's checkpoint.pt from before the one training loop (its keys: model, optimizer, scheduler,
+    sampler, losses, config) is another format: with --resume (which Snakemake always passes) the rule warns
+    and trains from scratch, to a fresh run's weights, instead of stopping the workflow."""
+    cfg = small_cfg(epochs=1)
+    (tmp_path / "run").mkdir()
+    torch.save({"model": {}, "optimizer": {}, "scheduler": {}, "sampler": {"seed": 0, "epoch": 1, "next_batch": 0},
+                "losses": [], "config": cfg.to_dict()}, tmp_path / "run" / "checkpoint.pt")
+    again = train(cfg, prep, tmp_path / "run", device="cpu", progress=False, resume=True)
+    assert "not resumed (a checkpoint of another format" in caplog.text
+    assert _same(_weights(again), _weights(train(cfg, prep, tmp_path / "fresh", device="cpu", progress=False)))
+
+
 def test_a_truncated_checkpoint_is_one_line_naming_it(prep, tmp_path, caplog):
     """A checkpoint cut short (a full disk) made every --resume an OSError traceback (issue 23): it is refused
     like any unreadable one, in one line that names it and says what to do."""

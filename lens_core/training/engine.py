@@ -46,17 +46,18 @@ class Trainer(Protocol):
         ...
 
 
-def load_checkpoint(path: Path, keys=("trainer", "epoch", "steps", "epochs", "fingerprint", "torch_rng")) -> dict:
-    """A checkpoint written by :func:`run`; a file that cannot be one is a one-line ValueError naming it."""
+KEYS = ("trainer", "epoch", "steps", "epochs", "fingerprint", "torch_rng")
+
+
+def load_checkpoint(path: Path) -> dict | None:
+    """A checkpoint written by :func:`run`; None for a readable file of another format (an older release's
+    checkpoint: not resumed, like one of other settings); an unreadable file is a one-line ValueError naming it."""
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as e:  # a truncated file is an OSError
         raise ValueError(f"{path}: cannot resume: {' '.join(str(e).split())[:300]}; remove it to train from "
                          f"scratch") from e
-    missing = [k for k in keys if not isinstance(ckpt, dict) or k not in ckpt]
-    if missing:
-        raise ValueError(f"{path}: cannot resume: not a training checkpoint (no {missing})")
-    return ckpt
+    return ckpt if isinstance(ckpt, dict) and all(k in ckpt for k in KEYS) else None
 
 
 def run(trainer: Trainer, *, checkpoint: Path | None, fingerprint: dict, resume: bool = False,
@@ -70,7 +71,10 @@ def run(trainer: Trainer, *, checkpoint: Path | None, fingerprint: dict, resume:
     start = 0
     if checkpoint is not None and resume and Path(checkpoint).exists():
         ckpt = load_checkpoint(Path(checkpoint))
-        if ckpt["fingerprint"] != fingerprint:
+        if ckpt is None:
+            log.warning("%s: not resumed (a checkpoint of another format, e.g. an older release's); training from "
+                        "scratch", checkpoint)
+        elif ckpt["fingerprint"] != fingerprint:
             # Snakemake always passes --resume: a checkpoint of other settings or inputs is another training
             other = [k for k in fingerprint if ckpt["fingerprint"].get(k) != fingerprint[k]] or ["settings"]
             log.warning("%s: not resumed (other %s); training from scratch", checkpoint, " and ".join(other))
