@@ -206,11 +206,16 @@ def plot(table: pd.DataFrame, path: Path) -> None:
     save_figure(fig, path)
 
 
-def run(args) -> int:
+def parse_spec(text: str):
+    """The --spec of a paper-table step (the workflow's JSON); not JSON is a one-line error."""
     try:
-        spec = check_spec(json.loads(args.spec))
+        return json.loads(text)
     except json.JSONDecodeError as e:
         raise ValueError(f"--spec: not JSON ({e})") from None
+
+
+def run(args) -> int:
+    spec = check_spec(parse_spec(args.spec))
     runs = collect(spec, args.eval_dir)
     table = aggregate(runs)
     diffs, n_patients = None, None

@@ -8,7 +8,6 @@ ablation table's code (:mod:`lens_core.paper_tables.ablation`).
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -131,10 +130,7 @@ def plot(table: pd.DataFrame, path: Path) -> None:
 
 
 def run(args) -> int:
-    try:
-        spec = check_spec(json.loads(args.spec))
-    except json.JSONDecodeError as e:
-        raise ValueError(f"--spec: not JSON ({e})") from None
+    spec = check_spec(ablation.parse_spec(args.spec))
     parts = [setting_table(k, s, args.eval_dir, args.bootstrap, args.seed) for k, s in spec.items()]
     table = pd.concat([p[0] for p in parts], ignore_index=True)
     diffs = pd.concat([p[1] for p in parts], ignore_index=True)

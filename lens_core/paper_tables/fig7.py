@@ -11,7 +11,6 @@ joint training beats a single dataset (the sign every Fig. 7 cell has in the pap
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +18,7 @@ import pandas as pd
 
 from lens_core.evaluation.tables import overall_row
 from lens_core.io import save_figure, write_parquet, write_text
+from lens_core.paper_tables.ablation import parse_spec
 
 MODES = ("alone", "joint")
 PAPER_SIGN = +1.0  # Fig. 7: "joint training always outperformed single dataset"
@@ -168,10 +168,7 @@ def plot(table: pd.DataFrame, path: Path, scored_on: str = "validation split") -
 
 
 def run(args) -> int:
-    try:
-        spec = json.loads(args.spec)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"--spec is not JSON: {e}") from e
+    spec = parse_spec(args.spec)
     if not isinstance(spec, list):
         raise ValueError("--spec must be a JSON list of runs")
     runs = collect(spec)
