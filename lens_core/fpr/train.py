@@ -269,11 +269,11 @@ def train_fpr(
     ckpt = checkpoint_beside(out)
     _, history = engine.run(trainer, checkpoint=ckpt, fingerprint=_fingerprint(cfg, sources, split), resume=resume,
                             progress=progress, desc="FPR epoch", on_step=on_step)
-    if len(val_idx):
-        s_val = predict(model, *val_patches, dev)  # the last epoch's held-out scores (also after a resume)
+    if len(val_idx):  # the last epoch's held-out scores (a resume at the end has none yet)
+        s_val = trainer.val_scores if trainer.val_scores is not None else predict(model, *val_patches, dev)
     stats = {"proposals": int(len(y)), "tp": n_tp, "fp": n_fp, "unused": int((y < 0).sum()),
              "main_tp": int((y[main] == TP).sum()), "main_fp": int((y[main] == FP).sum()),
-             "train_tp": int((y_train == TP).sum()), "train_fp": int((y_train == FP).sum()),
+             "train_tp": train_tp, "train_fp": train_fp,
              "crop_seconds": crop_s, "chance_loss": chance, "final_loss": history[-1]["loss"]}
     if len(val_idx):
         s = s_val
@@ -302,6 +302,7 @@ class _FprTrainer:
         self.slot, self.y, self.preset, self.dev = slot, y, preset, dev
         self.val_patches, self.val_idx, self.chance = val_patches, val_idx, chance
         self.epochs = cfg.epochs
+        self.val_scores = None  # the held-out scores of the last epoch trained in this process
         self.opt = torch.optim.RAdam(model.parameters(), lr=cfg.lr)
         self.sched = torch.optim.lr_scheduler.MultiStepLR(self.opt, milestones=list(cfg.lr_steps), gamma=0.1)
 
@@ -335,20 +336,18 @@ class _FprTrainer:
         h = {"epoch": epoch, "loss": float(np.mean([r["loss"] for r in rows])) if rows else float("nan"),
              "chance_loss": self.chance, "lr": self.opt.param_groups[0]["lr"], "samples": int(len(plan))}
         if self.val_patches is not None:  # the held-out AUC after every epoch shows when the FPR starts to memorise
-            h["val_auc"] = roc_auc(self.y[self.val_idx] == TP, predict(self.model, *self.val_patches, self.dev))
+            self.val_scores = predict(self.model, *self.val_patches, self.dev)
+            h["val_auc"] = roc_auc(self.y[self.val_idx] == TP, self.val_scores)
         log.info("FPR epoch %d: loss %.4f (chance %.4f; lr %.1e, %d samples)%s", epoch, h["loss"], self.chance,
                  h["lr"], len(plan), f", held-out AUC {h['val_auc']:.3f}" if "val_auc" in h else "")
         self.sched.step()
         return h
 
     def state_dict(self):
-        return {"model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
-                "scheduler": self.sched.state_dict()}
+        return engine.optimizer_state(self.model, self.opt, self.sched)
 
     def load_state_dict(self, state):
-        self.model.load_state_dict(state["model"])
-        self.opt.load_state_dict(state["optimizer"])
-        self.sched.load_state_dict(state["scheduler"])
+        engine.load_optimizer_state(state, self.model, self.opt, self.sched)
 
 
 def _fingerprint(cfg: FprTrainConfig, sources, split) -> dict:

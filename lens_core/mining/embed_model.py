@@ -205,14 +205,11 @@ class _EncoderTrainer:
         return {"epoch": epoch, "loss": float(np.mean([r["loss"] for r in rows])) if rows else float("nan")}
 
     def state_dict(self):
-        return {"model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
-                "scheduler": self.sched.state_dict(), "rng": self.rng.bit_generator.state,
+        return {**engine.optimizer_state(self.model, self.opt, self.sched), "rng": self.rng.bit_generator.state,
                 "generator": self.gen.get_state()}
 
     def load_state_dict(self, state):
-        self.model.load_state_dict(state["model"])
-        self.opt.load_state_dict(state["optimizer"])
-        self.sched.load_state_dict(state["scheduler"])
+        engine.load_optimizer_state(state, self.model, self.opt, self.sched)
         self.rng.bit_generator.state = state["rng"]
         self.gen.set_state(state["generator"])
 

@@ -94,8 +94,8 @@ def run(trainer: Trainer, *, checkpoint: Path | None, fingerprint: dict, resume:
             row = trainer.step(epoch, index, batch)
             if row is not None:
                 rows.append(row)
-                if "loss" in row:
-                    bar.set_postfix(loss=f"{row['loss']:.3f}")
+                if "loss" in row or "total" in row:  # LENS's loss row names its sum "total"
+                    bar.set_postfix(loss=f"{row.get('loss', row.get('total')):.3f}")
             if on_step is not None:
                 on_step(epoch, index)
         steps += rows
@@ -106,6 +106,17 @@ def run(trainer: Trainer, *, checkpoint: Path | None, fingerprint: dict, resume:
             with atomic_path(Path(checkpoint)) as tmp:
                 torch.save(state, tmp)
     return steps, epochs
+
+
+def optimizer_state(model, opt, sched) -> dict:
+    """The state every trainer saves: weights, optimizer and schedule (a trainer adds its own streams)."""
+    return {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict()}
+
+
+def load_optimizer_state(state: dict, model, opt, sched) -> None:
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["optimizer"])
+    sched.load_state_dict(state["scheduler"])
 
 
 def checkpoint_beside(model_path: str | Path) -> Path:

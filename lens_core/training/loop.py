@@ -133,13 +133,10 @@ class _LensTrainer:
         return row
 
     def state_dict(self):
-        return {"model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
-                "scheduler": self.sched.state_dict(), "steps": self.steps}
+        return {**engine.optimizer_state(self.model, self.opt, self.sched), "steps": self.steps}
 
     def load_state_dict(self, state):
-        self.model.load_state_dict(state["model"])
-        self.opt.load_state_dict(state["optimizer"])
-        self.sched.load_state_dict(state["scheduler"])
+        engine.load_optimizer_state(state, self.model, self.opt, self.sched)
         self.steps = int(state["steps"])
 
 
