@@ -33,12 +33,16 @@ def fig5_name(key: str, value) -> str:
     return f"fig5{key.replace('_', '')}{round(float(value) * 1000):04d}"
 
 
+def fig5_is_default(config: dict, key: str, value) -> bool:
+    """A swept value that is config's own: the main experiment, not a recipe of its own."""
+    return float(value) == float(config["mining"][key])
+
+
 def fig5_recipes(config: dict) -> dict[str, dict]:
     """recipe -> spec of every swept Fig. 5 value other than config's own (that one is the main experiment)."""
     fig5 = config.get("fig5") or {}
     return {fig5_name(k, v): {"mining_from": "full", "mining": {k: v}}
-            for k, values in fig5.get("values", {}).items() for v in values
-            if float(v) != float(config["mining"][k])}
+            for k, values in fig5.get("values", {}).items() for v in values if not fig5_is_default(config, k, v)}
 
 
 def experiment_table(config: dict) -> dict[str, dict]:

@@ -165,7 +165,7 @@ fig5_name = experiment_table.fig5_name
 
 
 def fig5_default(key, value):
-    return float(value) == float(config["mining"][key])
+    return experiment_table.fig5_is_default(config, key, value)
 
 
 # Mining strategies an experiment's `mining:` may switch off (Table IV); each is on unless switched off.
