@@ -73,6 +73,12 @@ def _done(driver) -> int:
     return int(driver.find_element(By.ID, "n-done").text)
 
 
+def _reloaded_done(driver) -> int:
+    driver.refresh()
+    WebDriverWait(driver, 10).until(lambda d: _images_loaded(d) and d.find_elements(By.ID, "n-done"))
+    return _done(driver)
+
+
 def _images_loaded(driver) -> bool:
     return driver.execute_script(
         "return [...document.querySelectorAll('#card img')].every(i => i.complete && i.naturalWidth > 0)")
@@ -128,10 +134,13 @@ def test_review_with_keyboard_and_mouse_then_round2_labels_follow(browser, minin
     assert browser.find_element(By.ID, "showing").text.endswith(f"of {n_cards - 4} shown")
     assert _done(browser) == 4
 
-    # verdicts persist in the browser: a reload shows them
-    browser.refresh()
-    WebDriverWait(browser, 10).until(lambda d: _images_loaded(d))
-    assert _done(browser) == 4
+    # verdicts persist in the browser: a reload shows them. The page stores them synchronously, but Chromium
+    # hands a write to its storage service asynchronously, and a reload on a loaded machine can read the
+    # area first (CI saw 0 once in hundreds of runs); so reload until the four show, for at most 10 s
+    stored = browser.execute_script(
+        "return Object.keys(localStorage).map(k => Object.keys(JSON.parse(localStorage.getItem(k)).verdicts).length)")
+    assert stored == [4]
+    WebDriverWait(browser, 10, poll_frequency=1).until(lambda d: _reloaded_done(d) == 4)
     assert browser.find_element(By.ID, "progress").text.startswith(f"4 / {n_cards} decided · 1 accepted · 2 rejected · 1 fixed")
 
     # export: the page downloads the verdict file
