@@ -62,7 +62,10 @@ def bench(preset: str, slices: int, crop: int, batch: int, hw: tuple[int, int], 
     import numpy as np
     import torch
 
-    from lens_core.inference.proposals import propose_volume
+    try:
+        from lens_core.inference.expert_proposals import propose_volume
+    except ImportError:  # a --compare checkout from before the module's rename (d879e6b)
+        from lens_core.inference.proposals import propose_volume
     from lens_core.model.lens import LENS, ImageTargets, total_loss
     from lens_core.training.targets import batch_targets
 

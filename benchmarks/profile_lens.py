@@ -52,7 +52,7 @@ def main() -> None:
     a = p.parse_args()
     torch.set_num_threads(a.threads)
 
-    from lens_core.inference.proposals import propose
+    from lens_core.inference.expert_proposals import propose
     from lens_core.model.lens import load_lens
     from lens_core.training.config import config_from_mapping
     from lens_core.training.loop import train

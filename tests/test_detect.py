@@ -19,7 +19,7 @@ from lens_core.datasets.common import atomic_write_image, make_image
 from lens_core.datasets.nihln import write_dicom_series
 from lens_core.inference.detect import BOX, CENTRE, WORLD, read_scan, to_scan_coordinates, write_label_map, write_markups
 from lens_core.fpr.train import FprTrainConfig, train_fpr
-from lens_core.inference.proposals import propose, stack_proposals_3d
+from lens_core.inference.expert_proposals import propose, stack_proposals_3d
 from lens_core.io import MARKER
 from lens_core.preprocess.volumes import PrepParams, map_boxes, prepare
 from lens_core.training.config import TrainConfig

@@ -8,7 +8,7 @@ import torch
 
 from lens_core.cli import main
 from lens_core.inference.fusion import fuse_experts
-from lens_core.inference.proposals import select_volumes, stack_proposals_3d
+from lens_core.inference.expert_proposals import select_volumes, stack_proposals_3d
 from synthetic_prep import make_prep
 
 DATASETS = ["deeplesion", "luna"]

@@ -149,7 +149,7 @@ def test_an_experts_score_is_its_classifier_by_default_and_tempered_by_its_own_a
     # the head score is the expert classifier's probability of each pooled RoI, whatever its AFP says
     feat = head_only.backbone(x)
     rois = head_only.detect(x)[0]["rois"]
-    cls = [torch.sigmoid(head_only.head.expert(head_only.head.shared_features(feat, [rois]), d)[0].float())
+    cls = [torch.sigmoid(head_only.head.dataset_layers(head_only.head.shared_features(feat, [rois]), d)[0].float())
            for d in ("a", "b")]
     assert torch.allclose(head_only.detect(x)[0]["scores"], torch.stack(cls, 1), atol=1e-6)
     with pytest.raises(ValueError, match="score must be one of"):

@@ -94,7 +94,7 @@ def test_import_graph_sees_lazy_and_relative_imports():
     """The parser itself: the imports this test relies on are found (else every check below passes vacuously)."""
     graph = import_graph()
     assert "lens_core.tracklets" in graph["lens_core.mining.command"]  # `from ..tracklets import` in a function
-    assert "lens_core.tracklets" in graph["lens_core.inference.proposals"]
+    assert "lens_core.tracklets" in graph["lens_core.inference.expert_proposals"]
     assert "lens_core.io" in graph["lens_core.evaluation.inputs"]  # `from lens_core import io`
     assert "lens_core.fpr.model" in graph["lens_core.inference.command"]
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torchvision.ops import box_iou
 
-from lens_core.inference.proposals import propose
+from lens_core.inference.expert_proposals import propose
 from lens_core.model.lens import load_lens
 from lens_core.training.config import TrainConfig
 from lens_core.training.loop import train

@@ -103,7 +103,7 @@ def proposal_meta(score: str, metas: list[dict], kernels: str = "fast", precisio
 
 
 def run(args: argparse.Namespace) -> int:
-    from lens_core.inference.proposals import expert_names, propose, stack_proposals_3d
+    from lens_core.inference.expert_proposals import expert_names, propose, stack_proposals_3d
     from lens_core.io import check_output
     from lens_core.model.lens import load_lens
     from lens_core.runtime import resolve_device, resolve_precision

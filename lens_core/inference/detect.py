@@ -133,7 +133,7 @@ def detect_scan(lens, lens_meta: dict, img: sitk.Image, params: PrepParams, devi
     score), ``score_lens`` (+ ``score_fpr``, ``score_fused``), each expert's ``score_<dataset>``,
     ``n_slices`` (on the preprocessed grid). Sorted by score; ``score >= min_score``.
     """
-    from lens_core.inference.proposals import propose_volume, stack_proposals_3d
+    from lens_core.inference.expert_proposals import propose_volume, stack_proposals_3d
 
     fuse = experts or lens_meta.get("fuse_experts") or lens.datasets
     unknown = [d for d in fuse if d not in lens.datasets]

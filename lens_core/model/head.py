@@ -44,8 +44,9 @@ class MultiTaskHead(nn.Module):
         pooled = align(feat.float(), [r.float() for r in rois], self.roi_size, spatial_scale=1.0 / self.stride)
         return self.shared(pooled)
 
-    def expert(self, x: torch.Tensor, dataset: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """One dataset's layers: class logits ``[N]`` and box deltas ``[N, 4]``."""
+    def dataset_layers(self, x: torch.Tensor, dataset: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """One dataset expert's own layers on the shared features: class logits ``[N]`` and box deltas ``[N, 4]``
+        (the expert is these layers plus its dataset's AFP)."""
         return self.cls[dataset](x)[:, 0], self.box[dataset](x)
 
     @staticmethod

@@ -166,7 +166,7 @@ class LENS(nn.Module):
             labels.append(l)
             matched.append(m)
         x = self.head.shared_features(feat, rois, separable=self.kernels == "fast")
-        cls, deltas = self.head.expert(x, dataset)
+        cls, deltas = self.head.dataset_layers(x, dataset)
         l_class, l_box = MultiTaskHead.compute_loss(cls, deltas, torch.cat(rois), torch.cat(labels), torch.cat(matched))
         return {"center": l_center, "size": l_size, "class": l_class, "box": l_box}
 
@@ -187,7 +187,7 @@ class LENS(nn.Module):
             start += len(p)
             boxes, scores = [], []
             for k, d in enumerate(self.datasets):
-                logit, delta = self.head.expert(xi, d)
+                logit, delta = self.head.dataset_layers(xi, d)
                 b = coder.decode(p.float(), delta.float())
                 b[:, 0::2] = b[:, 0::2].clamp(0, w)
                 b[:, 1::2] = b[:, 1::2].clamp(0, h)

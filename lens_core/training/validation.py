@@ -13,7 +13,7 @@ import torch
 
 from lens_core.evaluation.froc import LENS_FP_RATES, average_sensitivity, froc_curve
 from lens_core.evaluation.lens3d import IOBB_THRESHOLD, match_lens3d
-from lens_core.inference.proposals import propose_volume, select_volumes, stack_proposals_3d
+from lens_core.inference.expert_proposals import propose_volume, select_volumes, stack_proposals_3d
 from lens_core.io import read_table
 from lens_core.runtime import resolve_precision
 

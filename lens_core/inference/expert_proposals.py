@@ -1,5 +1,7 @@
-"""Every slice's 2D proposals of a set of volumes, one score column per dataset expert, and their
-stacking into 3D boxes (paper Sec. IV-C)."""
+"""A LENS model's output on a set of volumes: every slice's 2D proposals, each scored by every dataset
+expert (one score column per expert; the paper's "lesion proposals of multiple dataset experts", fused for
+mining and scored by evaluation), and their stacking into 3D boxes (paper Sec. IV-C). Not the AFPs'
+proposals, which live inside the model (lens_core.model.afp)."""
 from __future__ import annotations
 
 from pathlib import Path
