@@ -9,6 +9,8 @@ configfile: "config.yaml"
 
 
 include: "workflow/rules/common.smk"
+include: "workflow/rules/experiment_common.smk"
+include: "workflow/rules/eval_common.smk"
 include: "workflow/rules/review_common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/detector.smk"

@@ -39,13 +39,31 @@ def test_fig7_models_say_what_trains_them():
     assert joint["datasets"] == CONFIG["train"]["datasets"] and joint["fractions"] == {d: 0.25 for d in f7["datasets"]}
 
 
+def test_review_value_rows_are_the_declared_percentages_and_no_other_is_buildable(tmp_path):
+    rows = experiment_table.review_table(CONFIG)
+    percents = CONFIG["review"]["value"]["percents"]
+    assert [r["fraction"] for r in rows.values()] == [p / 100 for p in percents]
+    assert list(rows) == [f"lens_rv{p:g}" for p in percents]
+    wd = tiny_workdir(tmp_path)
+    cfg = yaml.safe_load(TINY_CONFIG.read_text())
+    cfg["review"] = {**CONFIG["review"], **(cfg.get("review") or {})}
+    (wd / "config.yaml").write_text(yaml.safe_dump(cfg))
+    declared = run(wd, "-n", f"results/lens/round2rv{percents[-1]:g}/lens.pt")
+    assert declared.returncode == 0, declared.stderr
+    undeclared = run(wd, "-n", "results/lens/round2rv33/lens.pt")   # 33 % is not a row of the table
+    assert undeclared.returncode != 0 and "MissingRuleException" in undeclared.stdout + undeclared.stderr
+
+
 def test_snakemake_experiments_writes_the_table(tmp_path):
     tiny_workdir(tmp_path)
     res = run(tmp_path, "experiments")
     assert res.returncode == 0, res.stderr
     lines = (tmp_path / "results" / "experiments.tsv").read_text().splitlines()
     assert lines[0].split("\t") == ["name", "kind", "recipe", "seed", "settings"]
-    assert [line.split("\t")[0] for line in lines[1:]] == ["lens", "single_s0"]  # the tiny config's two
+    # the tiny config's two experiments, then the review-value rows of the schema's default percentages
+    names = [line.split("\t")[0] for line in lines[1:]]
+    assert names == ["lens", "single_s0", "lens_rv0", "lens_rv25", "lens_rv100"]
+    assert lines[-1].split("\t")[1:4] == ["review value", "review", "0"]
 
 
 def test_an_undeclared_experiment_is_refused_by_name(tmp_path):

@@ -7,7 +7,9 @@ config's declarations (validated by workflow/schemas/config.schema.yaml):
 * Fig. 5: each swept value of ``fig5.values`` that is not config's own, as the main experiment's round-1
   proposals mined again with that value;
 * Fig. 7: each model of a (dataset, alone | joint, volume fraction, seed), and each dataset alone on all of its
-  volumes (Table V's separate models).
+  volumes (Table V's separate models);
+* the review's value: each percentage of ``review.value.percents`` of the main experiment's mined boxes given to
+  the simulated reviewer, round 2 retrained on its verdicts (results/<exp>/round2rv<pct>/).
 
 The workflow's input functions look records up by name; nothing parses a name. Adding an ablation row is one
 entry under ``ablation.rows`` (and, for a new recipe, one under ``ablation.experiments``). ``snakemake --cores 1
@@ -105,9 +107,20 @@ def fig7_table(config: dict) -> dict[str, dict]:
     return table
 
 
+def review_pct(percent) -> str:
+    return format(float(percent), "g")  # 10.0 -> "10", 2.5 -> "2.5": the folder names p<pct>, round2rv<pct>
+
+
+def review_table(config: dict) -> dict[str, dict]:
+    """name -> {"experiment", "percent", "fraction"}: each review-value row of the main experiment."""
+    percents = ((config.get("review") or {}).get("value") or {}).get("percents", [])
+    return {f"{MAIN}_rv{review_pct(p)}": {"experiment": MAIN, "percent": review_pct(p), "fraction": float(p) / 100}
+            for p in percents}
+
+
 def write_tsv(config: dict, path: str | Path, log: str | Path | None = None) -> None:
-    """results/experiments.tsv: one row per experiment (its settings as JSON), then one per Fig. 7 model; a
-    line of counts to ``log``."""
+    """results/experiments.tsv: one row per experiment (its settings as JSON), then one per Fig. 7 model and one
+    per review-value row; a line of counts to ``log``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
@@ -117,10 +130,13 @@ def write_tsv(config: dict, path: str | Path, log: str | Path | None = None) -> 
     rows += [[name, "fig7 model", "fig7", r["seed"], json.dumps({"datasets": r["datasets"], "fractions": r["fractions"]},
                                                                  sort_keys=True)]
              for name, r in fig7_table(config).items()]
+    rows += [[name, "review value", "review", config["train"]["seed"],
+              json.dumps({"experiment": r["experiment"], "reviewed_fraction": r["fraction"]}, sort_keys=True)]
+             for name, r in review_table(config).items()]
     # names and JSON hold no tab or newline: plain tab-separated lines, the JSON readable as it is
     tmp.write_text("".join("\t".join(str(v) for v in row) + "\n" for row in rows))
     tmp.replace(path)
     if log is not None:
-        n, m = len(experiment_table(config)), len(fig7_table(config))
+        n, m, r = len(experiment_table(config)), len(fig7_table(config)), len(review_table(config))
         Path(log).parent.mkdir(parents=True, exist_ok=True)
-        Path(log).write_text(f"{n} experiments, {m} Fig. 7 models -> {path}\n")
+        Path(log).write_text(f"{n} experiments, {m} Fig. 7 models, {r} review-value rows -> {path}\n")

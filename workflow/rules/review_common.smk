@@ -3,11 +3,11 @@
 
 REVIEW = config["review"]
 REVIEW_VALUE = REVIEW["value"]
-REVIEW_PCTS = [f"{float(p):g}" for p in REVIEW_VALUE["percents"]]
+REVIEW_PCTS = [row["percent"] for row in REVIEW_ROWS.values()]  # the experiments table's review-value rows
 
 
 wildcard_constraints:
-    pct=r"\d+(\.\d+)?",
+    pct=REVIEW_PCT_RE,
 
 
 def verdicts_of(exp):
