@@ -33,7 +33,7 @@ def add_resume_arg(p: argparse.ArgumentParser, checkpoint: str) -> None:
 
 
 def set_torch_threads(args: argparse.Namespace) -> None:
-    import torch
+    import torch  # lazy: every command module imports this one, and lens --help needs no torch
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -1,7 +1,7 @@
 """`lens <step>`: one subcommand per pipeline step (each Snakemake rule calls one of these).
 
-Heavy imports (torch, numba) happen inside the handlers, and `lens <step>` imports only its step's
-command module, so a step does not pay for importing what it does not need.
+Heavy imports (torch, matplotlib) happen inside the handlers that use them, and `lens <step>` imports only its
+step's command module, so a step does not pay for importing another package's steps or torch it does not need.
 """
 from __future__ import annotations
 

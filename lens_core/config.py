@@ -4,6 +4,7 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
+import jsonschema
 import yaml
 
 SCHEMA = Path(__file__).resolve().parent.parent / "workflow" / "schemas" / "config.schema.yaml"
@@ -51,8 +52,6 @@ def load_config(path: str | Path) -> dict:
 
 
 def validate(cfg: dict, where: str = "config") -> None:
-    import jsonschema
-
     if not SCHEMA.exists():  # installed without the workflow folder: nothing to check against
         return
     schema = yaml.safe_load(SCHEMA.read_text())

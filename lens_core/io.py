@@ -14,7 +14,10 @@ from collections.abc import Callable, Iterable
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 
 def _make_parents(folder: Path, made: list[Path]) -> None:
@@ -192,9 +195,6 @@ def require_free_space(folder, nbytes: int, what: str, name=None) -> None:
 def write_parquet(df: pd.DataFrame, path, meta: dict | None = None, schema=None) -> None:
     """Write ``df`` atomically; ``meta`` (the config keys the artifact depends on) goes into the file's
     ``lens`` metadata key, ``schema`` (pyarrow) fixes column order and types when given."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     if schema is not None:
         table = pa.Table.from_pandas(df[[f.name for f in schema]], schema=schema, preserve_index=False)
     else:
@@ -208,8 +208,6 @@ def write_parquet(df: pd.DataFrame, path, meta: dict | None = None, schema=None)
 
 def read_meta(path) -> dict:
     """The ``lens`` metadata of a Parquet artifact ({} when absent)."""
-    import pyarrow.parquet as pq
-
     raw = (pq.read_schema(path).metadata or {}).get(b"lens")
     return json.loads(raw) if raw else {}
 
@@ -241,8 +239,6 @@ def read_table(path, columns=(), what: str = "table", *, boxes=None, empty_boxes
     empty, never inverted). Every failure is an :class:`InputError` that names the file, ``what`` the
     table was expected to be and, for a bad value, the first bad row (0-based, in file order).
     """
-    import pyarrow.parquet as pq
-
     path = Path(path)
     if path.is_dir():
         raise InputError(f"{path}: is a folder; expected {what} (a Parquet file)")
@@ -272,8 +268,6 @@ def require_columns(df: pd.DataFrame, columns, what: str = "table", source=None)
 def check_table(df: pd.DataFrame, columns=(), what: str = "table", *, boxes=None, empty_boxes: bool = False,
                 source=None) -> None:
     """The checks of :func:`read_table` on a table already in memory (``source``: its file, for messages)."""
-    import numpy as np
-
     spec = dict(columns) if isinstance(columns, dict) else dict.fromkeys(columns, "any")
     require_columns(df, list(spec) + [c for c in (boxes or ()) if c not in spec], what, source)
     src = _where(source or df.attrs.get("source"), what)
@@ -339,7 +333,7 @@ def check_output(path, flag: str = "--out") -> None:
 def save_figure(fig, path: str | Path, **savefig_kwargs) -> None:
     """Write a matplotlib figure as PNG atomically (under the same unique-temp-name rule as every artifact)
     and close it, so long plotting loops do not keep figures alive."""
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # lazy: only plotting steps import matplotlib (every step imports io)
 
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", **savefig_kwargs)

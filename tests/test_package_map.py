@@ -228,6 +228,59 @@ def test_a_step_imports_only_its_own_command_module():
     assert not loaded & {"lens_core.datasets", "lens_core.mining.command", "lens_core.evaluation.command"}
 
 
+def _lazy_imports(path: Path) -> list[tuple[int, str]]:
+    """``(line, text)`` of each import inside a function of ``path`` whose reason is not written down: a
+    comment (``#``) on its own lines, or on the line just above it or above the block of imports it is in
+    (one comment line may head several imports that sit together)."""
+    source = path.read_text()
+    lines = source.splitlines()
+    spans = {}
+    for fn in ast.walk(ast.parse(source, str(path))):
+        if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            for node in ast.walk(fn):
+                if isinstance(node, (ast.Import, ast.ImportFrom)):
+                    spans[node.lineno] = node.end_lineno
+    in_import = {i for start, end in spans.items() for i in range(start, end + 1)}
+    bare = []
+    for start, end in sorted(spans.items()):
+        seen = list(range(start, end + 1))
+        above = start - 1
+        while above in in_import:  # up through the block of imports this one is in
+            seen.append(above)
+            above -= 1
+        seen.append(above)  # the line above the block (0: none)
+        if not any("#" in lines[i - 1] for i in seen if i >= 1):
+            bare.append((start, lines[start - 1].strip()))
+    return bare
+
+
+def test_lazy_import_finder_itself(tmp_path):
+    """On a made-up module (else the test below could pass vacuously)."""
+    (tmp_path / "m.py").write_text(
+        "import os\n\n\ndef f():\n    import json\n\n    # lazy: a reason\n    import csv\n    from re import (\n"
+        "        sub)\n\n    import math  # lazy: another\n\n\ndef g():\n    import ast\n")
+    assert _lazy_imports(tmp_path / "m.py") == [(5, "import json"), (16, "import ast")]
+
+
+def test_imports_sit_at_module_top_or_say_why_not():
+    """Issue 24: imports go at the top of their module. One inside a function is there on purpose (torch or
+    matplotlib kept off `lens --help` and off the steps that do not use them, SimpleITK off the GPU steps),
+    and a comment says so."""
+    bare = [f"{path.relative_to(ROOT)}:{line}: {text}" for path in sorted(PACKAGE.rglob("*.py"))
+            for line, text in _lazy_imports(path)]
+    assert not bare, "imports inside a function without a comment saying why:\n" + "\n".join(bare)
+
+
+@pytest.mark.parametrize("argv", [[], ["build-tracklets"], ["evaluate"], ["preprocess"]])
+def test_help_and_torch_free_steps_import_no_torch(argv):
+    """`lens --help` (every command module) and the steps that need no torch or matplotlib do not pay for
+    importing them (torch: seconds a job); in a fresh interpreter, so other tests' imports do not count."""
+    code = ("import sys; from lens_core.cli import build_parser; build_parser(%r); "
+            "print(sorted(m for m in ('torch', 'torchvision', 'matplotlib') if m in sys.modules))" % (argv,))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True).stdout
+    assert out.strip() == "[]", f"lens {' '.join(argv) or '--help'} imports {out.strip()}"
+
+
 def test_lens_version_is_the_packages():
     import tomllib
 

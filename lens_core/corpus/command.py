@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 from lens_core.config import deep_merge, load_config, parse_overrides
+from lens_core.corpus.write import write_corpus
 
 log = logging.getLogger("lens")
 
@@ -29,8 +30,6 @@ def add_parser(sub) -> None:
 
 
 def _synthesize(args) -> int:
-    from .write import write_corpus  # numpy, SimpleITK, pydicom: loaded when run, so `lens --help` stays fast
-
     if args.config_json is not None:
         try:
             cfg = json.loads(args.config_json)

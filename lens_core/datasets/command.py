@@ -4,6 +4,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from .manual3d import import_manual_3d
+
 log = logging.getLogger("lens")
 
 
@@ -20,8 +22,6 @@ def add_parser(sub) -> None:
 
 
 def _import_manual_3d(args) -> int:
-    from .manual3d import import_manual_3d
-
     n_sub, n_box = import_manual_3d(args.pkl, args.out)
     log.info("%s: %d sub-volumes, %d boxes -> %s (boxes.csv, subvolumes.csv)", args.pkl, n_sub, n_box, args.out)
     return 0

@@ -16,6 +16,8 @@ import numpy as np
 import pandas as pd
 import SimpleITK as sitk
 
+from ..io import atomic_path, atomic_paths
+
 DATASETS = ("deeplesion", "luna", "lits", "nihln")
 
 # Columns of DatasetIndex.volumes. The brief's contract first; then geometry the readers know cheaply
@@ -179,8 +181,6 @@ def _first_line(e: Exception) -> str:
 
 def atomic_write_text(path: Path, text: str) -> None:
     """Write a text file atomically (lens_core.io.atomic_path: no partial file on failure)."""
-    from ..io import atomic_path
-
     with atomic_path(path) as tmp:
         with open(tmp, "w", newline="") as f:
             f.write(text)
@@ -189,8 +189,6 @@ def atomic_write_text(path: Path, text: str) -> None:
 def atomic_write_image(image: sitk.Image, path: Path, compress: bool = False) -> None:
     """sitk.WriteImage, atomically. A .mhd header and its .raw are published together (the header names
     the data file, so both are written under their final names in a temporary folder)."""
-    from ..io import atomic_paths
-
     path = Path(path)
     pair = [path.with_suffix(".zraw" if compress else ".raw"), path] if path.suffix == ".mhd" else [path]
     with atomic_paths(*pair) as tmps:

@@ -16,7 +16,9 @@ import re
 from pathlib import Path
 
 import numpy as np
+from numpy._core.multiarray import _reconstruct  # numpy 2's name for both spellings
 
+from ..io import atomic_folder
 from .common import DatasetError
 
 # what the release references (numpy 1 and numpy 2 spell the first one differently), and nothing else
@@ -33,8 +35,6 @@ class _NumpyOnly(pickle.Unpickler):
         if (module, name) not in ALLOWED:
             raise pickle.UnpicklingError(f"refuses global {module}.{name} (only numpy arrays are read)")
         if module.startswith("numpy") and name == "_reconstruct":
-            from numpy._core.multiarray import _reconstruct  # numpy 2's name for both spellings
-
             return _reconstruct
         return getattr(np, name)
 
@@ -87,8 +87,6 @@ def release_tables(doc: dict, path: Path) -> tuple[list[str], list[str]]:
 def import_manual_3d(pkl: Path, out: Path) -> tuple[int, int]:
     """Write ``out/boxes.csv`` and ``out/subvolumes.csv`` from the release ``pkl`` (as one unit); returns the
     numbers of sub-volumes and boxes."""
-    from ..io import atomic_folder
-
     pkl = Path(pkl)
     boxes, subs = release_tables(load_release(pkl), pkl)
     with atomic_folder(out, own={"boxes.csv", "subvolumes.csv"}) as tmp:

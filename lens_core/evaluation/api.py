@@ -12,6 +12,7 @@ from lens_core.evaluation.froc import DEEPLESION_FP_RATES, LENS_FP_RATES, Matchi
 from lens_core.evaluation.lens3d import match_lens3d
 from lens_core.evaluation.bootstrap import bootstrap_average, from_matching, matches_table
 from lens_core.evaluation.luna import match_luna
+from lens_core.evaluation.plots import plot_froc
 from lens_core.evaluation.stratify import LESION_STRATA, UNIT_STRATA, froc_table
 from lens_core.evaluation.tables import summarize, to_markdown
 
@@ -75,8 +76,6 @@ def write_outputs(out_dir, froc: pd.DataFrame, summary: pd.DataFrame, fp_rates, 
     """Write ``froc.parquet``, ``summary.parquet``, ``summary.md`` and ``froc.png`` (each atomically);
     with ``matching``, also ``matches.parquet`` (:func:`~lens_core.evaluation.bootstrap.matches_table`:
     what a later pooled or paired bootstrap over several runs needs)."""
-    from lens_core.evaluation.plots import plot_froc
-
     out = Path(out_dir)
     paths = {k: out / k for k in ("froc.parquet", "summary.parquet", "summary.md", "froc.png")}
     meta = {"fp_rates": list(fp_rates)}

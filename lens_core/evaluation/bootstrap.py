@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 
 from lens_core.evaluation.froc import Matching
+from lens_core.io import read_meta
 
 N_BOOT = 2000
 LEVEL = 0.95
@@ -374,8 +375,6 @@ def from_matches_table(table: pd.DataFrame, fp_rates, what: str = "matches") -> 
 
 def read_matches(path) -> PatientItems:
     """``matches.parquet`` written by `lens evaluate` -> :class:`PatientItems` (FP rates from its metadata)."""
-    from lens_core.io import read_meta
-
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file (written by `lens evaluate` beside summary.parquet)")

@@ -7,7 +7,17 @@ import argparse
 import logging
 from pathlib import Path
 
+import pandas as pd
+
 from lens_core.arguments import non_negative_int, positive_float, positive_int, probability
+from lens_core.evaluation import inputs
+from lens_core.evaluation.api import evaluate_matching, match, write_outputs
+from lens_core.evaluation.bootstrap import unit_patients
+from lens_core.evaluation.deeplesion2d import key_slice_sections, unit_images
+from lens_core.evaluation.luna import points_from_boxes
+from lens_core.evaluation.plots import plot_froc
+from lens_core.evaluation.tables import summarize, to_markdown
+from lens_core.io import InputError, read_meta
 
 log = logging.getLogger("lens")
 
@@ -73,13 +83,6 @@ def _unit_column(args, protocol: str, truth) -> str:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    import pandas as pd
-
-    from lens_core.evaluation import inputs
-    from lens_core.evaluation.api import evaluate_matching, match, write_outputs
-    from lens_core.evaluation.bootstrap import unit_patients
-    from lens_core.evaluation.luna import points_from_boxes
-
     pred = inputs.read_table(args.pred)
     if args.score_column != "score":
         inputs.require_columns(pred, [args.score_column], "predictions")
@@ -91,8 +94,6 @@ def run_evaluate(args: argparse.Namespace) -> int:
     if args.split and "split" in truth.columns:
         truth = truth.loc[truth["split"] == args.split]
     if truth.empty:  # a sensitivity of no lesion is undefined (the bootstrap failed with an IndexError)
-        from lens_core.io import InputError
-
         raise InputError(f"{args.truth}: no ground-truth lesions{f' in split {args.split}' if args.split else ''}"
                          f" to score against (DeepLesion without its manual 3D test set writes an empty "
                          f"test3d.parquet: `lens import-manual-3d` makes the set from the authors' pickle)")
@@ -106,12 +107,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
             inputs.require_columns(table, ["split"], "units")
             table = table.loc[table["split"] == args.split]
         if args.protocol == "deeplesion2d":  # units are key-slice images
-            from lens_core.evaluation.deeplesion2d import unit_images
-
             table, truth = unit_images(table, truth)
             if truth.empty:
-                from lens_core.io import InputError
-
                 raise InputError(f"{args.truth}: no key-slice lesions in the volumes of {args.units}"
                                  f"{f' (split {args.split})' if args.split else ''}")
         col = unit if unit in table.columns else ("volume_id" if "volume_id" in table.columns else unit)
@@ -120,8 +117,6 @@ def run_evaluate(args: argparse.Namespace) -> int:
         unit_info = table.drop_duplicates(col).set_index(col)
 
     if args.protocol == "deeplesion2d" and {"z1", "z2"} <= set(pred.columns):
-        from lens_core.evaluation.deeplesion2d import key_slice_sections
-
         n3d = len(pred)
         pred = key_slice_sections(pred, truth)
         log.info("deeplesion2d: %d 3D boxes scored by their %d cross-sections on the key slices", n3d, len(pred))
@@ -155,12 +150,6 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 
 def run_froc_plot(args: argparse.Namespace) -> int:
-    import pandas as pd
-
-    from lens_core.evaluation import inputs
-    from lens_core.evaluation.plots import plot_froc
-    from lens_core.evaluation.tables import summarize, to_markdown
-
     if args.paper is not None and len(args.paper) != len(args.curves):
         raise ValueError(f"--paper has {len(args.paper)} values for {len(args.curves)} --curves")
     if args.val_summaries is not None and len(args.val_summaries) != len(args.curves):
@@ -199,8 +188,6 @@ def run_froc_plot(args: argparse.Namespace) -> int:
 
 def _stratum_row(path, stratum: str, what: str):
     """The ``stratum`` row of a summary.parquet written by `lens evaluate` (None when it has none)."""
-    import pandas as pd
-
     s = pd.read_parquet(path)
     if "stratum" not in s.columns or "average" not in s.columns:
         raise ValueError(f"{path}: not a summary.parquet of `lens evaluate` ({what})")
@@ -225,8 +212,6 @@ def with_intervals(summary, curves, stratum: str):
 
 def with_validation(summary, curves, val_summaries, rates, stratum: str):
     """The validation split's average, interval and lesion count of each curve's variant."""
-    import pandas as pd
-
     rows = {}
     for curve, path in zip(curves, val_summaries):
         if pq_fp_rates(path) != rates:
@@ -245,8 +230,6 @@ def with_validation(summary, curves, val_summaries, rates, stratum: str):
 
 def pq_fp_rates(path) -> list[float]:
     """The FP rates a froc.parquet was summarised at (its metadata)."""
-    from lens_core.io import read_meta
-
     meta = read_meta(path)
     if "fp_rates" not in meta:
         raise ValueError(f"{path}: no fp_rates metadata; was it written by `lens evaluate`?")

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from lens_core.evaluation import inputs
+from lens_core.evaluation.bootstrap import bootstrap_average, from_matching
 from lens_core.evaluation.froc import (
     LENS_FP_RATES,
     Matching,
@@ -109,6 +110,4 @@ def bootstrap_cpm(matching: Matching, n_boot: int = 1000, seed: int = 0, level: 
     """CPM with a percentile bootstrap interval over scans (each scan its own patient; resampled with
     replacement): ``low``, ``high`` and each rate's ``rate_low``, ``rate_high``. Grouping scans by patient:
     :func:`lens_core.evaluation.bootstrap.bootstrap_average`."""
-    from lens_core.evaluation.bootstrap import bootstrap_average, from_matching
-
     return bootstrap_average(from_matching(matching, patients=matching.units), n_boot=n_boot, seed=seed, level=level)

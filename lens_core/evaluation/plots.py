@@ -17,6 +17,7 @@ def plot_froc(froc: pd.DataFrame, fp_rates, path, title: str = "FROC", stratum: 
     Curves are drawn through the points the sensitivities are interpolated on; markers show the
     sensitivity at each of ``fp_rates``, the legend gives their average.
     """
+    # lazy: matplotlib, for the plot only (not for lens --help)
     import matplotlib
 
     matplotlib.use("Agg")  # files only; no display on the cluster

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from lens_core.evaluation.froc import interpolate_sensitivity
+from lens_core.io import InputError, read_table
 
 KEYS = ["variant", "protocol", "stratum_by", "stratum"]
 
@@ -16,8 +17,6 @@ KEYS = ["variant", "protocol", "stratum_by", "stratum"]
 def overall_row(path, missing: str = "") -> pd.Series:
     """The overall ('all') row of a `lens evaluate` summary.parquet. A missing file (``missing``: what it
     is the evaluation of), a table without that row or without an average is an error naming the file."""
-    from lens_core.io import InputError, read_table
-
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: evaluation{' of ' + missing if missing else ''} missing")

@@ -57,7 +57,7 @@ def add_parser(subparsers) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from lens_core.fpr.train import FprTrainConfig, SampleSource, train_fpr
+    from lens_core.fpr.train import FprTrainConfig, SampleSource, train_fpr  # lazy: torch, not for lens --help
 
     set_torch_threads(args)
     cfg = FprTrainConfig.for_preset(args.preset, weights_path=str(args.weights) if args.weights else None,
@@ -73,6 +73,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _score(args: argparse.Namespace) -> int:
+    # lazy: torch, not for lens --help
     from lens_core.fpr.score import score_table
     from lens_core.runtime import resolve_device
 

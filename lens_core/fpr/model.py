@@ -29,10 +29,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torchvision.models import resnet18
 from torchvision.ops import roi_align, sigmoid_focal_loss
 
 from lens_core.model.weights import load_torchvision_weights
 from lens_core.errors import InputError
+from lens_core.io import atomic_path
 
 __all__ = ["FprPreset", "PRESETS", "FprNet", "roi_pool_3d", "focal_loss", "save_fpr", "load_fpr"]
 
@@ -97,8 +99,6 @@ def _inflate_bn(bn: nn.BatchNorm2d, channels: dict, copy_weights: bool) -> nn.Ba
 
 
 def _resnet18_2d(weights_path: str | None) -> nn.Module:
-    from torchvision.models import resnet18
-
     net = resnet18(weights=None)
     if weights_path:
         # the classifier (fc) is replaced by the FPR's own
@@ -211,7 +211,6 @@ def save_fpr(path, model: FprNet, meta: dict) -> None:
     """``{"state_dict", "meta"}`` with plain types only (loadable with weights_only=True), atomically."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    from lens_core.io import atomic_path
 
     meta = {**meta, "preset": model.preset.as_dict()}
     with atomic_path(path) as tmp:

@@ -9,12 +9,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
+import h5py
 import numpy as np
 import pandas as pd
 import torch
 
-from lens_core.fpr.model import FprNet
+from lens_core.fpr.model import FprNet, load_fpr
 from lens_core.fpr.patches import BOX3D, PROPOSALS3D, crop_patches
+from lens_core.io import read_meta, read_table, write_parquet
 
 SCORE_CHOICES = ("fused", "fpr", "lens")
 
@@ -48,8 +50,6 @@ def fpr_scores(model: FprNet, proposals: pd.DataFrame, volume: Callable[[str], n
 def h5_volumes(h5_path: Path) -> Callable[[str], np.ndarray]:
     """``volume(volume_id)`` reading a preprocessed ``volumes.h5`` (opened per call: scoring reads
     each volume once)."""
-    import h5py
-
     h5_path = Path(h5_path)
     if not h5_path.is_file():
         raise FileNotFoundError(f"volumes file not found: {h5_path}")
@@ -81,9 +81,6 @@ def with_fpr_scores(proposals: pd.DataFrame, s_fpr: np.ndarray, score: str = "fu
 def score_table(model_path: Path, prep_dir: Path, proposals3d: Path, out: Path, score: str = "fused",
                 device="cpu") -> pd.DataFrame:
     """`lens score-fpr`: read a 3D proposal table, add the FPR scores, write it atomically."""
-    from lens_core.fpr.model import load_fpr
-    from lens_core.io import read_meta, read_table, write_parquet
-
     model, meta = load_fpr(model_path, device)
     props = read_table(proposals3d, {**PROPOSALS3D, "score": "number"}, "3D proposal table", boxes=BOX3D,
                        empty_boxes=True)  # a NaN score gave NaN final scores (Eq. 4)

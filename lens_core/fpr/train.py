@@ -22,12 +22,15 @@ import h5py
 import numpy as np
 import pandas as pd
 import torch
+from scipy.stats import rankdata
 
+from lens_core.deviations import in_effect
 from lens_core.fpr.model import FprNet, focal_loss, get_preset, save_fpr
 from lens_core.fpr.patches import BOX3D, PROPOSALS3D, augment, centre_window, crop_patches
 from lens_core.fpr.samples import FP, THETA, THETA_FP, TP, epoch_samples, label_proposals
-from lens_core.io import read_table
+from lens_core.io import read_table, save_figure
 from lens_core.preprocess.schema import prep_meta
+from lens_core.runtime import resolve_device
 from lens_core.training import engine
 from lens_core.training.engine import checkpoint_beside
 
@@ -96,8 +99,6 @@ def chance_loss(tp_share: float, alpha: float = -1.0, gamma: float = 2.0) -> flo
 def fpr_deviations(cfg: "FprTrainConfig", extra_datasets: list[str]) -> dict:
     """The FPR's departures from the paper (lens_core.deviations): its preset and the single-type datasets
     whose proposals add samples (the paper: DeepLesion's alone)."""
-    from lens_core.deviations import in_effect
-
     return in_effect({"fpr": {"preset": cfg.preset, "epochs": cfg.epochs, "extra_datasets": extra_datasets}})
 
 
@@ -135,8 +136,6 @@ def holdout_patients(patients: np.ndarray, fraction: float, seed: int) -> np.nda
 
 def roc_auc(y: np.ndarray, s: np.ndarray) -> float:
     """Area under the ROC curve (Mann-Whitney U with average ranks); nan without both classes."""
-    from scipy.stats import rankdata
-
     y = np.asarray(y).astype(bool)
     n1, n0 = int(y.sum()), int((~y).sum())
     if n1 == 0 or n0 == 0:
@@ -205,8 +204,6 @@ def train_fpr(
     end) lets ``resume`` continue a killed run to the bytes of an uninterrupted one (lens_core.training.engine);
     ``on_step(epoch, batch)`` is called after every batch (tests kill there).
     """
-    from lens_core.runtime import resolve_device
-
     t_start = time.perf_counter()
     prep_dir = Path(prep_dir)
     dev = resolve_device(device)
@@ -364,12 +361,11 @@ def _fingerprint(cfg: FprTrainConfig, sources, split) -> dict:
 
 def plot_fpr_loss(history: list[dict], path: Path) -> None:
     """The FPR's training loss per epoch against the chance level (:func:`chance_loss`)."""
+    # lazy: matplotlib, for this plot only; importing the module leaves the backend alone
     import matplotlib
 
-    matplotlib.use("Agg")
+    matplotlib.use("Agg")  # files only; no display on the cluster
     import matplotlib.pyplot as plt
-
-    from lens_core.io import save_figure
 
     h = pd.DataFrame(history)
     fig, ax = plt.subplots(figsize=(5, 3.2))

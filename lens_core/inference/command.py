@@ -8,9 +8,13 @@ import logging
 import math
 from pathlib import Path
 
+import pandas as pd
+
 from lens_core.arguments import (add_numerics_args, add_torch_args, iou_threshold, non_negative_int, positive_float, positive_int,
                                  positive_shard, probability, set_torch_threads)
 from lens_core.boxes import THETA
+from lens_core.deviations import in_effect
+from lens_core.io import atomic_folder, atomic_paths, check_output, read_meta, read_table, write_parquet
 
 log = logging.getLogger(__name__)
 
@@ -87,24 +91,20 @@ def add_parser(subparsers) -> None:
 
 
 def _write(df, path: Path, meta: dict | None = None) -> None:
-    from lens_core.io import write_parquet
-
     write_parquet(df, path, meta)
 
 
 def proposal_meta(score: str, metas: list[dict], kernels: str = "fast", precision: str = "fp32") -> dict:
     """The proposal tables' metadata: the score used, how it was computed, and the deviations in effect (the
     models' own, recorded by `lens train`, and this step's)."""
-    from lens_core.deviations import in_effect
-
     deviations = {k: v for meta in metas for k, v in (meta.get("deviations") or {}).items()}
     return {"score": score, "kernels": kernels, "precision": precision,
             "deviations": {**deviations, **in_effect({"propose": {"score": score}})}}
 
 
 def run(args: argparse.Namespace) -> int:
+    # lazy: torch, not for lens --help nor lens concat
     from lens_core.inference.expert_proposals import expert_names, propose, stack_proposals_3d
-    from lens_core.io import check_output
     from lens_core.model.lens import load_lens
     from lens_core.runtime import resolve_device, resolve_precision
 
@@ -143,10 +143,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 def run_concat(args: argparse.Namespace) -> int:
-    import pandas as pd
-
-    from lens_core.io import check_output, read_meta, read_table, write_parquet
-
     check_output(args.out)
     frames = [read_table(p, [args.sort] if args.sort else [], "Parquet table to concatenate") for p in args.tables]
     nonempty = [f for f in frames if len(f)]
@@ -206,9 +202,9 @@ def output_paths(args: argparse.Namespace) -> tuple[Path, Path, Path]:
 
 
 def run_detect(args: argparse.Namespace) -> int:
+    # lazy: torch, and SimpleITK (lens propose runs without it: tests/test_fpr.py), not for lens --help nor concat
     from lens_core.inference.detect import (OVERLAY_RE, detect_scan, prep_params, read_scan, write_label_map,
                                   write_markups, write_overlays, write_table)
-    from lens_core.io import atomic_folder, atomic_paths
     from lens_core.model.lens import load_lens
     from lens_core.runtime import resolve_device, resolve_precision
 
@@ -232,7 +228,7 @@ def run_detect(args: argparse.Namespace) -> int:
         lens.kernels = args.kernels
         fpr = None
         if args.fpr is not None:
-            from lens_core.fpr.model import load_fpr
+            from lens_core.fpr.model import load_fpr  # lazy: torch, with run_detect's other torch imports
 
             fpr = load_fpr(args.fpr, dev)
         params = prep_params(args.pixel_mm, args.slice_mm, fpr[1] if fpr else {}, lens_meta)

@@ -19,8 +19,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import SimpleITK as sitk
+from PIL import Image, ImageDraw
 
 from lens_core.boxes import THETA
+from lens_core.datasets import read_scan as read_checked
+from lens_core.fpr.score import fpr_scores, with_fpr_scores
+from lens_core.inference.expert_proposals import propose_volume, stack_proposals_3d
+from lens_core.io import write_parquet
 from lens_core.preprocess.volumes import PrepParams, Prepared, map_boxes, prepare
 
 log = logging.getLogger(__name__)
@@ -38,8 +43,6 @@ def read_scan(path: str | Path, *, spacing: tuple[float, float, float] | None = 
     """A CT volume in HU (float32), read by :func:`lens_core.datasets.read_scan`: the same readers and
     checks that preprocessing uses (NIfTI, MetaImage, one DICOM series at any depth, a DeepLesion folder
     of 16-bit PNGs with its spacing from ``spacing`` or DL_info.csv), no patient fields kept."""
-    from lens_core.datasets import read_scan as read_checked
-
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"scan not found: {path}")
@@ -133,8 +136,6 @@ def detect_scan(lens, lens_meta: dict, img: sitk.Image, params: PrepParams, devi
     score), ``score_lens`` (+ ``score_fpr``, ``score_fused``), each expert's ``score_<dataset>``,
     ``n_slices`` (on the preprocessed grid). Sorted by score; ``score >= min_score``.
     """
-    from lens_core.inference.expert_proposals import propose_volume, stack_proposals_3d
-
     fuse = experts or lens_meta.get("fuse_experts") or lens.datasets
     unknown = [d for d in fuse if d not in lens.datasets]
     if unknown:
@@ -147,8 +148,6 @@ def detect_scan(lens, lens_meta: dict, img: sitk.Image, params: PrepParams, devi
     if len(det):
         det["score_lens"] = det["score"].astype(np.float64)
         if fpr is not None:
-            from lens_core.fpr.score import fpr_scores, with_fpr_scores
-
             s = fpr_scores(fpr[0], det, lambda _vid: pre.image, device)
             det = with_fpr_scores(det, s, "fused")
         det = det[det["score"] >= min_score]
@@ -166,8 +165,6 @@ def write_overlays(img: sitk.Image, det: pd.DataFrame, out_dir: Path, top: int =
     """PNG of each of the ``top`` detections into ``out_dir`` (a fresh folder: detect publishes it as a
     whole, so the PNGs of two scans never mix): its key slice of the original scan (soft-tissue window)
     with the box drawn and its rank and score written."""
-    from PIL import Image, ImageDraw
-
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     arr = sitk.GetArrayViewFromImage(img)  # [z, y, x]
@@ -197,8 +194,6 @@ OVERLAY_RE = re.compile(r"detection_\d{3,}_slice\d+\.png")  # what an overlay fo
 
 def write_table(df: pd.DataFrame, path: Path) -> None:
     """CSV (or Parquet for a .parquet name)."""
-    from lens_core.io import write_parquet
-
     path = Path(path)
     if path.suffix == ".parquet":
         write_parquet(df, path)

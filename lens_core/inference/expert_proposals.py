@@ -11,12 +11,14 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
 from lens_core.inference.fusion import fuse_experts, fuse_models
 from lens_core.io import read_table
 from lens_core.model.lens import LENS
 from lens_core.model.network_input import PAD_MULTIPLE, normalize
 from lens_core.runtime import autocast
+from lens_core.tracklets import stack_to_3d
 
 ID_COLUMNS = ["volume_id", "patient_id", "study_id", "series_id"]
 
@@ -118,8 +120,6 @@ def propose(
     precision: str = "fp32",
 ) -> pd.DataFrame:
     """:func:`propose_volume` over a shard of ``prep_dir/dataset``'s volumes, with their id columns."""
-    from tqdm import tqdm
-
     ddir = Path(prep_dir) / dataset
     vols = select_volumes(read_table(ddir / "volumes.parquet", ID_COLUMNS + ["split"], "volume table"), split, shard)
     parts = []
@@ -143,8 +143,6 @@ def propose(
 
 def stack_proposals_3d(df: pd.DataFrame, iou_threshold: float = 0.5) -> pd.DataFrame:
     """2D -> 3D stacking (Sec. IV-C): lens_core.tracklets.stack_to_3d on the fused score."""
-    from lens_core.tracklets import stack_to_3d
-
     if df.empty:
         return pd.DataFrame(columns=["volume_id", "x1", "y1", "z1", "x2", "y2", "z2", "score"])
     return stack_to_3d(df.drop(columns=["expert"], errors="ignore"), iou_threshold=iou_threshold, score_col="score")

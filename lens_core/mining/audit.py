@@ -26,7 +26,7 @@ import h5py
 import numpy as np
 import pandas as pd
 
-from lens_core.io import InputError, require_columns, write_parquet, write_text
+from lens_core.io import InputError, read_meta, require_columns, write_parquet, write_text
 
 from lens_core.mining.merge import merge_round2, training_slices
 from lens_core.mining.overlap import same_slice_iou
@@ -47,8 +47,6 @@ def annotation_pad_px(prep_dir: str | Path, orig_pad_px: float | None = None) ->
 
     By default the margin the DeepLesion reader used (recorded in lesions.parquet's metadata)."""
     if orig_pad_px is None:
-        from lens_core.io import read_meta
-
         meta = read_meta(Path(prep_dir) / "lesions.parquet")
         orig_pad_px = float(meta.get("reader", {}).get("dl_box_pad_px", RECIST_PAD_ORIG_PX))
     path = Path(prep_dir) / "volumes.h5"

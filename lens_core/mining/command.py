@@ -3,43 +3,52 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from pathlib import Path
+
+import numpy as np
+import pandas as pd
 
 from ..arguments import add_resume_arg, iou_threshold, non_negative_int, positive_float, positive_int, probability
 from ..boxes import THETA
+from ..io import InputError, check_output, read_table, write_parquet, write_text
+from ..label_kinds import GT_LIKE_KINDS, IGNORE_KINDS
+from ..tracklets import tracklets_from_table
+from .audit import _labeled_slice_mask, annotation_pad_px, audit_mining, classify_boxes, truth_slices, write_audit
+from .cross_dataset import mine_uncertain
+from .cross_slice import mine_cross_slice
+from .delta_audit import delta_curve, plot_delta_audit
+from .embedding import (box_keys, embed, fit_encoder, lookup, read_embeddings_h5, training_groups, tracklet_centres,
+                        write_embeddings_h5)
+from .intra_patient import mine_intra_patient
+from .merge import UnknownVerdict, merge_round2, training_slices
+from .montage import sample_for_review, write_montage
+from .schema import (ANNOTATIONS, BOX, MINED, PROPOSALS_2D, TRACKLETS, TRACKLETS_WITH_PATIENT, TRUTH, VOLUMES,
+                     write_mining_table)
+from .verdicts import read_review
 
 log = logging.getLogger("lens.mining")
 
 
-def _concat(frames) -> "pd.DataFrame":  # noqa: F821
+def _concat(frames) -> pd.DataFrame:
     """Tables read one by one (each checked, errors naming its own file and row), as one table."""
-    import pandas as pd
-
     nonempty = [f for f in frames if len(f)]
     return pd.concat(nonempty, ignore_index=True) if nonempty else frames[0]
 
 
-def _volumes(path: Path, columns=None) -> "pd.DataFrame":  # noqa: F821
-    from ..io import read_table
-    from .schema import VOLUMES
-
+def _volumes(path: Path, columns=None) -> pd.DataFrame:
     return read_table(path, {**VOLUMES, **(columns or {})}, "volume table, a preprocessed volumes.parquet")
 
 
-def _lesions(path: Path, columns=None) -> "pd.DataFrame":  # noqa: F821
-    from ..io import read_table
-    from .schema import ANNOTATIONS, BOX
-
+def _lesions(path: Path, columns=None) -> pd.DataFrame:
     return read_table(path, {**ANNOTATIONS, **(columns or {})}, "lesion table, a preprocessed lesions.parquet",
                       boxes=BOX)
 
 
-def _slice_table(path: Path, columns: dict, what: str, **checks) -> "pd.DataFrame":  # noqa: F821
+def _slice_table(path: Path, columns: dict, what: str, **checks) -> pd.DataFrame:
     """A table of 2D boxes, one slice each (proposals, tracklets): ``read_table`` and a 3D box table refused.
     A 3D table of `lens propose --out3d` has a key slice ``z`` and tracklet ids too, so it passed the
     column checks and mining ran on it to an empty output with exit 0."""
-    from ..io import InputError, read_table
-
     df = read_table(path, columns, what, **checks)
     if {"z1", "z2"} <= set(df.columns):
         raise InputError(f"{path}: a 3D box table (z1, z2 columns); expected the {what}, one 2D box per slice "
@@ -47,18 +56,13 @@ def _slice_table(path: Path, columns: dict, what: str, **checks) -> "pd.DataFram
     return df
 
 
-def _tracklets(path: Path, patient: bool = False) -> "pd.DataFrame":  # noqa: F821
-    from .schema import BOX, TRACKLETS, TRACKLETS_WITH_PATIENT
-
+def _tracklets(path: Path, patient: bool = False) -> pd.DataFrame:
     return _slice_table(path, TRACKLETS_WITH_PATIENT if patient else TRACKLETS,
                         "tracklet table of lens build-tracklets", boxes=BOX)
 
 
-def _mined(path: Path, what: str, kinds) -> "pd.DataFrame":  # noqa: F821
+def _mined(path: Path, what: str, kinds) -> pd.DataFrame:
     """A mining table whose every ``label_kind`` is one of ``kinds``."""
-    from ..io import InputError, read_table
-    from .schema import BOX, MINED
-
     df = read_table(path, MINED, what, boxes=BOX)
     bad = ~df["label_kind"].isin(kinds).to_numpy()
     if bad.any():
@@ -208,12 +212,6 @@ def _split_volumes(prep_dir: Path, split: str) -> set:
 
 
 def _embed(args) -> int:
-    import pandas as pd
-
-    from ..io import check_output
-    from .embedding import (box_keys, embed, fit_encoder, training_groups, tracklet_centres,
-                            write_embeddings_h5)
-
     check_output(args.out)
     if args.encoder_out:
         check_output(args.encoder_out, "--encoder-out")
@@ -225,6 +223,7 @@ def _embed(args) -> int:
     config = {"source": str(args.source), "theta": args.theta}
     encoder = None
     if args.source in ("learned", "appearance"):
+        # lazy: torch, for the learned encoder only (not for lens --help nor the other mining steps)
         from ..training.engine import checkpoint_beside
         from .embed_model import EncoderTraining, save_encoder
 
@@ -248,8 +247,6 @@ def _embed(args) -> int:
 
 def _val_tables(args, split):
     """Annotations, tracklet centres and tracklet boxes of one split, with their embeddings."""
-    from .embedding import lookup, read_embeddings_h5, tracklet_centres
-
     keys, emb, _ = read_embeddings_h5(args.embeddings)
     vols = _split_volumes(args.prep_dir, split)
     lesions = _lesions(args.prep_dir / "lesions.parquet")
@@ -262,11 +259,6 @@ def _val_tables(args, split):
 
 
 def _audit_delta(args) -> int:
-    from ..io import InputError, check_output, read_table, write_parquet
-    from .audit import annotation_pad_px
-    from .delta_audit import delta_curve, plot_delta_audit
-    from .schema import BOX, TRUTH
-
     check_output(args.out)
     check_output(args.plot, "--plot")
     truth_path = _truth_path(args)
@@ -288,10 +280,6 @@ def _audit_delta(args) -> int:
 
 def _delta(text: str) -> float:
     """--delta: a number >= 0, or a JSON file {"delta": number}."""
-    import math
-
-    from ..io import InputError
-
     try:
         value, source = float(text), f"--delta {text}"
     except ValueError:
@@ -310,10 +298,6 @@ def _delta(text: str) -> float:
 
 
 def _intra_patient(args) -> int:
-    from ..io import check_output
-    from .intra_patient import mine_intra_patient
-    from .schema import write_mining_table
-
     check_output(args.out)
     delta = _delta(args.delta)
     lesions, ann_emb, centres, trk_emb, trk = _val_tables(args, args.split)
@@ -325,13 +309,6 @@ def _intra_patient(args) -> int:
 
 
 def _audit(args) -> int:
-    import pandas as pd
-
-    from ..io import check_output, read_table
-    from .audit import _labeled_slice_mask, annotation_pad_px, audit_mining, classify_boxes, truth_slices, write_audit
-    from .montage import sample_for_review, write_montage
-    from .schema import BOX, TRUTH
-
     check_output(args.out_md, "--out-md")
     check_output(args.out_parquet, "--out-parquet")
     check_output(args.montage, "--montage")
@@ -362,11 +339,6 @@ def _truth_path(args) -> Path:
 
 
 def _mining_precision(args) -> int:
-    import numpy as np
-
-    from ..io import InputError, check_output, read_table, write_parquet, write_text
-    from .audit import annotation_pad_px, audit_mining
-
     check_output(args.out_md, "--out-md")
     check_output(args.out_parquet, "--out-parquet")
     boxes_path = args.prep_dir / "test3d.parquet"
@@ -409,10 +381,6 @@ def _volume_dataset(path: Path, lesions) -> dict:
 
 
 def _build_tracklets(args) -> int:
-    from ..io import InputError, check_output, read_table, write_parquet
-    from .schema import BOX, PROPOSALS_2D
-    from ..tracklets import tracklets_from_table
-
     check_output(args.out)
     frames = []
     for path in args.proposals:
@@ -433,12 +401,6 @@ def _build_tracklets(args) -> int:
 
 
 def _cross_slice(args) -> int:
-    import numpy as np
-
-    from ..io import InputError, check_output
-    from .cross_slice import mine_cross_slice
-    from .schema import write_mining_table
-
     check_output(args.out)
     if args.extent_ratio is not None and args.volumes is None:
         raise InputError("--extent-ratio needs --volumes (pixel and slice spacing)")
@@ -463,10 +425,6 @@ def _cross_slice(args) -> int:
 
 
 def _cross_dataset(args) -> int:
-    from ..io import check_output, read_table
-    from .cross_dataset import mine_uncertain
-    from .schema import BOX, MINED, PROPOSALS_2D, write_mining_table
-
     check_output(args.out)
     experts = tuple(f"score_{e}" for e in args.experts.split(",") if e and e != "none")
     # a box clipped at the image border may be empty, never inverted: an inverted one would become an
@@ -488,11 +446,6 @@ def _cross_dataset(args) -> int:
 
 
 def _merge(args) -> int:
-    from ..io import InputError, check_output
-    from .merge import UnknownVerdict, merge_round2, training_slices
-    from ..label_kinds import GT_LIKE_KINDS, IGNORE_KINDS
-    from .schema import write_mining_table
-
     check_output(args.out)
     lesions = _lesions(args.lesions, {"dataset": "any"})
     bad = ~lesions["label_kind"].isin(GT_LIKE_KINDS + IGNORE_KINDS).to_numpy()
@@ -504,8 +457,6 @@ def _merge(args) -> int:
         if args.uncertain else None
     review = None
     if args.review:
-        from .verdicts import read_review
-
         review = read_review(args.review)
         log.info("%s: %s", args.review, json.dumps(review["decision"].value_counts().to_dict()))
     try:

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from lens_core.io import read_table
+from lens_core.io import read_table, save_figure
 from lens_core.mining.audit import annotation_pad_px, match_truth, truth_slices
 from lens_core.mining.intra_patient import match_intra_patient
 from lens_core.mining.overlap import same_slice_iou
@@ -160,12 +160,11 @@ def delta_curve(annotations: pd.DataFrame, ann_emb: np.ndarray, centres: pd.Data
 
 def plot_delta_audit(curve: pd.DataFrame, delta: float, path: str | Path, title: str = "") -> None:
     """Precision and recall against delta with the configured delta marked, PNG, atomic."""
+    # lazy: matplotlib, for the plot only (not for lens --help nor the other mining steps)
     import matplotlib
 
-    matplotlib.use("Agg")
+    matplotlib.use("Agg")  # files only; no display on the cluster
     import matplotlib.pyplot as plt
-
-    from lens_core.io import save_figure
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

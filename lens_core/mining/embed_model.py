@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import roi_align
 
+from lens_core.io import atomic_path
 from lens_core.training import engine
 
 CROP_PX = 32
@@ -229,8 +230,6 @@ def encode(model: LesionEncoder, patches: np.ndarray, batch: int = 512) -> np.nd
 
 def save_encoder(model: LesionEncoder, cfg: EncoderTraining, path) -> None:
     """Weights + settings (a plain dict of tensors and numbers: loadable with weights_only=True)."""
-    from lens_core.io import atomic_path
-
     with atomic_path(path) as tmp:
         torch.save({"state_dict": model.state_dict(), "config": cfg.to_dict()}, tmp)
 

@@ -166,10 +166,11 @@ def extract_patches(boxes: pd.DataFrame, prep_dir: str | Path, weights: Embeddin
                     patch_px: int | None = None) -> np.ndarray:
     """uint8 [n, 3, P, P] patches (slices z-1, z, z+1) centred on each box, spanning twice its crop
     (crop side = max(context x longer box side, min_crop_px)); outside the image reads as air (0)."""
+    # lazy: torch, for the appearance encoder only (not for lens --help nor the other mining steps)
     import torch
     from torchvision.ops import roi_align
 
-    from lens_core.mining.embed_model import PATCH_PX
+    from lens_core.mining.embed_model import PATCH_PX  # lazy: torch
 
     p = int(patch_px or PATCH_PX)
     _require(boxes, ["volume_id", "z", *BOX_COLS], "box table")
@@ -247,7 +248,7 @@ def fit_encoder(groups: pd.DataFrame, prep_dir: str | Path, weights: EmbeddingWe
     At most ``max_per_group`` boxes per group (evenly spaced slices) so that long tracklets do not
     dominate the patches held in memory. ``training``: train_encoder's checkpoint, resume, progress, on_step.
     """
-    from lens_core.mining.embed_model import EncoderTraining, train_encoder
+    from lens_core.mining.embed_model import EncoderTraining, train_encoder  # lazy: torch
 
     cfg = cfg or EncoderTraining()
     _require(groups, ["group", "volume_id", "patient_id", "z", *BOX_COLS], "training groups")
@@ -266,7 +267,7 @@ def fit_encoder(groups: pd.DataFrame, prep_dir: str | Path, weights: EmbeddingWe
 
 
 def _encoder(encoder):
-    from lens_core.mining.embed_model import LesionEncoder, load_encoder
+    from lens_core.mining.embed_model import LesionEncoder, load_encoder  # lazy: torch
 
     if isinstance(encoder, LesionEncoder):
         return encoder
@@ -291,7 +292,7 @@ def embed(boxes: pd.DataFrame, prep_dir: str | Path | None, source: str | Path =
             raise ValueError(f"source={source!r} reads the images: prep_dir is required")
         parts = []
         if source in ("learned", "appearance"):
-            from lens_core.mining.embed_model import encode
+            from lens_core.mining.embed_model import encode  # lazy: torch, not for source position
 
             parts.append(unit_rows(encode(_encoder(encoder), extract_patches(boxes, prep_dir, weights))))
         if source in ("learned", "position"):

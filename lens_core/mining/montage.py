@@ -55,9 +55,10 @@ def write_montage(boxes: pd.DataFrame, prep_dir: str | Path, path: str | Path, *
     volume/slice. ``window``: auto, soft_tissue, lung or full. Written atomically (matplotlib, Agg)."""
     if window != "auto" and window not in WINDOWS:
         raise ValueError(f"window must be auto or one of {sorted(WINDOWS)}, got {window!r}")
+    # lazy: matplotlib, for the montage only (not for lens --help nor the other mining steps)
     import matplotlib
 
-    matplotlib.use("Agg")
+    matplotlib.use("Agg")  # files only; no display on the cluster
     import matplotlib.pyplot as plt
     from matplotlib.patches import Rectangle
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torchvision.models import densenet121
 from torchvision.ops import FeaturePyramidNetwork
 
 from lens_core.model.weights import load_torchvision_weights
@@ -64,7 +65,6 @@ class _DenseNetStages(nn.Module):
 
     def __init__(self, weights_path: str | None = None):
         super().__init__()
-        from torchvision.models import densenet121
 
         net = densenet121(weights=None)
         if weights_path:

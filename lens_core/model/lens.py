@@ -9,6 +9,7 @@ from torch import nn
 from torchvision.ops import nms
 
 from lens_core.errors import InputError
+from lens_core.io import atomic_path
 from lens_core.boxes import coder
 from lens_core.model.afp import AfpTargets, AnchorFreeProposalNetwork
 from lens_core.model.backbone import build_backbone
@@ -211,8 +212,6 @@ def save_lens(path, model: LENS, meta: dict) -> None:
     """Weights-only file: ``{"state_dict": ..., "meta": {...}}`` (plain types; torch.load(weights_only=True)).
 
     ``meta`` must hold the constructor arguments in ``MODEL_ARGS``; written atomically."""
-    from lens_core.io import atomic_path
-
     missing = [k for k in MODEL_ARGS if k not in meta]
     if missing:
         raise ValueError(f"model meta lacks {missing}")

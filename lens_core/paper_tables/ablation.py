@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from lens_core.evaluation.bootstrap import interval, read_matches, run_averages, seed_mean
 from lens_core.evaluation.tables import overall_row
 from lens_core.io import atomic_path, save_figure, write_parquet
 
@@ -52,8 +53,6 @@ def aggregate(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def _row_items(spec: dict, eval_dir: Path, split: str) -> dict:
-    from lens_core.evaluation.bootstrap import read_matches
-
     return {label: [read_matches(run_dir(eval_dir, exp, r["stage"], split) / "matches.parquet") for exp in r["exps"]]
             for label, r in spec.items()}
 
@@ -77,8 +76,6 @@ def intervals(spec: dict, table: pd.DataFrame, eval_dir: Path, n_boot: int, seed
     that of its seeds' mean, a difference's that of the two rows' means (:func:`pooled_average` and
     :func:`paired_difference`, computed once per run), the seeds resampled in each draw too
     (:func:`seed_mean`: two-level, seeds then patients)."""
-    from lens_core.evaluation.bootstrap import interval, run_averages, seed_mean
-
     items = _row_items(spec, eval_dir, split)
     labels = [label for label, runs in items.items() for _ in runs]
     avg = run_averages([r for runs in items.values() for r in runs], n_boot=n_boot, seed=seed)
@@ -177,9 +174,10 @@ def to_markdown(table: pd.DataFrame, runs: pd.DataFrame, diffs: pd.DataFrame | N
 
 
 def plot(table: pd.DataFrame, path: Path) -> None:
+    # lazy: matplotlib, for the plot only (not for lens --help)
     import matplotlib
 
-    matplotlib.use("Agg")
+    matplotlib.use("Agg")  # files only; no display on the cluster
     import matplotlib.pyplot as plt
 
     rates = [c.removesuffix("_mean") for c in table.columns if c.startswith("FP@") and c.endswith("_mean")]

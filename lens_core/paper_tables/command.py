@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from lens_core.arguments import non_negative_int
+from lens_core.paper_tables import ablation, fig5, fig7
 
 
 def add_parser(sub) -> None:
@@ -48,18 +49,12 @@ def add_parser(sub) -> None:
 
 
 def run_ablation_table(args: argparse.Namespace) -> int:
-    from lens_core.paper_tables import ablation
-
     return ablation.run(args)
 
 
 def run_fig5_table(args: argparse.Namespace) -> int:
-    from lens_core.paper_tables import fig5
-
     return fig5.run(args)
 
 
 def run_fig7_table(args: argparse.Namespace) -> int:
-    from lens_core.paper_tables import fig7
-
     return fig7.run(args)

@@ -102,9 +102,10 @@ def to_markdown(table: pd.DataFrame, diffs: pd.DataFrame, stage: str, n_boot: in
 
 def plot(table: pd.DataFrame, path: Path) -> None:
     """Validation sensitivity (with its interval) against each setting's value; test dashed for reference."""
+    # lazy: matplotlib, for the plot only (not for lens --help)
     import matplotlib
 
-    matplotlib.use("Agg")
+    matplotlib.use("Agg")  # files only; no display on the cluster
     import matplotlib.pyplot as plt
 
     groups = list(table.groupby("setting", sort=False))

@@ -16,9 +16,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from lens_core.evaluation.bootstrap import interval, read_matches, run_averages, seed_mean
 from lens_core.evaluation.tables import overall_row
 from lens_core.io import save_figure, write_parquet, write_text
-from lens_core.paper_tables.ablation import parse_spec
+from lens_core.paper_tables.ablation import parse_spec, verdict
 
 MODES = ("alone", "joint")
 PAPER_SIGN = +1.0  # Fig. 7: "joint training always outperformed single dataset"
@@ -68,9 +69,6 @@ def aggregate(runs: pd.DataFrame) -> pd.DataFrame:
 def intervals(runs: pd.DataFrame, table: pd.DataFrame, n_boot: int, seed: int) -> pd.DataFrame:
     """``table`` with ``average_low/high`` (each cell's pooled interval, %) and ``delta_low/high`` (the
     paired interval of joint − alone, %, on the joint rows), from each run's matches.parquet."""
-    from lens_core.paper_tables.ablation import verdict
-    from lens_core.evaluation.bootstrap import interval, read_matches, run_averages, seed_mean
-
     table = table.copy()
     for col in ("average_low", "average_high", "delta_low", "delta_high"):
         table[col] = np.nan
@@ -137,9 +135,10 @@ def to_markdown(table: pd.DataFrame, scored_on: str = "validation split", n_boot
 
 
 def plot(table: pd.DataFrame, path: Path, scored_on: str = "validation split") -> None:
+    # lazy: matplotlib, for the plot only (not for lens --help)
     import matplotlib
 
-    matplotlib.use("Agg")
+    matplotlib.use("Agg")  # files only; no display on the cluster
     import matplotlib.pyplot as plt
 
     datasets = list(pd.unique(table["dataset"]))

@@ -7,6 +7,8 @@ import time
 from pathlib import Path
 
 from ..arguments import non_negative_float, positive_float, positive_shard
+from .shards import gather
+from .volumes import PrepParams, preprocess_dataset
 from .window import STORAGES
 
 log = logging.getLogger("lens")
@@ -45,8 +47,6 @@ def add_parser(sub) -> None:
 
 
 def _preprocess(args) -> int:
-    from .volumes import PrepParams, preprocess_dataset
-
     t = time.perf_counter()
     reader_opts = {"split_seed": args.split_seed}
     if args.format == "nihln":
@@ -61,7 +61,5 @@ def _preprocess(args) -> int:
 
 
 def _gather(args) -> int:
-    from .shards import gather
-
     gather(args.shards, args.out, args.truth_out)
     return 0

@@ -5,8 +5,10 @@ Kept apart from `lens_core.preprocess.volumes` (which needs SimpleITK) so that t
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+import h5py
 import pyarrow as pa
 
 BOX = ["x1", "y1", "z1", "x2", "y2", "z2"]
@@ -36,10 +38,6 @@ def prep_meta(prep_dir: Path) -> dict:
     """Preprocessing parameters recorded in ``volumes.h5`` (pixel_mm, slice_mm, hu_window, storage): the FPR
     and the training record them in their model files. Files written before ``storage`` was recorded are
     uint8."""
-    import json
-
-    import h5py
-
     try:
         with h5py.File(Path(prep_dir) / "volumes.h5", "r") as f:
             raw = f.attrs.get("lens")

@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from ..io import atomic_folder, require_free_space
+from ..io import atomic_folder, atomic_path, require_free_space
 
 TABLES = ("volumes.parquet", "lesions.parquet", "truth.parquet", "test3d.parquet")
 
@@ -71,8 +71,6 @@ def gather(shards: list[Path], out: Path, truth_out: Path | None = None) -> None
 
 def publish_truth(path: Path, truth_out: Path) -> None:
     """Move the truth table ``path`` to ``truth_out`` (atomically; its folder is made)."""
-    from ..io import atomic_path
-
     truth_out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(truth_out) as tmp:
         Path(path).replace(tmp)

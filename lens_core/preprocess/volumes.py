@@ -20,10 +20,13 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import SimpleITK as sitk
+from tqdm import tqdm
 
+from ..datasets import load_image, read_dataset
 from ..io import atomic_folder, require_free_space, write_parquet
 # the tables' schemas live apart so that the steps that only read the tables (mining, FPR) need no SimpleITK
 from .schema import BOX, LESION_SCHEMA, TEST3D_SCHEMA, TRUTH_EXTRA, TRUTH_SCHEMA, VOLUME_SCHEMA  # noqa: F401
+from .shards import publish_truth
 
 from .window import HU_MIN, HU_MAX, STORAGES, window  # noqa: F401  (window: the preprocessing's last step)
 
@@ -134,10 +137,6 @@ def preprocess_dataset(fmt: str, root: Path, out_dir: Path, params: PrepParams, 
     ``truth_out``: the truth table goes to that file instead of `out_dir` (kept apart from the folder every
     later step reads).
     """
-    from tqdm import tqdm
-
-    from ..datasets import load_image, read_dataset
-
     dataset = dataset or fmt
     root, out_dir = Path(root), Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
@@ -202,8 +201,6 @@ def preprocess_dataset(fmt: str, root: Path, out_dir: Path, params: PrepParams, 
         m = {**meta, "subvolumes": {sp: sorted(g["subvolume"]) for sp, g in subs.groupby("split")}}
         write_parquet(tdf, tmp_dir / "test3d.parquet", m, TEST3D_SCHEMA)
         if truth_out is not None:
-            from .shards import publish_truth
-
             publish_truth(tmp_dir / "truth.parquet", Path(truth_out))
     return {"volumes": len(vol_df), "slices": int(vol_df["n_slices"].sum()), "lesions": len(les_df),
             "raw_bytes": int(raw_bytes)}

@@ -4,6 +4,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from .page import ReportInputs, build_report
+
 log = logging.getLogger("lens")
 
 
@@ -25,8 +27,6 @@ def add_parser(sub) -> None:
 
 
 def _report(args) -> int:
-    from .page import ReportInputs, build_report
-
     build_report(ReportInputs(table=args.table, captions=args.captions, froc=args.froc, audit=args.audit,
                               montage=args.montage, delta=args.delta, losses=args.losses,
                               benchmarks=args.benchmarks), args.out)

@@ -8,7 +8,18 @@ import logging
 import time
 from pathlib import Path
 
+import pandas as pd
+
 from lens_core.arguments import iou_threshold, non_negative_int, probability
+from lens_core.io import read_table, write_parquet, write_text
+from lens_core.mining.audit import annotation_pad_px
+from lens_core.mining.schema import BOX, TRACKLETS
+from lens_core.mining.verdicts import REVIEW_SCHEMA, read_review
+from lens_core.review.boxes import REVIEW_BOXES_SCHEMA, mined_boxes
+from lens_core.review.page import build_page
+from lens_core.review.simulate import simulate_verdicts
+from lens_core.review.value import value_table, write_value_table
+from lens_core.review.verdicts import read_verdicts_json
 
 log = logging.getLogger("lens.review")
 
@@ -81,10 +92,6 @@ def add_parser(sub) -> None:
 
 
 def _boxes(args) -> int:
-    from ..io import read_table, write_parquet
-    from ..mining.schema import BOX
-    from .boxes import REVIEW_BOXES_SCHEMA, mined_boxes
-
     tables = {}
     for name, path in (("cross_slice", args.cross_slice), ("intra_patient", args.intra_patient),
                        ("uncertain", args.uncertain)):
@@ -102,13 +109,6 @@ def _boxes(args) -> int:
 
 
 def _page(args) -> int:
-    import pandas as pd
-
-    from ..io import read_table
-    from ..mining.schema import TRACKLETS
-    from .boxes import REVIEW_BOXES_SCHEMA
-    from .page import build_page
-
     start = time.perf_counter()
     boxes = read_table(args.boxes, REVIEW_BOXES_SCHEMA.names, "review_boxes.parquet of lens review-boxes")
     trk = read_table(args.tracklets, TRACKLETS, "tracklets.parquet of lens build-tracklets") if args.tracklets else None
@@ -123,11 +123,6 @@ def _page(args) -> int:
 
 
 def _import(args) -> int:
-    from ..io import read_table, write_parquet
-    from .boxes import REVIEW_BOXES_SCHEMA
-    from lens_core.mining.verdicts import REVIEW_SCHEMA, read_review
-    from .verdicts import read_verdicts_json
-
     boxes_path = args.boxes or args.out.with_name("review_boxes.parquet")
     if not boxes_path.exists():
         raise FileNotFoundError(f"{boxes_path}: the run's mined boxes are needed to check the verdicts "
@@ -151,13 +146,6 @@ def _import(args) -> int:
 
 
 def _simulate(args) -> int:
-    import pandas as pd
-
-    from ..io import read_table, write_text
-    from ..mining.audit import annotation_pad_px
-    from .boxes import REVIEW_BOXES_SCHEMA
-    from .simulate import simulate_verdicts
-
     truth_path = args.truth if args.truth is not None else args.prep_dir / "truth.parquet"
     if not truth_path.exists():
         raise FileNotFoundError(f"{truth_path}: the simulated reviewer needs the built-in corpus's hidden truth")
@@ -171,8 +159,6 @@ def _simulate(args) -> int:
 
 
 def _value_table(args) -> int:
-    from .value import value_table, write_value_table
-
     table = value_table(args.row)
     write_value_table(table, args.out)
     log.info("review value:\n%s", table.to_string(index=False))

@@ -6,6 +6,9 @@ import logging
 from pathlib import Path
 
 from lens_core.arguments import add_resume_arg, add_torch_args, positive_int, set_torch_threads
+from lens_core.config import parse_overrides
+from lens_core.io import write_parquet
+from lens_core.training.config import TrainConfig, load_config_file, load_config_json
 
 log = logging.getLogger(__name__)
 
@@ -43,9 +46,7 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from lens_core.config import parse_overrides
-    from lens_core.training.config import load_config_file, load_config_json
-    from lens_core.training.loop import train
+    from lens_core.training.loop import train  # lazy: torch, not for lens --help
 
     overrides = parse_overrides(args.set)
     if args.config_json is not None:
@@ -62,10 +63,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def run_bn_drift(args: argparse.Namespace) -> int:
-    from lens_core.io import write_parquet
+    # lazy: torch, not for lens --help
     from lens_core.model.lens import load_lens
     from lens_core.training.bn_drift import bn_drift, summary
-    from lens_core.training.config import TrainConfig
 
     set_torch_threads(args)
     model, meta = load_lens(args.model)

@@ -6,6 +6,9 @@ import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+import yaml
+
+from lens_core.config import deep_merge
 from lens_core.label_kinds import GT_LIKE_KINDS, IGNORE_KINDS
 
 DATASETS = ("deeplesion", "luna", "lits", "nihln")
@@ -159,8 +162,6 @@ class TrainConfig:
 
 def load_config_file(path: str | Path, section: str | None = None, overrides: dict | None = None) -> TrainConfig:
     """A YAML or JSON file (optionally one top-level ``section`` of it, with ``overrides`` on top) -> TrainConfig."""
-    import yaml
-
     path = Path(path)
     try:
         text = path.read_text()
@@ -188,7 +189,6 @@ def load_config_json(text: str, overrides: dict | None = None) -> TrainConfig:
 def config_from_mapping(data, where: str, overrides: dict | None = None) -> TrainConfig:
     if not isinstance(data, dict):
         raise ValueError(f"{where}: training config must be a mapping")
-    from lens_core.config import deep_merge
 
     data = deep_merge(data, overrides)  # a dotted --set key (volume_fraction.lits=1) keeps its siblings
     try:

@@ -19,9 +19,10 @@ def write_loss_table(rows: list[dict], path: Path) -> pd.DataFrame:
 
 def plot_losses(df: pd.DataFrame, path: Path) -> None:
     """Each Eq. 3 term per step, smoothed, one line per dataset (the per-dataset AFPs side by side)."""
+    # lazy: matplotlib, for the plots only; importing the module leaves the backend alone
     import matplotlib
 
-    matplotlib.use("Agg")
+    matplotlib.use("Agg")  # files only; no display on the cluster
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, len(LOSS_TERMS), figsize=(4 * len(LOSS_TERMS), 3.2))
@@ -47,9 +48,10 @@ def write_val_curve(rows: list[dict], path: Path) -> pd.DataFrame:
 
 
 def plot_val_curve(df: pd.DataFrame, path: Path, title: str = "") -> None:
+    # lazy: matplotlib, for the plots only; importing the module leaves the backend alone
     import matplotlib
 
-    matplotlib.use("Agg")
+    matplotlib.use("Agg")  # files only; no display on the cluster
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5, 3.2))
