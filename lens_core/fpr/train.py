@@ -208,18 +208,7 @@ def train_fpr(
     prep_dir = Path(prep_dir)
     dev = resolve_device(device)
     sources = [SampleSource(prep_dir, proposals3d, labels), *extra_sources]
-    parts, ys = [], []
-    for k, src in enumerate(sources):
-        p, y_k = source_samples(src, split, cfg.theta, cfg.theta_fp)
-        if k and not cfg.extra_fps:
-            y_k = np.where(y_k == FP, -1, y_k)
-        log.info("FPR samples of %s: %d TP, %d FP, %d unused of %d proposals", Path(src.prep_dir).name,
-                 int((y_k == TP).sum()), int((y_k == FP).sum()), int((y_k < 0).sum()), len(y_k))
-        cols = ["volume_id", *BOX3D] + [c for c in ("score", "patient_id") if c in p]
-        parts.append(p[cols].assign(_src=k))
-        ys.append(y_k)
-    props = pd.concat(parts, ignore_index=True)
-    y = np.concatenate(ys).astype(np.int8)
+    props, y = _all_samples(cfg, sources, split)
     main = props["_src"].to_numpy() == 0
     n_tp, n_fp = int((y == TP).sum()), int((y == FP).sum())
     log.info("FPR samples: %d TP, %d FP, %d unused of %d proposals", n_tp, n_fp, int((y < 0).sum()), len(y))
@@ -240,18 +229,8 @@ def train_fpr(
     val_idx = np.flatnonzero(held & (y >= 0))
     need = np.unique(np.concatenate(plans + [val_idx]))
     preset = get_preset(cfg.preset)
-    margin = cfg.shift if cfg.augment else 0
     t = time.perf_counter()
-    d, h, w = preset.patch
-    patches = torch.zeros(len(need), 1, d, h + 2 * margin, w + 2 * margin, dtype=torch.float16)
-    boxes = torch.zeros(len(need), 6)
-    src_of = props["_src"].to_numpy()[need]
-    for k, src in enumerate(sources):
-        rows = np.flatnonzero(src_of == k)
-        p, b = volume_patches(Path(src.prep_dir) / "volumes.h5", props.iloc[need[rows]], preset.patch,
-                              preset.context, margin)
-        # held for the whole run: half the memory, ample precision for 8-bit images
-        patches[rows], boxes[rows] = p.half(), b
+    patches, boxes = _crop_patches(sources, props, need, preset, cfg.shift if cfg.augment else 0)
     slot = {int(i): k for k, i in enumerate(need)}
     crop_s = time.perf_counter() - t
 
@@ -273,13 +252,8 @@ def train_fpr(
              "train_tp": train_tp, "train_fp": train_fp,
              "crop_seconds": crop_s, "chance_loss": chance, "final_loss": history[-1]["loss"]}
     if len(val_idx):
-        s = s_val
-        yv = y[val_idx] == TP
-        stats.update(val_tp=int(yv.sum()), val_fp=int((~yv).sum()), val_auc=roc_auc(yv, s),
-                     val_accuracy=float(((s >= 0.5) == yv).mean()))
-        if "score" in props:
-            stats["val_auc_lens"] = roc_auc(yv, props["score"].to_numpy(np.float64)[val_idx])
-            stats["val_auc_fused"] = roc_auc(yv, (props["score"].to_numpy(np.float64)[val_idx] + s) / 2)
+        stats.update(_heldout_stats(y[val_idx] == TP, s_val,
+                                    props["score"].to_numpy(np.float64)[val_idx] if "score" in props else None))
     stats["seconds"] = time.perf_counter() - t_start
     meta = {"config": asdict(cfg), "prep": prep_meta(prep_dir), "history": history, "stats": stats,
             "deviations": fpr_deviations(cfg, [Path(src.prep_dir).name for src in extra_sources])}
@@ -287,6 +261,49 @@ def train_fpr(
     save_fpr(out, model, meta)  # last: an fpr.pt means the curve beside it is of its run
     ckpt.unlink(missing_ok=True)  # a finished run leaves no checkpoint to "resume" on a forced rerun
     log.info("FPR trained in %.1f s: %s", stats["seconds"], stats)
+    return stats
+
+
+def _all_samples(cfg: FprTrainConfig, sources: list[SampleSource], split: str | None
+                 ) -> tuple[pd.DataFrame, np.ndarray]:
+    """Every source's proposals (``_src``: its index; 0 = the main dataset) and their TP / FP / unused labels;
+    the extra sources' FPs unused unless ``cfg.extra_fps``."""
+    parts, ys = [], []
+    for k, src in enumerate(sources):
+        p, y_k = source_samples(src, split, cfg.theta, cfg.theta_fp)
+        if k and not cfg.extra_fps:
+            y_k = np.where(y_k == FP, -1, y_k)
+        log.info("FPR samples of %s: %d TP, %d FP, %d unused of %d proposals", Path(src.prep_dir).name,
+                 int((y_k == TP).sum()), int((y_k == FP).sum()), int((y_k < 0).sum()), len(y_k))
+        cols = ["volume_id", *BOX3D] + [c for c in ("score", "patient_id") if c in p]
+        parts.append(p[cols].assign(_src=k))
+        ys.append(y_k)
+    return pd.concat(parts, ignore_index=True), np.concatenate(ys).astype(np.int8)
+
+
+def _crop_patches(sources: list[SampleSource], props: pd.DataFrame, need: np.ndarray, preset, margin: int
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The patches (float16, ``margin`` voxels of room for the shift augmentation) and boxes of rows ``need``."""
+    d, h, w = preset.patch
+    patches = torch.zeros(len(need), 1, d, h + 2 * margin, w + 2 * margin, dtype=torch.float16)
+    boxes = torch.zeros(len(need), 6)
+    src_of = props["_src"].to_numpy()[need]
+    for k, src in enumerate(sources):
+        rows = np.flatnonzero(src_of == k)
+        p, b = volume_patches(Path(src.prep_dir) / "volumes.h5", props.iloc[need[rows]], preset.patch,
+                              preset.context, margin)
+        # held for the whole run: half the memory, ample precision for 8-bit images
+        patches[rows], boxes[rows] = p.half(), b
+    return patches, boxes
+
+
+def _heldout_stats(is_tp: np.ndarray, s: np.ndarray, lens_score: np.ndarray | None) -> dict:
+    """AUC and accuracy of the FPR's held-out scores ``s``; with the detector's scores, theirs and Eq. 4's."""
+    stats = {"val_tp": int(is_tp.sum()), "val_fp": int((~is_tp).sum()), "val_auc": roc_auc(is_tp, s),
+             "val_accuracy": float(((s >= 0.5) == is_tp).mean())}
+    if lens_score is not None:
+        stats["val_auc_lens"] = roc_auc(is_tp, lens_score)
+        stats["val_auc_fused"] = roc_auc(is_tp, (lens_score + s) / 2)
     return stats
 
 
