@@ -358,7 +358,10 @@ def test_a_single_type_dataset_adds_tps_and_fps_and_its_excluded_findings_are_ne
     assert stats["tp"] == both["tp"] and stats["fp"] == (y == FP).sum()
     assert 0 < stats["val_tp"] + stats["val_fp"] < (y >= 0).sum()
     assert stats["train_tp"] == stats["tp"] - stats["val_tp"]
-    assert all(0 <= h["val_auc"] <= 1 for h in load_fpr(tmp_path / "fpr2.pt")[1]["history"])
+    history = load_fpr(tmp_path / "fpr2.pt")[1]["history"]
+    assert all(0 <= h["val_auc"] <= 1 for h in history)
+    assert stats["val_auc"] == history[-1]["val_auc"]  # the model's own held-out AUC: the last epoch's scores
+    assert 0 <= stats["val_accuracy"] <= 1 and 0 <= stats["val_auc_lens"] <= 1 and 0 <= stats["val_auc_fused"] <= 1
 
 
 def test_train_fpr_names_the_file_of_a_bad_table(blob_prep, tmp_path, lens_main):
