@@ -40,6 +40,8 @@ rule experiments:
         "results/experiments.tsv",
     log:
         "results/logs/experiments.log",
+    params:
+        table=experiments_json,  # a changed declaration reruns the rule (Snakemake's params trigger)
     localrule: True
     run:
         experiment_table.write_tsv(config, output[0], log[0])

@@ -64,6 +64,13 @@ def test_snakemake_experiments_writes_the_table(tmp_path):
     names = [line.split("\t")[0] for line in lines[1:]]
     assert names == ["lens", "single_s0", "lens_rv0", "lens_rv25", "lens_rv100"]
     assert lines[-1].split("\t")[1:4] == ["review value", "review", "0"]
+    # a declaration changed: the table is written again (a run with no input is rerun by its params)
+    cfg = yaml.safe_load((tmp_path / "config.yaml").read_text())
+    cfg["ablation"]["experiments"]["noip"] = {"datasets": ["deeplesion"], "mining": {"intra_patient": False}}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
+    assert run(tmp_path, "experiments").returncode == 0
+    names = [line.split("\t")[0] for line in (tmp_path / "results" / "experiments.tsv").read_text().splitlines()[1:]]
+    assert "noip_s0" in names
 
 
 def test_an_undeclared_experiment_is_refused_by_name(tmp_path):

@@ -42,8 +42,15 @@ from lens_core.label_kinds import GT_LIKE_KINDS, IGNORE_KINDS  # noqa: E402  (pl
 EXPERIMENTS = experiment_table.experiment_table(config)
 FIG7_MODELS = experiment_table.fig7_table(config)
 REVIEW_ROWS = experiment_table.review_table(config)
+
 # the review-value percentages as wildcard alternatives: a path names one of the table's rows or matches no rule
 REVIEW_PCT_RE = "|".join(re.escape(r["percent"]) for r in REVIEW_ROWS.values()) or "(?!)"
+
+
+def experiments_json(wildcards):
+    """Every record of the experiments table, as `snakemake experiments` writes them."""
+    return json.dumps([EXPERIMENTS, FIG7_MODELS, REVIEW_ROWS], sort_keys=True)
+
 
 DATASETS = list(config["datasets"])
 SHARDS = int(config["preprocess"]["shards"])
