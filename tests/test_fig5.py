@@ -58,6 +58,42 @@ def test_fig5_spec_must_hold_the_configured_value(evaluated, tmp_path, caplog):
     assert "default 0.2 is not among its values" in caplog.text and not (tmp_path / "o").exists()
 
 
+def test_fig5_over_seeds_averages_each_values_seeds_and_resamples_them(tmp_path):
+    """fig5.seeds: each value's runs at every seed, paired seed by seed with the configured value's (the full
+    experiment at that seed); the interval then carries the seeds' spread, so it is wider than one seed's."""
+    ev = tmp_path / "eval"
+    # the configured delta's runs agree across seeds; delta = 0's differ a lot from seed to seed
+    quality = {"lens": 0.8, "full_s1": 0.8, "fig5delta0000_s0": 0.2, "fig5delta0000_s1": 0.75}
+    for i, (exp, q) in enumerate(quality.items()):
+        for split in ("test", "val"):
+            evaluated_run(ev, exp, "r2_fused", q, 60 + i + (100 if split == "val" else 0), split)
+    runs = [{"value": 0, "exps": ["fig5delta0000_s0", "fig5delta0000_s1"]}, {"value": 0.15, "exps": ["lens", "full_s1"]}]
+    spec = {"delta": {"default": 0.15, "stage": "r2_fused", "runs": runs}}
+    out = tmp_path / "fig5"
+    assert main(["fig5-table", "--spec", json.dumps(spec), "--eval-dir", str(ev), "--out", str(out),
+                 "--bootstrap", "400"]) == 0
+    t = pd.read_parquet(out / "table.parquet").set_index("value")
+    assert t["seeds"].tolist() == [2, 2] and t.loc[0.0, "exp"] == "fig5delta0000_s0 fig5delta0000_s1"
+    d = pd.read_parquet(out / "differences.parquet").set_index(["row", "split"]).loc[("delta = 0", "val")]
+    # one seed's run alone (seed 0, far worse) against the same pairing over both seeds
+    one = {"delta": {"default": 0.15, "stage": "r2_fused", "runs": [{"value": 0, "exp": "fig5delta0000_s0"},
+                                                                     {"value": 0.15, "exp": "lens"}]}}
+    assert main(["fig5-table", "--spec", json.dumps(one), "--eval-dir", str(ev), "--out", str(tmp_path / "one"),
+                 "--bootstrap", "400"]) == 0
+    d1 = pd.read_parquet(tmp_path / "one" / "differences.parquet").set_index(["row", "split"]).loc[("delta = 0", "val")]
+    assert d1["delta_high"] < 0 and d1["verdict"] == "reproduced"
+    assert d["delta_high"] - d["delta_low"] > 1.5 * (d1["delta_high"] - d1["delta_low"])
+    assert d["delta"] == pytest.approx(t.loc[0.0, "val_average_mean"] - t.loc[0.15, "val_average_mean"])
+    assert "two-level" in (out / "table.md").read_text() and "2 seeds" in (out / "table.md").read_text()
+
+
+def test_fig5_spec_with_unequal_seeds_is_refused(evaluated, tmp_path, caplog):
+    ev, spec = evaluated
+    spec["delta"]["runs"][0] = {"value": 0, "exps": ["fig5delta0000_s0", "fig5delta0000_s1"]}
+    assert main(["fig5-table", "--spec", json.dumps(spec), "--eval-dir", str(ev), "--out", str(tmp_path / "o")]) == 1
+    assert "every value needs the same seeds" in caplog.text and not (tmp_path / "o").exists()
+
+
 def _dry(wd, *targets) -> str:
     res = run(wd, "-n", "-p", *targets)
     assert res.returncode == 0, res.stdout + res.stderr
@@ -84,6 +120,19 @@ def test_fig5_experiments_mine_the_main_round1_proposals_again_with_their_value(
         assert "results/lens/round1/proposals/fused/deeplesion/train.parquet" in c
     assert "results/fig5delta0300_s0/round1" not in printed
     assert "lens fig5-table" in printed and "results/eval/fig5delta0300_s0/r2_fused/val/summary.parquet" in printed
+
+
+def test_fig5_seeds_mine_each_seeds_full_round1_proposals(tmp_path):
+    wd = tiny_workdir(tmp_path, fig5={"values": {"delta": [0, 0.15]}, "seeds": [0, 1]})
+    printed = _dry(wd, "fig5")
+    # round 1 of the main experiment and of full_s1; round 2 of both and of delta = 0 at each seed
+    assert len(_commands(printed, "train")) == 2 + 4
+    intra = {c.split("--out ")[1].split("/")[1]: c for c in _commands(printed, "mine-intra-patient")}
+    assert "--delta 0 " in intra["fig5delta0000_s1"] and "results/full_s1/" in intra["fig5delta0000_s1"]
+    assert "results/lens/" in intra["fig5delta0000_s0"] and "full_s1" not in intra["fig5delta0000_s0"]
+    assert "results/fig5delta0000_s1/round1" not in printed  # mined from full_s1's round 1, none of its own
+    table = [c for c in printed.splitlines() if "lens fig5-table" in c]
+    assert table and '"exps": ["fig5delta0000_s0", "fig5delta0000_s1"]' in table[0].replace("\\", "")
 
 
 TABLE_IV = {"seeds": [0], "experiments": {

@@ -4,8 +4,8 @@ config's declarations (validated by workflow/schemas/config.schema.yaml):
 * the main pipeline, ``lens``: every component at ``train.seed``;
 * the ablation (Tables II, IV, V): each of ``ablation.experiments`` at each of ``ablation.seeds`` (and the full
   recipe at Fig. 7's seeds, whose joint model on every volume is that experiment);
-* Fig. 5: each swept value of ``fig5.values`` that is not config's own, as the main experiment's round-1
-  proposals mined again with that value;
+* Fig. 5: each swept value of ``fig5.values`` that is not config's own, at each of ``fig5.seeds`` (default: the
+  train seed), as that seed's full experiment's round-1 proposals mined again with that value;
 * Fig. 7: each model of a (dataset, alone | joint, volume fraction, seed), and each dataset alone on all of its
   volumes (Table V's separate models);
 * the review's value: each percentage of ``review.value.percents`` of the main experiment's mined boxes given to
@@ -65,9 +65,18 @@ def experiment_table(config: dict) -> dict[str, dict]:
     if "full" in ablation["experiments"]:
         for seed in (config.get("fig7") or {}).get("seeds", []):
             add("full", seed, "fig7", ablation["experiments"]["full"])
-    for recipe, spec in fig5_recipes(config).items():
-        add(recipe, train_seed, "fig5", spec)
+    recipes = fig5_recipes(config)
+    for seed in fig5_seeds(config) if recipes else []:
+        if "full" in ablation["experiments"]:
+            add("full", seed, "fig5", ablation["experiments"]["full"])  # config's own value at this seed
+        for recipe, spec in recipes.items():
+            add(recipe, seed, "fig5", spec)
     return table
+
+
+def fig5_seeds(config: dict) -> list[int]:
+    """The seeds Fig. 5 trains each swept value at: ``fig5.seeds``, or the train seed alone."""
+    return [int(s) for s in (config.get("fig5") or {}).get("seeds") or [config["train"]["seed"]]]
 
 
 def fig7_pct(fraction) -> str:

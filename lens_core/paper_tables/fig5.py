@@ -1,10 +1,10 @@
 """`lens fig5-table`: the paper's Fig. 5 on our data, sensitivity against each swept mining setting.
 
-One run per value of a setting (delta, sigma, ...; results/eval/<exp>/<stage>/ and .../val/, written by
-`lens evaluate`); the validation split's average is the one a value is chosen on, the test split's stands
-beside it for reference. Each value's average gets a 95 % patient-bootstrap interval and a paired interval
-of its difference to the configured value's run (the same patients and draws on both sides), from the
-ablation table's code (:mod:`lens_core.paper_tables.ablation`).
+One run per value of a setting (delta, sigma, ...) and seed (results/eval/<exp>/<stage>/ and .../val/, written
+by `lens evaluate`); the validation split's average is the one a value is chosen on, the test split's stands
+beside it for reference. Each value's mean over its seeds gets a 95 % interval and a paired interval of its
+difference to the configured value's runs (the same patients, seeds and draws on both sides), from the ablation
+table's code (:mod:`lens_core.paper_tables.ablation`): a two-level bootstrap, seeds then patients.
 """
 from __future__ import annotations
 
@@ -22,12 +22,22 @@ LABELS = {"delta": "δ (intra-patient distance)", "sigma": "σ (cross-dataset ex
 
 
 def check_spec(spec) -> dict:
-    """--spec: setting -> {default: value, stage, runs: [{value, exp}, ...]}, the default among the runs."""
+    """--spec: setting -> {default: value, stage, runs: [{value, exps: [experiment per seed]}, ...]}, the default
+    among the runs (a run's single ``exp`` is one seed's)."""
     if not isinstance(spec, dict) or not spec:
-        raise ValueError("--spec: expected a JSON mapping of setting -> {default, stage, runs: [{value, exp}]}")
+        raise ValueError("--spec: expected a JSON mapping of setting -> {default, stage, runs: [{value, exps}]}")
     for key, s in spec.items():
         if not isinstance(s, dict) or not s.get("runs") or "stage" not in s or "default" not in s:
-            raise ValueError(f"--spec setting {key!r}: expected {{default, stage, runs: [{{value, exp}}, ...]}}")
+            raise ValueError(f"--spec setting {key!r}: expected {{default, stage, runs: [{{value, exps}}, ...]}}")
+        for r in s["runs"]:
+            if "exp" in r:
+                r.setdefault("exps", [r.pop("exp")])
+            if not isinstance(r.get("exps"), list) or not r["exps"] or "value" not in r:
+                raise ValueError(f"--spec setting {key!r}: a run {r!r} lacks its value or experiments (exps)")
+        seeds = {len(r["exps"]) for r in s["runs"]}
+        if len(seeds) > 1:
+            raise ValueError(f"--spec setting {key!r}: runs of {sorted(seeds)} seeds; every value needs the same "
+                             "seeds, paired with the configured value's")
         values = [float(r["value"]) for r in s["runs"]]
         if float(s["default"]) not in values:
             raise ValueError(f"--spec setting {key!r}: the default {s['default']} is not among its values {values}")
@@ -41,7 +51,7 @@ def row_label(key: str, value: float) -> str:
 def setting_table(key: str, s: dict, eval_dir: Path, n_boot: int, seed: int):
     """(table, differences) of one setting: an ablation table whose rows are its values, each vs the default."""
     ref = row_label(key, float(s["default"]))
-    rows = {row_label(key, float(r["value"])): {"stage": s["stage"], "exps": [r["exp"]],
+    rows = {row_label(key, float(r["value"])): {"stage": s["stage"], "exps": list(r["exps"]),
                                                 "vs": None if float(r["value"]) == float(s["default"]) else ref}
             for r in sorted(s["runs"], key=lambda r: float(r["value"]))}
     table = ablation.aggregate(ablation.collect(rows, eval_dir))
@@ -56,7 +66,7 @@ def setting_table(key: str, s: dict, eval_dir: Path, n_boot: int, seed: int):
         diffs["verdict"] = [ablation.verdict(lo, hi, PAPER_SIGN) for lo, hi in zip(diffs["delta_low"],
                                                                                    diffs["delta_high"])]
     values = {row_label(key, float(r["value"])): float(r["value"]) for r in s["runs"]}
-    exps = {label: r["exps"][0] for label, r in rows.items()}
+    exps = {label: " ".join(r["exps"]) for label, r in rows.items()}
     table.insert(0, "setting", key)
     table.insert(1, "value", table["row"].map(values))
     table.insert(2, "exp", table["row"].map(exps))
@@ -72,9 +82,11 @@ def _ci(table: pd.DataFrame, r, prefix: str) -> str:
 
 
 def to_markdown(table: pd.DataFrame, diffs: pd.DataFrame, stage: str, n_boot: int) -> str:
+    n_seeds = int(table["seeds"].max())
     lines = ["## Fig. 5 on the built-in corpus: mining settings swept (LENS 3D protocol, sensitivity %)", "",
-             f"One round-2 training per value (stage {stage}); a value is chosen on the validation split, test is "
-             "shown for reference only. Bold: the configured value (the main experiment).", ""]
+             f"One round-2 training per value and seed (stage {stage}, {n_seeds} seed{'s' * (n_seeds > 1)}; averages "
+             "are means over seeds); a value is chosen on the validation split, test is shown for reference only. "
+             "Bold: the configured value (the main experiment).", ""]
     for key, t in table.groupby("setting", sort=False):
         lines += [f"### {LABELS.get(key, key)}", "",
                   "| value | val average | val 95 % CI | test average | test 95 % CI | Δ val vs configured | 95 % CI "
@@ -92,11 +104,12 @@ def to_markdown(table: pd.DataFrame, diffs: pd.DataFrame, stage: str, n_boot: in
                          f"{_ci(t, r, '')} | {delta} |")
         lines.append("")
     if n_boot:
-        lines += [f"95 % CI: percentile bootstrap over patients ({n_boot} draws); a difference is paired (the same "
-                  "patients and draws on both sides). Verdict: reproduced when the configured (paper's) value is "
+        lines += [f"95 % CI: percentile bootstrap ({n_boot} draws) over patients"
+                  + (" and then seeds (two-level: each draw resamples the seeds too)" if n_seeds > 1 else " (one seed)")
+                  + "; a difference is paired (the same patients, seeds and draws on both sides). Verdict: reproduced when the configured (paper's) value is "
                   "better with an interval that excludes 0, contradicted when the other value is, otherwise not "
                   "resolved at this size.", ""]
-    lines += ["Runs: " + ", ".join(f"{k}={v:g}: {e}" for k, v, e in table[["setting", "value", "exp"]].to_numpy()), ""]
+    lines += ["Runs: " + "; ".join(f"{k}={v:g}: {e}" for k, v, e in table[["setting", "value", "exp"]].to_numpy()), ""]
     return "\n".join(lines)
 
 
