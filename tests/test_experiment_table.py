@@ -101,3 +101,24 @@ def test_adding_an_ablation_row_is_one_config_entry_that_plans_its_jobs_and_noth
     assert jobs.get("train_lens") == 1 and jobs.get("train_lens_round2") == 1 and "embed_lesions" not in jobs
     others = [f for f in outputs if "noip_s0" not in f and not f.startswith("results/eval/ablation/")]
     assert others == [], others
+
+
+def test_an_experiments_norm_reaches_every_round_it_trains(tmp_path):
+    """The normalisation row (issue 21): `norm: group` trains the experiment's rounds with GroupNorm, and
+    no other experiment's."""
+    wd = tiny_workdir(tmp_path)
+    cfg = yaml.safe_load(TINY_CONFIG.read_text())
+    cfg["ablation"]["experiments"]["groupnorm"] = {"norm": "group"}
+    cfg["ablation"]["rows"]["(b) with GroupNorm"] = {"experiment": "groupnorm", "stage": "r2_fused"}
+    (wd / "config.yaml").write_text(yaml.safe_dump(cfg))
+    res = run(wd, "-n", "-p", "ablation")
+    assert res.returncode == 0, res.stderr
+    train = [line for line in res.stdout.splitlines() if "lens train " in line]
+    gn = [c for c in train if "results/groupnorm_s0/" in c]
+    assert len(gn) == 2 and all(" norm=group" in c for c in gn)  # round 1 and round 2
+    assert not [c for c in train if "norm=" in c and "groupnorm_s0" not in c]
+    bad = {**cfg["ablation"]["experiments"]["groupnorm"], "norm": "layer"}
+    cfg["ablation"]["experiments"]["groupnorm"] = bad
+    (wd / "config.yaml").write_text(yaml.safe_dump(cfg))
+    refused = run(wd, "-n", "ablation")
+    assert refused.returncode != 0 and "layer" in refused.stdout + refused.stderr
