@@ -67,7 +67,8 @@ def test_fig5_over_seeds_averages_each_values_seeds_and_resamples_them(tmp_path)
     for i, (exp, q) in enumerate(quality.items()):
         for split in ("test", "val"):
             evaluated_run(ev, exp, "r2_fused", q, 60 + i + (100 if split == "val" else 0), split)
-    runs = [{"value": 0, "exps": ["fig5delta0000_s0", "fig5delta0000_s1"]}, {"value": 0.15, "exps": ["lens", "full_s1"]}]
+    runs = [{"value": 0, "exps": ["fig5delta0000_s0", "fig5delta0000_s1"]},
+            {"value": 0.15, "exps": ["lens", "full_s1"]}]
     spec = {"delta": {"default": 0.15, "stage": "r2_fused", "runs": runs}}
     out = tmp_path / "fig5"
     assert main(["fig5-table", "--spec", json.dumps(spec), "--eval-dir", str(ev), "--out", str(out),

@@ -66,11 +66,12 @@ def experiment_table(config: dict) -> dict[str, dict]:
         for seed in (config.get("fig7") or {}).get("seeds", []):
             add("full", seed, "fig7", ablation["experiments"]["full"])
     recipes = fig5_recipes(config)
-    for seed in fig5_seeds(config) if recipes else []:
-        if "full" in ablation["experiments"]:
-            add("full", seed, "fig5", ablation["experiments"]["full"])  # config's own value at this seed
-        for recipe, spec in recipes.items():
-            add(recipe, seed, "fig5", spec)
+    if recipes:
+        for seed in fig5_seeds(config):
+            if "full" in ablation["experiments"]:
+                add("full", seed, "fig5", ablation["experiments"]["full"])  # config's own value at this seed
+            for recipe, spec in recipes.items():
+                add(recipe, seed, "fig5", spec)
     return table
 
 

@@ -106,9 +106,9 @@ def to_markdown(table: pd.DataFrame, diffs: pd.DataFrame, stage: str, n_boot: in
     if n_boot:
         lines += [f"95 % CI: percentile bootstrap ({n_boot} draws) over patients"
                   + (" and then seeds (two-level: each draw resamples the seeds too)" if n_seeds > 1 else " (one seed)")
-                  + "; a difference is paired (the same patients, seeds and draws on both sides). Verdict: reproduced when the configured (paper's) value is "
-                  "better with an interval that excludes 0, contradicted when the other value is, otherwise not "
-                  "resolved at this size.", ""]
+                  + "; a difference is paired (the same patients, seeds and draws on both sides). Verdict: "
+                  "reproduced when the configured (paper's) value is better with an interval that excludes 0, "
+                  "contradicted when the other value is, otherwise not resolved at this size.", ""]
     lines += ["Runs: " + "; ".join(f"{k}={v:g}: {e}" for k, v, e in table[["setting", "value", "exp"]].to_numpy()), ""]
     return "\n".join(lines)
 

@@ -105,9 +105,9 @@ def exp_datasets(exp):
 
 
 def train_overrides(wildcards):
-    """`lens train --seed --set ...` of an experiment's round (its `norm` in every round). round2u is round 2 trained from the same
-    mined labels with the uncertain boxes as lesions instead of ignored (Table V's "uncertain as GT");
-    an experiment's `pool` datasets are pooled into its first dataset's task (Table V's "data pooling",
+    """`lens train --seed --set ...` of an experiment's round (its `norm` in every round). round2u is round 2
+    trained from the same mined labels with the uncertain boxes as lesions instead of ignored (Table V's "uncertain
+    as GT"); an experiment's `pool` datasets are pooled into its first dataset's task (Table V's "data pooling",
     with `pool_positive_only` their lesion slices alone). Every round 2 (round2, round2u, review.smk's
     round2rv<pct>) samples unlabelled slices as mining.unlabeled_slices says (Table IV, its last row)."""
     spec, seed = exp_spec(wildcards.exp)
