@@ -3,7 +3,7 @@ on a Quadro RTX 6000 for the paper's model).
 
 Training: full steps (forward, Eq. 3 losses, backward, the training loop's optimizer step) on batches from one
 dataset, 4 dataset AFPs/experts, at the default run's settings (config.yaml `train:`: 6 slices, 48 px crops,
-batch 8). Inference: `propose_volume`, the path `lens propose` and `lens detect` share (2.5D stacks, every
+batch 8, 32 head RoIs per image). Inference: `propose_volume`, the path `lens propose` and `lens detect` share (2.5D stacks, every
 expert, proposal fusion, the per-slice table), on a CT-sized volume (112 x 144 px, the built-in corpus's mean
 DeepLesion-like slice at 2 mm). Random weights and images: the speed, not the result, is measured.
 
@@ -58,7 +58,7 @@ def precision_context(dev, precision: str):
 
 
 def bench(preset: str, slices: int, crop: int, batch: int, hw: tuple[int, int], depth: int, steps: int,
-          reps: int, dev, precision: str) -> dict:
+          reps: int, dev, precision: str, afp_trunk: str = "per_dataset", rois: int = 64) -> dict:
     import numpy as np
     import torch
 
@@ -70,7 +70,11 @@ def bench(preset: str, slices: int, crop: int, batch: int, hw: tuple[int, int], 
     from lens_core.training.targets import batch_targets
 
     torch.manual_seed(0)
-    model = LENS(DATASETS, preset=preset, n_slices=slices).to(dev)
+    # the AFP switch where this checkout has it (d879e6b's AFPs are per dataset)
+    kw = {"afp_trunk": afp_trunk} if "afp_trunk" in inspect.signature(LENS).parameters else {}
+    if not kw and afp_trunk != "per_dataset":
+        raise SystemExit(f"this checkout has no afp_trunk switch (asked for {afp_trunk})")
+    model = LENS(DATASETS, preset=preset, n_slices=slices, rois_per_image=rois, **kw).to(dev)
     opt = make_optimizer(model, 1e-4)
     images = torch.randn(batch, slices, crop, crop, device=dev)
     boxes = [torch.tensor([[8.0 + (3 * i) % 16, 10.0, 24.0 + (3 * i) % 16, 30.0]]) for i in range(batch)]
@@ -135,8 +139,22 @@ def run_all(a) -> dict:
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     out = {"device": name, "rows": {}}
     for preset in a.presets.split(","):
-        out["rows"][preset] = {"setting": rows[preset], **bench(*rows[preset], dev=dev, precision=a.precision)}
+        out["rows"][preset] = {"setting": rows[preset], **bench(*rows[preset], dev=dev, precision=a.precision,
+                                                                 afp_trunk=afp_trunk(a), rois=a.rois)}
     return out
+
+
+def afp_trunk(a) -> str:
+    """--afp-trunk, else the checkout's own config.yaml default (train.afp_trunk; none there: per dataset)."""
+    if a.afp_trunk:
+        return a.afp_trunk
+    import yaml
+
+    import lens_core
+
+    cfg = Path(lens_core.__file__).resolve().parent.parent / "config.yaml"
+    train = (yaml.safe_load(cfg.read_text()) or {}).get("train", {}) if cfg.exists() else {}
+    return train.get("afp_trunk", "per_dataset")
 
 
 def describe(preset: str, r: dict) -> str:
@@ -164,6 +182,7 @@ def main() -> None:
     p.add_argument("--slices", type=int, default=6, help="input slices of the cpu preset (config train.slices)")
     p.add_argument("--crop", type=int, default=48, help="training crop of the cpu preset (train.crop_size)")
     p.add_argument("--batch", type=int, default=8, help="training batch of the cpu preset (train.batch_size)")
+    p.add_argument("--rois", type=int, default=32, help="head RoIs per training image (train.rois_per_image)")
     p.add_argument("--paper-crop", type=int, default=128, help="training crop of the paper preset")
     p.add_argument("--steps", type=int, default=20, help="timed training steps of the cpu preset")
     p.add_argument("--reps", type=int, default=2, help="timed passes over the inference volume")
@@ -173,6 +192,8 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's, one per core)")
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
                    help="autocast precision (bf16 on the CPU: the runtime.precision switch)")
+    p.add_argument("--afp-trunk", choices=["per_dataset", "shared"], default=None,
+                   help="the AFPs of this checkout (default: its config.yaml's train.afp_trunk); REF keeps its own")
     p.add_argument("--compare", type=Path, default=None, metavar="REF",
                    help="another checkout: run the same benchmark there too and print the ratios")
     p.add_argument("--rounds", type=int, default=2, help="with --compare: alternating runs of each (best kept)")
@@ -183,14 +204,15 @@ def main() -> None:
         return
     if a.compare is None:
         res = run_all(a)
-        print(f"device: {res['device']}; {len(DATASETS)} datasets; precision {a.precision}")
+        print(f"device: {res['device']}; {len(DATASETS)} datasets; precision {a.precision}; "
+              f"AFPs {afp_trunk(a)}")
         for preset, r in res["rows"].items():
             print(describe(preset, r))
         return
     here = Path(__file__).resolve().parent.parent
     argv = [x for x in sys.argv[1:] if x not in ("--compare", str(a.compare))]
-    # REF runs at fp32 (it may have no precision switch): drop --precision and its value
-    ref_argv = [x for i, x in enumerate(argv) if x != "--precision" and (i == 0 or argv[i - 1] != "--precision")]
+    own = ("--precision", "--afp-trunk")  # this checkout's switches: REF runs at its own defaults
+    ref_argv = [x for i, x in enumerate(argv) if x not in own and (i == 0 or argv[i - 1] not in own)]
     best: dict[str, dict] = {}
     for _ in range(a.rounds):  # alternate, so drifting load hits both alike; keep each one's best
         for who, path, args in (("ref", a.compare.resolve(), ref_argv), ("this", here, argv)):
@@ -200,7 +222,7 @@ def main() -> None:
                 for k in ("samples_per_s", "slices_per_s"):
                     b[k] = max(b[k], r[k])
                 b["ms_per_slice"] = 1000 / b["slices_per_s"]
-    print(f"device: {res['device']}; {len(DATASETS)} datasets; this: {here} (precision {a.precision}); "
+    print(f"device: {res['device']}; {len(DATASETS)} datasets; this: {here} (precision {a.precision}, AFPs {afp_trunk(a)}); "
           f"REF: {a.compare} (fp32); best of {a.rounds} alternating runs each")
     for preset in best["this"]:
         t, r = best["this"][preset], best["ref"][preset]

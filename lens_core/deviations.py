@@ -50,6 +50,10 @@ REGISTRY: tuple[Deviation, ...] = (
     Deviation("train.norm", "batch",
               "the paper's backbone has BatchNorm (from ImageNet); group (GroupNorm) is an option for the "
               "from-scratch cpu preset, whose one-dataset batches give BatchNorm dataset-mixed running statistics"),
+    Deviation("train.afp_trunk", "per_dataset",
+              "each dataset's AFP is its own network in the paper; shared gives the AFPs one 3x3 layer per branch "
+              "(each keeps its own 1x1 output layer, as each expert keeps its own output layers on the shared FCs): "
+              "cheaper CPU inference and training (docs/speed.md)"),
     Deviation("train.batch_size", 4, "small crops instead of whole slices: more images per optimizer step"),
     Deviation("train.crop_size", None,
               "whole slices in the paper; random crops that keep a lesion whole make CPU steps cheap"),

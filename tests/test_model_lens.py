@@ -229,3 +229,52 @@ def test_exact_kernels_compute_what_the_fast_ones_approximate():
         assert torch.allclose(da["boxes"], db["boxes"][:, match], atol=1e-2)
     with pytest.raises(ValueError, match="kernels must be one of"):
         LENS(["a"], "cpu", 3, kernels="quick")
+
+
+# ------------------------------------------------------------------ afp_trunk: shared (issue 22's cheaper model)
+def test_a_shared_afp_trunk_is_one_3x3_layer_per_branch_trained_by_every_dataset_with_its_own_output_layers():
+    torch.manual_seed(0)
+    model = LENS(["a", "b"], preset="cpu", n_slices=3, fc_dim=64, afp_trunk="shared")
+    per = LENS(["a", "b"], preset="cpu", n_slices=3, fc_dim=64)
+    a, b = model.afps["a"], model.afps["b"]
+    assert a.center[0] is b.center[0] and a.size[0] is b.size[0] and a.center[2] is not b.center[2]
+    n_params = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert n_params(model.afps) < n_params(per.afps)
+    opt = torch.optim.RAdam(model.parameters(), lr=1e-3)
+    step(model, opt, "b", seed=1)
+    trunk, out_a, out_b = snapshot(a.center[0]), snapshot(a.center[2]), snapshot(b.center[2])
+    size_a, size_b = snapshot(a.size[2]), snapshot(b.size[2])
+    step(model, opt, "a", seed=2)
+    assert not same(trunk, snapshot(a.center[0])), "the shared trunk did not learn from dataset a"
+    assert not same(out_a, snapshot(a.center[2])) and not same(size_a, snapshot(a.size[2]))
+    assert same(out_b, snapshot(b.center[2])) and same(size_b, snapshot(b.size[2])), "b's own layers changed"
+    with pytest.raises(ValueError, match="afp_trunk must be one of"):
+        LENS(["a"], "cpu", 3, afp_trunk="one")
+
+
+@pytest.mark.parametrize("hw", [(64, 64), (144, 160)])  # training-sized crops, and the sparse size path
+def test_a_shared_trunk_computed_once_gives_every_afp_its_own_forward(hw):
+    """The trunk's maps are computed once for all AFPs: the same proposals as each AFP's own forward."""
+    torch.manual_seed(0)
+    model = LENS(["a", "b", "c"], "cpu", 6, fc_dim=32, afp_trunk="shared").eval()
+    x = torch.randn(2, 6, *hw)
+    with torch.no_grad():
+        feat = model.backbone(x, channels_last=True)
+        once = model._pooled_proposals(feat, hw)
+        model.afp_trunk = "per_dataset"  # the same modules, each AFP run on its own
+        each = model._pooled_proposals(feat, hw)
+    for u, v in zip(once[:2], each[:2]):
+        assert all(torch.allclose(p, q, atol=1e-4) and len(p) for p, q in zip(u, v))
+    assert torch.allclose(once[2], each[2], atol=1e-6)
+
+
+def test_a_shared_trunk_model_file_loads_shared(tmp_path):
+    torch.manual_seed(0)
+    model = LENS(["a", "b"], preset="cpu", n_slices=3, fc_dim=32, afp_trunk="shared").eval()
+    meta = {"datasets": ["a", "b"], "preset": "cpu", "n_slices": 3, "fc_dim": 32, "rois_per_image": 64,
+            "afp_trunk": "shared"}
+    save_lens(tmp_path / "lens.pt", model, meta)
+    loaded, _ = load_lens(tmp_path / "lens.pt")
+    assert loaded.afp_trunk == "shared" and loaded.afps["a"].center[0] is loaded.afps["b"].center[0]
+    x = torch.randn(1, 3, H, W)
+    assert torch.equal(model.detect(x)[0]["scores"], loaded.detect(x)[0]["scores"])

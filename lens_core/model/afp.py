@@ -28,26 +28,48 @@ class AfpTargets:
         return AfpTargets(self.center.to(device), self.ignore.to(device), self.reg.to(device))
 
 
-def _branch(c_in: int, hidden: int, c_out: int) -> nn.Sequential:
-    # "Both branches include two convolutional layers and a ReLU layer" (Sec. IV-B).
-    return nn.Sequential(nn.Conv2d(c_in, hidden, 3, padding=1), nn.ReLU(inplace=True), nn.Conv2d(hidden, c_out, 1))
+def _branch(c_in: int, hidden: int, c_out: int, first: nn.Conv2d | None = None) -> nn.Sequential:
+    # "Both branches include two convolutional layers and a ReLU layer" (Sec. IV-B). ``first``: a 3x3 layer
+    # shared with other AFPs (AFP_TRUNKS "shared"); the 1x1 output layer is always the AFP's own.
+    first = first if first is not None else nn.Conv2d(c_in, hidden, 3, padding=1)
+    return nn.Sequential(first, nn.ReLU(inplace=True), nn.Conv2d(hidden, c_out, 1))
+
+
+# "per_dataset": each AFP is its own network (the paper's). "shared": the AFPs share their two branches' 3x3
+# layers and keep their own 1x1 output layers, as the experts share the head's FC layers and keep their own
+# output layers: on the CPU the AFPs' 3x3 layers on every cell were ~40 % of a slice's inference (issue 22).
+AFP_TRUNKS = ("per_dataset", "shared")
+
+
+def shared_trunk(c_in: int, hidden: int) -> tuple[nn.Conv2d, nn.Conv2d]:
+    """The centerness and size branches' 3x3 layers, to be passed to every AFP (``trunk=``)."""
+    return nn.Conv2d(c_in, hidden, 3, padding=1), nn.Conv2d(c_in, hidden, 3, padding=1)
 
 
 class AnchorFreeProposalNetwork(nn.Module):
     """Centerness + box-size branches on one feature map of stride ``stride``."""
 
-    def __init__(self, in_channels: int, stride: int, hidden: int | None = None):
+    def __init__(self, in_channels: int, stride: int, hidden: int | None = None,
+                 trunk: tuple[nn.Conv2d, nn.Conv2d] | None = None):
         super().__init__()
         hidden = hidden or in_channels
         self.stride = stride
-        self.center = _branch(in_channels, hidden, 1)
-        self.size = _branch(in_channels, hidden, 4)
+        trunk = trunk or (None, None)
+        self.center = _branch(in_channels, hidden, 1, trunk[0])
+        self.size = _branch(in_channels, hidden, 4, trunk[1])
         # Rare-positive prior so the focal loss starts near its equilibrium (RetinaNet init).
         nn.init.constant_(self.center[-1].bias, -math.log(99.0))
 
     def forward(self, feat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``feat [B, C, H, W]`` -> centerness logits ``[B, H, W]``, distances ``[B, 4, H, W]`` (px)."""
         return self.center(feat)[:, 0], self._distances(self.size(feat))
+
+    def from_trunk(self, hidden_center: torch.Tensor, hidden_size: torch.Tensor | None
+                   ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """:meth:`forward` from the branches' hidden maps (after the 3x3 layers and ReLU), computed once for
+        every AFP of a shared trunk; ``hidden_size`` None: no distances."""
+        logits = self.center[2](hidden_center)[:, 0]
+        return logits, None if hidden_size is None else self._distances(self.size[2](hidden_size))
 
     def _distances(self, raw: torch.Tensor) -> torch.Tensor:
         # exp keeps distances positive; scaled by the stride so the raw output is O(1).

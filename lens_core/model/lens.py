@@ -5,13 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import nms
 
 from lens_core.errors import InputError
 from lens_core.io import atomic_path
 from lens_core.boxes import coder
-from lens_core.model.afp import AfpTargets, AnchorFreeProposalNetwork
+from lens_core.model.afp import AFP_TRUNKS, AfpTargets, AnchorFreeProposalNetwork, shared_trunk
 from lens_core.model.backbone import build_backbone
 from lens_core.model.head import MultiTaskHead
 
@@ -56,6 +57,7 @@ class LENS(nn.Module):
             e.g. CenterNet2: the AFP is trained on every pixel of every image, the head on a few RoIs).
         kernels: ``KERNELS`` (a setting of the run, not of the weights: not saved with them).
         norm: the cpu preset's normalisation layers (:func:`~lens_core.model.backbone.norm_layer`).
+        afp_trunk: ``AFP_TRUNKS``: each AFP its own network, or their 3x3 layers shared (``lens_core.model.afp``).
     """
 
     def __init__(
@@ -74,6 +76,7 @@ class LENS(nn.Module):
         score: str = "head",
         kernels: str = "fast",
         norm: str = "batch",
+        afp_trunk: str = "per_dataset",
     ):
         super().__init__()
         if not datasets or len(set(datasets)) != len(datasets):
@@ -85,7 +88,11 @@ class LENS(nn.Module):
         # cpu preset: half-width AFP branches. All D AFPs run on every step's stride-2 map to pool
         # proposals, and at full width they took ~45% of a training step.
         afp_hidden = c if preset == "paper" else c // 2
-        self.afps = nn.ModuleDict({d: AnchorFreeProposalNetwork(c, s, afp_hidden) for d in datasets})
+        if afp_trunk not in AFP_TRUNKS:
+            raise ValueError(f"afp_trunk must be one of {AFP_TRUNKS}, got {afp_trunk!r}")
+        self.afp_trunk = afp_trunk
+        trunk = shared_trunk(c, afp_hidden) if afp_trunk == "shared" else None
+        self.afps = nn.ModuleDict({d: AnchorFreeProposalNetwork(c, s, afp_hidden, trunk) for d in datasets})
         fc_dim = fc_dim or (1024 if preset == "paper" else 256)
         self.head = MultiTaskHead(c, s, datasets, fc_dim=fc_dim)
         self.rois_per_image = rois_per_image
@@ -105,12 +112,17 @@ class LENS(nn.Module):
     def stride(self) -> int:
         return self.backbone.stride
 
-    def _pooled_proposals(self, feat: torch.Tensor, image_hw, known: dict | None = None
-                          ) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor]:
+    def _trunk(self, feat: torch.Tensor, size: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """A shared AFP trunk's hidden maps (centerness, size; size None unless ``size``), computed once for all."""
+        first = self.afps[self.datasets[0]]
+        return F.relu(first.center[0](feat)), F.relu(first.size[0](feat)) if size else None
+
+    def _pooled_proposals(self, feat: torch.Tensor, image_hw, known: dict | None = None,
+                          hidden: tuple | None = None) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor]:
         """Proposals of all AFPs pooled, then NMS (Sec. IV-C). Never carries gradients.
 
         ``known`` maps a dataset to its AFP's outputs ``(logits, dist)`` when they were already
-        computed (training), so that AFP is not run twice.
+        computed (training), so that AFP is not run twice; ``hidden``, a shared trunk's maps likewise.
         Returns per image the pooled boxes ``[N, 4]`` and the flat feature-grid cells that proposed
         them ``[N]``, and every AFP's centerness probability map ``[B, D, h * w]``.
         """
@@ -119,10 +131,15 @@ class LENS(nn.Module):
         # on a large map (inference on whole slices) an AFP's distances are computed only at the cells it
         # proposes from (AnchorFreeProposalNetwork.distances_at); on a training crop those are half the map
         sparse = self.kernels == "fast" and self.afp_pre_nms * 8 < feat.shape[-2] * feat.shape[-1]
+        shared = self.afp_trunk == "shared"
         with torch.no_grad():
+            if shared and hidden is None:
+                hidden = self._trunk(feat, size=not sparse)
             for d in self.datasets:
                 if d in known:
                     logits, dist = (t.detach() for t in known[d])
+                elif shared:
+                    logits, dist = self.afps[d].from_trunk(hidden[0], None if sparse else hidden[1])
                 elif sparse:
                     logits, dist = self.afps[d].centerness(feat), None
                 else:
@@ -156,9 +173,16 @@ class LENS(nn.Module):
         if dataset not in self.afps:
             raise KeyError(f"dataset {dataset!r} is not one of the model's datasets {self.datasets}")
         feat = self.backbone(images, channels_last=self.kernels == "fast")
-        logits, dist = self.afps[dataset](feat)
+        hidden = None
+        if self.afp_trunk == "shared":  # the trunk once, with its gradient through this dataset's AFP alone
+            hidden = self._trunk(feat)
+            logits, dist = self.afps[dataset].from_trunk(*hidden)
+            hidden = tuple(h.detach() for h in hidden)
+        else:
+            logits, dist = self.afps[dataset](feat)
         l_center, l_size = AnchorFreeProposalNetwork.compute_loss(logits, dist, afp_targets)
-        proposals, _, _ = self._pooled_proposals(feat, images.shape[-2:], known={dataset: (logits, dist)})
+        proposals, _, _ = self._pooled_proposals(feat, images.shape[-2:], known={dataset: (logits, dist)},
+                                                 hidden=hidden)
         rois, labels, matched = [], [], []
         for p, t in zip(proposals, targets):
             p = torch.cat([p, MultiTaskHead.jitter_boxes(t.boxes, self.gt_jitter, generator=generator).to(p)])
@@ -181,8 +205,10 @@ class LENS(nn.Module):
         feat = self.backbone(images, channels_last=self.kernels == "fast")
         proposals, cells, afp_probs = self._pooled_proposals(feat, images.shape[-2:])
         x = self.head.shared_features(feat, proposals)
-        out, start = [], 0
         h, w = images.shape[-2:]
+        if self.kernels == "fast":
+            return self._experts_at_once(x, proposals, cells, afp_probs, (h, w))
+        out, start = [], 0
         for i, p in enumerate(proposals):
             xi = x[start:start + len(p)]
             start += len(p)
@@ -204,6 +230,28 @@ class LENS(nn.Module):
             })
         return out
 
+    def _experts_at_once(self, x: torch.Tensor, proposals: list[torch.Tensor], cells: list[torch.Tensor],
+                         afp_probs: torch.Tensor, image_hw) -> list[dict[str, torch.Tensor]]:
+        """:meth:`detect`'s per-image, per-expert loop as one product over the batch's RoIs: every expert's class
+        and box layers stacked into one linear layer, one decode (the same sums; the fast kernels)."""
+        h, w = image_hw
+        d = len(self.datasets)
+        weight = torch.cat([torch.cat([self.head.cls[k].weight, self.head.box[k].weight]) for k in self.datasets])
+        bias = torch.cat([torch.cat([self.head.cls[k].bias, self.head.box[k].bias]) for k in self.datasets])
+        y = F.linear(x, weight, bias).float().reshape(len(x), d, 5)  # [N, D, (logit, 4 deltas)]
+        rois = torch.cat(proposals).float()
+        boxes = coder.decode(rois[:, None].expand(-1, d, -1).reshape(-1, 4), y[..., 1:].reshape(-1, 4))
+        boxes = boxes.reshape(len(x), d, 4)
+        boxes[..., 0::2] = boxes[..., 0::2].clamp(0, w)
+        boxes[..., 1::2] = boxes[..., 1::2].clamp(0, h)
+        probs = torch.sigmoid(y[..., 0])  # [N, D]
+        if self.score == "two_stage":
+            image = torch.arange(len(proposals)).repeat_interleave(torch.tensor([len(p) for p in proposals]))
+            probs = torch.sqrt(probs * afp_probs[image, :, torch.cat(cells)])
+        sizes = [len(p) for p in proposals]
+        return [{"rois": r, "boxes": b.transpose(0, 1), "scores": s}
+                for r, b, s in zip(rois.split(sizes), boxes.split(sizes), probs.split(sizes))]
+
 
 MODEL_ARGS = ("datasets", "preset", "n_slices", "fc_dim", "rois_per_image")
 
@@ -224,8 +272,9 @@ def load_lens(path, device="cpu") -> tuple[LENS, dict]:
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
         meta = blob["meta"]
-        # a model saved before the norm switch has BatchNorm
-        model = LENS(**{k: meta[k] for k in MODEL_ARGS}, norm=meta.get("norm", "batch"))
+        # a model saved before the norm (afp_trunk) switch has BatchNorm (one network per AFP)
+        model = LENS(**{k: meta[k] for k in MODEL_ARGS}, norm=meta.get("norm", "batch"),
+                     afp_trunk=meta.get("afp_trunk", "per_dataset"))
         model.load_state_dict(blob["state_dict"])
     except Exception as e:  # noqa: BLE001 - whatever the file holds instead, name it
         raise InputError(f"{path}: not a LENS model file ({type(e).__name__}: {e})") from e

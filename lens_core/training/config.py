@@ -13,6 +13,7 @@ from lens_core.label_kinds import GT_LIKE_KINDS, IGNORE_KINDS
 
 DATASETS = ("deeplesion", "luna", "lits", "nihln")
 NORMS = ("batch", "group")
+AFP_TRUNKS = ("per_dataset", "shared")  # lens_core.model.afp's
 
 
 @dataclass
@@ -73,6 +74,9 @@ class TrainConfig:
     # one dataset each (Sec. VI-B), so BatchNorm's running statistics, used at inference, mix the datasets'
     # domains; the paper's backbone starts from ImageNet statistics, a from-scratch one has no such anchor.
     norm: str = "batch"
+    # The AFPs: "per_dataset" (each its own network, the paper's) or "shared" (one 3x3 layer per branch for all,
+    # each AFP its own 1x1 output layer, as the experts share the head's FC layers): issue 22's cheaper model.
+    afp_trunk: str = "per_dataset"
     # Start from these LENS weights (a lens.pt of the same experts) instead of at random: round 2 from round 1
     # (mining.round2_init). None = from scratch.
     init_from: str | None = None
@@ -137,6 +141,8 @@ class TrainConfig:
                              "scratch (recorded as a deviation)")
         if self.norm not in NORMS:
             raise ValueError(f"norm must be one of {NORMS}, got {self.norm!r}")
+        if self.afp_trunk not in AFP_TRUNKS:
+            raise ValueError(f"afp_trunk must be one of {AFP_TRUNKS}, got {self.afp_trunk!r}")
         if self.norm != "batch" and self.preset != "cpu":
             raise ValueError(f"norm {self.norm!r} is for the cpu preset; the paper preset keeps DenseNet's BatchNorm")
         if isinstance(self.val_every, bool) or not isinstance(self.val_every, int) or self.val_every < 0:

@@ -32,9 +32,10 @@ def build_model(cfg: TrainConfig) -> tuple[LENS, dict]:
         "datasets": list(cfg.datasets), "preset": cfg.preset, "n_slices": cfg.slices,
         "fc_dim": cfg.fc_dim, "rois_per_image": cfg.rois_per_image,
         "fuse_experts": list(cfg.fuse_experts or cfg.datasets), "config": cfg.to_dict(), "norm": cfg.norm,
+        "afp_trunk": cfg.afp_trunk,
     }
     return LENS(cfg.datasets, cfg.preset, cfg.slices, cfg.weights_path, cfg.fc_dim, cfg.rois_per_image,
-                kernels=cfg.kernels, norm=cfg.norm), meta
+                kernels=cfg.kernels, norm=cfg.norm, afp_trunk=cfg.afp_trunk), meta
 
 
 def make_optimizer(model: torch.nn.Module, lr: float, kernels: str = "fast") -> torch.optim.Optimizer:
