@@ -3,9 +3,10 @@ on a Quadro RTX 6000 for the paper's model).
 
 Training: full steps (forward, Eq. 3 losses, backward, the training loop's optimizer step) on batches from one
 dataset, 4 dataset AFPs/experts, at the default run's settings (config.yaml `train:`: 6 slices, 48 px crops,
-batch 8, 32 head RoIs per image). Inference: `propose_volume`, the path `lens propose` and `lens detect` share (2.5D stacks, every
-expert, proposal fusion, the per-slice table), on a CT-sized volume (112 x 144 px, the built-in corpus's mean
-DeepLesion-like slice at 2 mm). Random weights and images: the speed, not the result, is measured.
+batch 8, 32 head RoIs per image, the AFP trunk of `train.afp_trunk`). Inference: `propose_volume`, the path
+`lens propose` and `lens detect` share (2.5D stacks, every expert, proposal fusion, the per-slice table), on a
+CT-sized volume (112 x 144 px, the built-in corpus's mean DeepLesion-like slice at 2 mm). Random weights and
+images: the speed, not the result, is measured.
 
     python benchmarks/lens_speed.py [--size 112,144] [--threads N] [--precision fp32|bf16] [--compare REF]
 
@@ -222,7 +223,8 @@ def main() -> None:
                 for k in ("samples_per_s", "slices_per_s"):
                     b[k] = max(b[k], r[k])
                 b["ms_per_slice"] = 1000 / b["slices_per_s"]
-    print(f"device: {res['device']}; {len(DATASETS)} datasets; this: {here} (precision {a.precision}, AFPs {afp_trunk(a)}); "
+    print(f"device: {res['device']}; {len(DATASETS)} datasets; "
+          f"this: {here} (precision {a.precision}, AFPs {afp_trunk(a)}); "
           f"REF: {a.compare} (fp32); best of {a.rounds} alternating runs each")
     for preset in best["this"]:
         t, r = best["this"][preset], best["ref"][preset]

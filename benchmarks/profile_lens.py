@@ -59,6 +59,9 @@ def main() -> None:
 
     train_cfg = dict(yaml.safe_load(a.config.read_text())["train"])
     train_cfg["epochs"] = 1
+    # the steps alone: with val_every the epoch would end in a validation pass (whole-slice inference, as
+    # `lens propose`, which is profiled apart below)
+    train_cfg["val_every"] = 0
     if a.steps:
         train_cfg["steps_per_epoch"] = a.steps
     cfg = config_from_mapping(train_cfg, str(a.config))

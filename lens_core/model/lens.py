@@ -205,10 +205,8 @@ class LENS(nn.Module):
         feat = self.backbone(images, channels_last=self.kernels == "fast")
         proposals, cells, afp_probs = self._pooled_proposals(feat, images.shape[-2:])
         x = self.head.shared_features(feat, proposals)
-        h, w = images.shape[-2:]
-        if self.kernels == "fast":
-            return self._experts_at_once(x, proposals, cells, afp_probs, (h, w))
         out, start = [], 0
+        h, w = images.shape[-2:]
         for i, p in enumerate(proposals):
             xi = x[start:start + len(p)]
             start += len(p)
@@ -229,28 +227,6 @@ class LENS(nn.Module):
                 "scores": torch.stack(scores, 1),
             })
         return out
-
-    def _experts_at_once(self, x: torch.Tensor, proposals: list[torch.Tensor], cells: list[torch.Tensor],
-                         afp_probs: torch.Tensor, image_hw) -> list[dict[str, torch.Tensor]]:
-        """:meth:`detect`'s per-image, per-expert loop as one product over the batch's RoIs: every expert's class
-        and box layers stacked into one linear layer, one decode (the same sums; the fast kernels)."""
-        h, w = image_hw
-        d = len(self.datasets)
-        weight = torch.cat([torch.cat([self.head.cls[k].weight, self.head.box[k].weight]) for k in self.datasets])
-        bias = torch.cat([torch.cat([self.head.cls[k].bias, self.head.box[k].bias]) for k in self.datasets])
-        y = F.linear(x, weight, bias).float().reshape(len(x), d, 5)  # [N, D, (logit, 4 deltas)]
-        rois = torch.cat(proposals).float()
-        boxes = coder.decode(rois[:, None].expand(-1, d, -1).reshape(-1, 4), y[..., 1:].reshape(-1, 4))
-        boxes = boxes.reshape(len(x), d, 4)
-        boxes[..., 0::2] = boxes[..., 0::2].clamp(0, w)
-        boxes[..., 1::2] = boxes[..., 1::2].clamp(0, h)
-        probs = torch.sigmoid(y[..., 0])  # [N, D]
-        if self.score == "two_stage":
-            image = torch.arange(len(proposals)).repeat_interleave(torch.tensor([len(p) for p in proposals]))
-            probs = torch.sqrt(probs * afp_probs[image, :, torch.cat(cells)])
-        sizes = [len(p) for p in proposals]
-        return [{"rois": r, "boxes": b.transpose(0, 1), "scores": s}
-                for r, b, s in zip(rois.split(sizes), boxes.split(sizes), probs.split(sizes))]
 
 
 MODEL_ARGS = ("datasets", "preset", "n_slices", "fc_dim", "rois_per_image")

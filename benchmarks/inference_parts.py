@@ -1,0 +1,98 @@
+"""Where one slice of `lens propose` spends its time, part by part (issue 22), for each AFP trunk side by side.
+
+    scripts/in-env python benchmarks/inference_parts.py [--threads 1] [--precision bf16] [--reps 2]
+
+Runs `propose_volume` (the path `lens propose` and `lens detect` share) on the CT-like 32-slice 112 x 144 volume of
+benchmarks/lens_speed.py, with random weights, and times the model's parts by wrapping their methods: the
+backbone's CNN stages and FPN, the AFPs (the centerness maps, the boxes at the best cells, their NMS), ROIAlign and
+the head's FC layers. Parts nest (the AFPs' boxes include their size branch at the proposing cells); "propose_volume"
+is everything, and what its parts leave is Python around them: stacking, fusion and the table.
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import functools
+import time
+
+import numpy as np
+import torch
+
+DATASETS = ["deeplesion", "luna", "lits", "nihln"]
+
+
+def timed_parts(totals: collections.Counter) -> None:
+    """Wrap the methods whose time is reported; each adds its seconds to ``totals[label]``."""
+    from lens_core.inference import expert_proposals
+    from lens_core.model import afp, backbone, head, lens
+
+    parts = [(backbone._CpuStages, "forward", "backbone: CNN stages"),
+             (backbone.Backbone, "_finest_fpn_level", "backbone: FPN"),
+             (lens.LENS, "_pooled_proposals", "AFPs: all (maps, boxes, NMS, pooling)"),
+             (lens.LENS, "_trunk", "AFPs: shared trunk maps"),
+             (afp.AnchorFreeProposalNetwork, "centerness", "AFPs: per-AFP centerness maps"),
+             (afp.AnchorFreeProposalNetwork, "proposals", "AFPs: boxes at the best cells + NMS"),
+             (afp.AnchorFreeProposalNetwork, "distances_at", "AFPs: size branch at those cells"),
+             (head.MultiTaskHead, "shared_features", "head: ROIAlign + shared FCs"),
+             (lens.LENS, "detect", "LENS.detect"),
+             (expert_proposals, "propose_volume", "propose_volume")]
+    for owner, name, label in parts:
+        fn = getattr(owner, name, None)
+        if fn is None or getattr(fn, "_timed", False):
+            continue
+
+        def wrapper(*a, _fn=fn, _label=label, **k):
+            t = time.perf_counter()
+            try:
+                return _fn(*a, **k)
+            finally:
+                totals[_label] += time.perf_counter() - t
+
+        functools.update_wrapper(wrapper, fn)
+        wrapper._timed = True
+        setattr(owner, name, wrapper)
+
+
+def ct_volume(h: int = 112, w: int = 144, depth: int = 32) -> np.ndarray:
+    """benchmarks/lens_speed.py's volume: air around a noisy soft-tissue body, uint8 window levels."""
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:h, :w]
+    body = ((yy - h / 2) / (0.42 * h)) ** 2 + ((xx - w / 2) / (0.45 * w)) ** 2 < 1
+    return np.where(body, 66 + rng.normal(0, 3, (depth, h, w)), 0).clip(0, 255).astype(np.uint8)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--threads", type=int, default=1, help="torch threads (the default run proposes with 1)")
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="bf16")
+    p.add_argument("--reps", type=int, default=2, help="timed passes over the volume")
+    a = p.parse_args()
+    torch.set_num_threads(a.threads)
+    from lens_core.inference import expert_proposals
+    from lens_core.model.lens import LENS
+
+    totals: collections.Counter = collections.Counter()
+    timed_parts(totals)
+    volume = ct_volume()
+    rows = {}
+    for trunk in ("per_dataset", "shared"):
+        torch.manual_seed(0)
+        model = LENS(DATASETS, preset="cpu", n_slices=6, afp_trunk=trunk).eval()
+        run = functools.partial(expert_proposals.propose_volume, model, volume, DATASETS, torch.device("cpu"),
+                                precision=a.precision)
+        run()  # warm-up
+        totals.clear()
+        for _ in range(a.reps):
+            run()
+        rows[trunk] = {k: 1000 * v / (a.reps * len(volume)) for k, v in totals.items()}
+    print(f"ms per slice, {a.threads} thread(s), {a.precision}, 4 AFPs/experts, 112 x 144 slices, random weights")
+    labels = sorted({k for r in rows.values() for k in r}, key=lambda k: -rows["per_dataset"].get(k, 0))
+    print(f"{'part':42s} {'per_dataset':>12s} {'shared':>8s}")
+    for k in labels:
+        print(f"{k:42s} {rows['per_dataset'].get(k, 0):12.2f} {rows['shared'].get(k, 0):8.2f}")
+    ratio = rows["per_dataset"]["propose_volume"] / rows["shared"]["propose_volume"]
+    print(f"shared / per_dataset slices per second: {ratio:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
