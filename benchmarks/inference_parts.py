@@ -15,10 +15,9 @@ import collections
 import functools
 import time
 
-import numpy as np
 import torch
 
-DATASETS = ["deeplesion", "luna", "lits", "nihln"]
+from lens_speed import DATASETS, ct_volume  # the same volume and experts as the speed benchmark
 
 
 def timed_parts(totals: collections.Counter) -> None:
@@ -53,14 +52,6 @@ def timed_parts(totals: collections.Counter) -> None:
         setattr(owner, name, wrapper)
 
 
-def ct_volume(h: int = 112, w: int = 144, depth: int = 32) -> np.ndarray:
-    """benchmarks/lens_speed.py's volume: air around a noisy soft-tissue body, uint8 window levels."""
-    rng = np.random.default_rng(0)
-    yy, xx = np.mgrid[:h, :w]
-    body = ((yy - h / 2) / (0.42 * h)) ** 2 + ((xx - w / 2) / (0.45 * w)) ** 2 < 1
-    return np.where(body, 66 + rng.normal(0, 3, (depth, h, w)), 0).clip(0, 255).astype(np.uint8)
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--threads", type=int, default=1, help="torch threads (the default run proposes with 1)")
@@ -73,7 +64,7 @@ def main() -> None:
 
     totals: collections.Counter = collections.Counter()
     timed_parts(totals)
-    volume = ct_volume()
+    volume = ct_volume(112, 144, 32)
     rows = {}
     for trunk in ("per_dataset", "shared"):
         torch.manual_seed(0)

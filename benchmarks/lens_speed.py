@@ -58,9 +58,18 @@ def precision_context(dev, precision: str):
     return autocast(dev)
 
 
-def bench(preset: str, slices: int, crop: int, batch: int, hw: tuple[int, int], depth: int, steps: int,
-          reps: int, dev, precision: str, afp_trunk: str = "per_dataset", rois: int = 64) -> dict:
+def ct_volume(h: int, w: int, depth: int):
+    """A CT-like uint8 volume (window -1024..3071 HU -> 0..255): air around a noisy soft-tissue body."""
     import numpy as np
+
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:h, :w]
+    body = ((yy - h / 2) / (0.42 * h)) ** 2 + ((xx - w / 2) / (0.45 * w)) ** 2 < 1
+    return np.where(body, 66 + rng.normal(0, 3, (depth, h, w)), 0).clip(0, 255).astype(np.uint8)
+
+
+def bench(preset: str, slices: int, crop: int, batch: int, hw: tuple[int, int], depth: int, steps: int,
+          reps: int, dev, precision: str, afp_trunk: str = "per_dataset", rois: int = 32) -> dict:
     import torch
 
     try:
@@ -101,12 +110,7 @@ def bench(preset: str, slices: int, crop: int, batch: int, hw: tuple[int, int], 
     train_s = time.perf_counter() - t
 
     model.eval()
-    # a CT-like uint8 volume (window -1024..3071 HU -> 0..255): air around a noisy soft-tissue body
-    rng = np.random.default_rng(0)
-    h, w = hw
-    yy, xx = np.mgrid[:h, :w]
-    body = ((yy - h / 2) / (0.42 * h)) ** 2 + ((xx - w / 2) / (0.45 * w)) ** 2 < 1
-    volume = np.where(body, 66 + rng.normal(0, 3, (depth, h, w)), 0).clip(0, 255).astype(np.uint8)
+    volume = ct_volume(*hw, depth)
     fuse = list(DATASETS)
 
     # the precision switch reaches propose_volume where this checkout has it
