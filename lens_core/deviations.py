@@ -54,6 +54,9 @@ REGISTRY: tuple[Deviation, ...] = (
               "each dataset's AFP is its own network in the paper; shared gives the AFPs one 3x3 layer per branch "
               "(each keeps its own 1x1 output layer, as each expert keeps its own output layers on the shared FCs): "
               "cheaper CPU inference and training (docs/speed.md)"),
+    Deviation("train.fpn_channels", None,
+              "null keeps the preset's FPN width (the paper preset's 256; the cpu preset's 64 is already its own); a "
+              "number narrows it: the lean CPU model of docs/speed.md"),
     Deviation("train.batch_size", 4, "small crops instead of whole slices: more images per optimizer step"),
     Deviation("train.crop_size", None,
               "whole slices in the paper; random crops that keep a lesion whole make CPU steps cheap"),

@@ -194,6 +194,10 @@ def test_the_training_config_given_inline_is_the_config_files_section(tmp_path):
 @pytest.mark.parametrize("argv, message", [
     (["train", "--prep-dir", "p", "--out", "o", "--config-json", "{epochs: 2"], "--config-json: not valid JSON"),
     (["train", "--prep-dir", "p", "--out", "o", "--config-json", '{"epoch": 2}'], "unknown training config keys"),
+    (["train", "--prep-dir", "p", "--out", "o", "--config-json", '{"pool_top_n": 0}'],
+     "pool_top_n must be a positive integer, got 0"),
+    (["train", "--prep-dir", "p", "--out", "o", "--config-json", '{"afp_pre_nms": 50, "proposals_per_afp": 80}'],
+     "proposals_per_afp (80) exceeds afp_pre_nms (50)"),
     (["synthesize", "--out", "o", "--config-json", "[1]"], "--config-json: the corpus config must be a mapping"),
     (["synthesize", "--out", "o", "--config-json", '{"deeplesion": {"patiens": 2}}'], "patiens"),
 ])

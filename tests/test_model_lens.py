@@ -278,3 +278,31 @@ def test_a_shared_trunk_model_file_loads_shared(tmp_path):
     assert loaded.afp_trunk == "shared" and loaded.afps["a"].center[0] is loaded.afps["b"].center[0]
     x = torch.randn(1, 3, H, W)
     assert torch.equal(model.detect(x)[0]["scores"], loaded.detect(x)[0]["scores"])
+
+
+# ------------------------------------------------------------------ the model's size: fpn_channels, proposal counts
+def test_the_model_size_keys_shape_the_network_and_bound_the_boxes_the_head_scores(tmp_path):
+    """fpn_channels narrows the map the AFPs and the head read; pool_top_n bounds the RoIs per slice (the head's
+    cost at inference); proposals_per_afp bounds each AFP's share; a model file rebuilds the same model."""
+    torch.manual_seed(0)
+    args = {"fpn_channels": 16, "afp_pre_nms": 40, "proposals_per_afp": 20, "pool_top_n": 12}
+    model = LENS(["a", "b"], "cpu", 3, fc_dim=32, **args).eval()
+    wide = LENS(["a", "b"], "cpu", 3, fc_dim=32).eval()
+    assert model.backbone.out_channels == 16 and wide.backbone.out_channels == 64
+    assert model.head.shared[1].in_features == 16 * 7 * 7
+    x = torch.randn(2, 3, 96, 96)
+    with torch.no_grad():
+        feat = model.backbone(x)
+        assert feat.shape[1] == 16
+        per_afp = model.afps["a"].proposals(model.afps["a"].centerness(feat), None, (96, 96), pre_nms_top_n=40,
+                                            post_nms_top_n=20, feat=feat)
+    assert all(len(boxes) <= 20 for boxes, _, _ in per_afp)
+    out, out_wide = model.detect(x), wide.detect(x)
+    assert all(len(o["rois"]) == 12 for o in out), "random weights propose more than 12 distinct boxes"
+    assert all(len(o["rois"]) > 12 for o in out_wide)
+    meta = {"datasets": ["a", "b"], "preset": "cpu", "n_slices": 3, "fc_dim": 32, "rois_per_image": 64, **args}
+    save_lens(tmp_path / "lens.pt", model, meta)
+    loaded, _ = load_lens(tmp_path / "lens.pt")
+    assert (loaded.backbone.out_channels, loaded.afp_pre_nms, loaded.proposals_per_afp, loaded.pool_top_n) == \
+        (16, 40, 20, 12)
+    assert torch.equal(model.detect(x)[0]["scores"], loaded.detect(x)[0]["scores"])

@@ -141,17 +141,25 @@ class Backbone(nn.Module):
         return fpn.get_result_from_layer_blocks(last, 0)
 
 
-def build_backbone(preset: str, n_slices: int, weights_path: str | None = None, norm: str = "batch") -> Backbone:
-    """The ``paper`` or ``cpu`` backbone (see module doc); ``norm``: the cpu preset's :func:`norm_layer`."""
+# The FPN's width per preset (its output map's channels, which the AFPs and the head's ROIAlign read).
+FPN_CHANNELS = {"paper": 256, "cpu": 64}
+
+
+def build_backbone(preset: str, n_slices: int, weights_path: str | None = None, norm: str = "batch",
+                   fpn_channels: int | None = None) -> Backbone:
+    """The ``paper`` or ``cpu`` backbone (see module doc); ``norm``: the cpu preset's :func:`norm_layer`;
+    ``fpn_channels``: the FPN's width (None: the preset's, ``FPN_CHANNELS``)."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown backbone preset {preset!r}; choose one of {PRESETS}")
+    width = fpn_channels or FPN_CHANNELS[preset]
     if preset == "paper":
         if norm != "batch":
             raise ValueError(f"norm {norm!r}: the paper preset keeps DenseNet-121's BatchNorm")
-        return Backbone(_DenseNetStages(weights_path), n_slices, fpn_from=0, out_channels=256)
+        return Backbone(_DenseNetStages(weights_path), n_slices, fpn_from=0, out_channels=width)
     if preset == "cpu":
         if weights_path:
             raise ValueError("the cpu preset has no pretrained weights")
         # Output at stride 2 (all four stages enter the FPN): the small corpus's lesions are only
         # 4-20 px, and at stride 4 their boxes localised too coarsely (IoU >= 0.5 recall of a tiny
         # overfit run 0.6-0.9 at stride 4 vs 1.0 at stride 2, for ~35% more time per step).
-        return Backbone(_CpuStages(norm=norm), n_slices, fpn_from=0, out_channels=64)
-    raise ValueError(f"unknown backbone preset {preset!r}; choose one of {PRESETS}")
+        return Backbone(_CpuStages(norm=norm), n_slices, fpn_from=0, out_channels=width)

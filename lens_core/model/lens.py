@@ -58,6 +58,7 @@ class LENS(nn.Module):
         kernels: ``KERNELS`` (a setting of the run, not of the weights: not saved with them).
         norm: the cpu preset's normalisation layers (:func:`~lens_core.model.backbone.norm_layer`).
         afp_trunk: ``AFP_TRUNKS``: each AFP its own network, or their 3x3 layers shared (``lens_core.model.afp``).
+        fpn_channels: the FPN's width (None: the preset's, ``lens_core.model.backbone.FPN_CHANNELS``).
     """
 
     def __init__(
@@ -77,12 +78,13 @@ class LENS(nn.Module):
         kernels: str = "fast",
         norm: str = "batch",
         afp_trunk: str = "per_dataset",
+        fpn_channels: int | None = None,
     ):
         super().__init__()
         if not datasets or len(set(datasets)) != len(datasets):
             raise ValueError(f"datasets must be a non-empty list of distinct names, got {datasets}")
         self.datasets = list(datasets)
-        self.backbone = build_backbone(preset, n_slices, weights_path, norm)
+        self.backbone = build_backbone(preset, n_slices, weights_path, norm, fpn_channels)
         self.norm = norm
         c, s = self.backbone.out_channels, self.backbone.stride
         # cpu preset: half-width AFP branches. All D AFPs run on every step's stride-2 map to pool
@@ -230,6 +232,9 @@ class LENS(nn.Module):
 
 
 MODEL_ARGS = ("datasets", "preset", "n_slices", "fc_dim", "rois_per_image")
+# Constructor arguments added later, with the value every model saved before them was built with.
+LATER_ARGS = {"norm": "batch", "afp_trunk": "per_dataset", "fpn_channels": None, "afp_pre_nms": 300,
+              "proposals_per_afp": 100, "pool_top_n": 200}
 
 
 def save_lens(path, model: LENS, meta: dict) -> None:
@@ -248,9 +253,7 @@ def load_lens(path, device="cpu") -> tuple[LENS, dict]:
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
         meta = blob["meta"]
-        # a model saved before the norm (afp_trunk) switch has BatchNorm (one network per AFP)
-        model = LENS(**{k: meta[k] for k in MODEL_ARGS}, norm=meta.get("norm", "batch"),
-                     afp_trunk=meta.get("afp_trunk", "per_dataset"))
+        model = LENS(**{k: meta[k] for k in MODEL_ARGS}, **{k: meta.get(k, v) for k, v in LATER_ARGS.items()})
         model.load_state_dict(blob["state_dict"])
     except Exception as e:  # noqa: BLE001 - whatever the file holds instead, name it
         raise InputError(f"{path}: not a LENS model file ({type(e).__name__}: {e})") from e

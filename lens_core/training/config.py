@@ -77,6 +77,13 @@ class TrainConfig:
     # The AFPs: "per_dataset" (each its own network, the paper's) or "shared" (one 3x3 layer per branch for all,
     # each AFP its own 1x1 output layer, as the experts share the head's FC layers): issue 22's cheaper model.
     afp_trunk: str = "per_dataset"
+    # The model's size where the paper gives no number (issue 22; docs/speed.md, "The lean model"): the FPN's width
+    # (None: the preset's, 64 cpu / 256 paper), each AFP's best cells entering its NMS and its boxes kept, and the
+    # pooled boxes (after the AFPs' proposals are pooled and NMS'd) that the head scores on each slice.
+    fpn_channels: int | None = None
+    afp_pre_nms: int = 300
+    proposals_per_afp: int = 100
+    pool_top_n: int = 200
     # Start from these LENS weights (a lens.pt of the same experts) instead of at random: round 2 from round 1
     # (mining.round2_init). None = from scratch.
     init_from: str | None = None
@@ -141,6 +148,13 @@ class TrainConfig:
                              "scratch (recorded as a deviation)")
         if self.norm not in NORMS:
             raise ValueError(f"norm must be one of {NORMS}, got {self.norm!r}")
+        for k in ("fpn_channels", "afp_pre_nms", "proposals_per_afp", "pool_top_n"):
+            v = getattr(self, k)
+            if not (v is None and k == "fpn_channels") and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+                raise ValueError(f"{k} must be a positive integer{' or null' if k == 'fpn_channels' else ''}, got {v!r}")
+        if self.proposals_per_afp > self.afp_pre_nms:
+            raise ValueError(f"proposals_per_afp ({self.proposals_per_afp}) exceeds afp_pre_nms ({self.afp_pre_nms}), "
+                             "the cells it keeps them from")
         if self.afp_trunk not in AFP_TRUNKS:
             raise ValueError(f"afp_trunk must be one of {AFP_TRUNKS}, got {self.afp_trunk!r}")
         if self.norm != "batch" and self.preset != "cpu":

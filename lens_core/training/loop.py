@@ -14,7 +14,7 @@ import torch
 from lens_core.deviations import training_deviations
 from lens_core.errors import InputError
 from lens_core.io import read_table
-from lens_core.model.lens import LENS, load_lens, save_lens, total_loss
+from lens_core.model.lens import LATER_ARGS, LENS, load_lens, save_lens, total_loss
 from lens_core.preprocess.schema import prep_meta
 from lens_core.runtime import autocast, resolve_device
 from lens_core.training import engine
@@ -31,11 +31,11 @@ def build_model(cfg: TrainConfig) -> tuple[LENS, dict]:
     meta = {
         "datasets": list(cfg.datasets), "preset": cfg.preset, "n_slices": cfg.slices,
         "fc_dim": cfg.fc_dim, "rois_per_image": cfg.rois_per_image,
-        "fuse_experts": list(cfg.fuse_experts or cfg.datasets), "config": cfg.to_dict(), "norm": cfg.norm,
-        "afp_trunk": cfg.afp_trunk,
+        "fuse_experts": list(cfg.fuse_experts or cfg.datasets), "config": cfg.to_dict(),
+        **{k: getattr(cfg, k) for k in LATER_ARGS},
     }
     return LENS(cfg.datasets, cfg.preset, cfg.slices, cfg.weights_path, cfg.fc_dim, cfg.rois_per_image,
-                kernels=cfg.kernels, norm=cfg.norm, afp_trunk=cfg.afp_trunk), meta
+                kernels=cfg.kernels, **{k: getattr(cfg, k) for k in LATER_ARGS}), meta
 
 
 def make_optimizer(model: torch.nn.Module, lr: float, kernels: str = "fast") -> torch.optim.Optimizer:
