@@ -3,16 +3,18 @@ on a Quadro RTX 6000 for the paper's model).
 
 Training: full steps (forward, Eq. 3 losses, backward, the training loop's optimizer step) on batches from one
 dataset, 4 dataset AFPs/experts, at the default run's settings (config.yaml `train:`: 6 slices, 48 px crops,
-batch 8, 32 head RoIs per image, the AFP trunk of `train.afp_trunk`). Inference: `propose_volume`, the path
+batch 8, 32 head RoIs per image, the model of config.yaml's `train.afp_trunk`, `fpn_channels`, `afp_pre_nms`,
+`proposals_per_afp` and `pool_top_n`). Inference: `propose_volume`, the path
 `lens propose` and `lens detect` share (2.5D stacks, every expert, proposal fusion, the per-slice table), on a
 CT-sized volume (112 x 144 px, the built-in corpus's mean DeepLesion-like slice at 2 mm). Random weights and
 images: the speed, not the result, is measured.
 
-    python benchmarks/lens_speed.py [--size 112,144] [--threads N] [--precision fp32|bf16] [--compare REF]
+    python benchmarks/lens_speed.py [--size 112,144] [--threads N] [--precision fp32|bf16] [--config C] [--compare REF]
 
 --compare REF runs the same benchmark on another checkout REF (e.g. `git worktree add /tmp/ref d879e6b`) in a
 child process, alternating with this checkout, and prints this / REF for each figure: speed is a ratio
-measured in one run, on one machine.
+measured in one run, on one machine. Each checkout builds the model its own config.yaml describes (--config C:
+this checkout builds C's instead; REF always its own).
 """
 from __future__ import annotations
 
@@ -69,7 +71,7 @@ def ct_volume(h: int, w: int, depth: int):
 
 
 def bench(preset: str, slices: int, crop: int, batch: int, hw: tuple[int, int], depth: int, steps: int,
-          reps: int, dev, precision: str, afp_trunk: str = "per_dataset", rois: int = 32) -> dict:
+          reps: int, dev, precision: str, model: dict | None = None, rois: int = 32) -> dict:
     import torch
 
     try:
@@ -80,10 +82,12 @@ def bench(preset: str, slices: int, crop: int, batch: int, hw: tuple[int, int], 
     from lens_core.training.targets import batch_targets
 
     torch.manual_seed(0)
-    # the AFP switch where this checkout has it (d879e6b's AFPs are per dataset)
-    kw = {"afp_trunk": afp_trunk} if "afp_trunk" in inspect.signature(LENS).parameters else {}
-    if not kw and afp_trunk != "per_dataset":
-        raise SystemExit(f"this checkout has no afp_trunk switch (asked for {afp_trunk})")
+    # the model's settings where this checkout has them (d879e6b's LENS has none: its values are its defaults)
+    known = inspect.signature(LENS).parameters
+    missing = {k: v for k, v in (model or {}).items() if k not in known and v != MODEL_DEFAULTS[k]}
+    if missing:
+        raise SystemExit(f"this checkout's LENS has no {sorted(missing)} (asked for {missing})")
+    kw = {k: v for k, v in (model or {}).items() if k in known}
     model = LENS(DATASETS, preset=preset, n_slices=slices, rois_per_image=rois, **kw).to(dev)
     opt = make_optimizer(model, 1e-4)
     images = torch.randn(batch, slices, crop, crop, device=dev)
@@ -144,22 +148,38 @@ def run_all(a) -> dict:
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     out = {"device": name, "rows": {}}
     for preset in a.presets.split(","):
+        # the config's model is the cpu preset's; the paper preset keeps LENS's defaults (config/real.yaml's)
+        model = model_settings(a) if preset == "cpu" else {}
         out["rows"][preset] = {"setting": rows[preset], **bench(*rows[preset], dev=dev, precision=a.precision,
-                                                                 afp_trunk=afp_trunk(a), rois=a.rois)}
+                                                                 model=model, rois=a.rois)}
     return out
 
 
-def afp_trunk(a) -> str:
-    """--afp-trunk, else the checkout's own config.yaml default (train.afp_trunk; none there: per dataset)."""
-    if a.afp_trunk:
-        return a.afp_trunk
+# The model's settings that lens_speed reads from a config's train: section, with the values of a checkout (or a
+# config) that has none of them: d879e6b's model.
+MODEL_DEFAULTS = {"afp_trunk": "per_dataset", "fpn_channels": None, "afp_pre_nms": 300, "proposals_per_afp": 100,
+                  "pool_top_n": 200}
+
+
+def model_settings(a) -> dict:
+    """The model of --config's train: section, else of the lens_core checkout's own config.yaml; --afp-trunk
+    overrides the trunk."""
     import yaml
 
     import lens_core
 
-    cfg = Path(lens_core.__file__).resolve().parent.parent / "config.yaml"
-    train = (yaml.safe_load(cfg.read_text()) or {}).get("train", {}) if cfg.exists() else {}
-    return train.get("afp_trunk", "per_dataset")
+    cfg = a.config or Path(lens_core.__file__).resolve().parent.parent / "config.yaml"
+    train = (yaml.safe_load(Path(cfg).read_text()) or {}).get("train", {}) if Path(cfg).exists() else {}
+    out = {k: train.get(k, v) for k, v in MODEL_DEFAULTS.items()}
+    if a.afp_trunk:
+        out["afp_trunk"] = a.afp_trunk
+    return out
+
+
+def model_text(a) -> str:
+    m = model_settings(a)
+    return (f"AFPs {m['afp_trunk']}, FPN {m['fpn_channels'] or 'preset'}, AFP boxes {m['afp_pre_nms']} -> "
+            f"{m['proposals_per_afp']}, head RoIs {m['pool_top_n']}")
 
 
 def describe(preset: str, r: dict) -> str:
@@ -199,6 +219,8 @@ def main() -> None:
                    help="autocast precision (bf16 on the CPU: the runtime.precision switch)")
     p.add_argument("--afp-trunk", choices=["per_dataset", "shared"], default=None,
                    help="the AFPs of this checkout (default: its config.yaml's train.afp_trunk); REF keeps its own")
+    p.add_argument("--config", type=Path, default=None,
+                   help="build the model of this config's train: section (default: the checkout's config.yaml)")
     p.add_argument("--compare", type=Path, default=None, metavar="REF",
                    help="another checkout: run the same benchmark there too and print the ratios")
     p.add_argument("--rounds", type=int, default=2, help="with --compare: alternating runs of each (best kept)")
@@ -209,14 +231,15 @@ def main() -> None:
         return
     if a.compare is None:
         res = run_all(a)
-        print(f"device: {res['device']}; {len(DATASETS)} datasets; precision {a.precision}; "
-              f"AFPs {afp_trunk(a)}")
+        print(f"device: {res['device']}; {len(DATASETS)} datasets; precision {a.precision}; {model_text(a)}")
         for preset, r in res["rows"].items():
             print(describe(preset, r))
         return
     here = Path(__file__).resolve().parent.parent
     argv = [x for x in sys.argv[1:] if x not in ("--compare", str(a.compare))]
-    own = ("--precision", "--afp-trunk")  # this checkout's switches: REF runs at its own defaults
+    if a.config:  # the children run in their checkouts' folders
+        argv = [str(a.config.resolve()) if Path(x) == a.config else x for x in argv]
+    own = ("--precision", "--afp-trunk", "--config")  # this checkout's switches: REF runs at its own defaults
     ref_argv = [x for i, x in enumerate(argv) if x not in own and (i == 0 or argv[i - 1] not in own)]
     best: dict[str, dict] = {}
     for _ in range(a.rounds):  # alternate, so drifting load hits both alike; keep each one's best
@@ -228,7 +251,7 @@ def main() -> None:
                     b[k] = max(b[k], r[k])
                 b["ms_per_slice"] = 1000 / b["slices_per_s"]
     print(f"device: {res['device']}; {len(DATASETS)} datasets; "
-          f"this: {here} (precision {a.precision}, AFPs {afp_trunk(a)}); "
+          f"this: {here} (precision {a.precision}, {model_text(a)}); "
           f"REF: {a.compare} (fp32); best of {a.rounds} alternating runs each")
     for preset in best["this"]:
         t, r = best["this"][preset], best["ref"][preset]
