@@ -50,6 +50,7 @@ print(l.groupby('epoch')[['total', 'grad_norm']].mean().round(3).to_string())"
 train_paper() {
     lens train --prep-dir "$R/prep" --config config.yaml --config-section train \
         --set preset=paper paper_from_scratch=true slices=9 crop_size=null epochs=2 'lr_steps=[1]' lr=0.0001 warmup_steps=0 batch_size=4 \
+        afp_trunk=per_dataset fpn_channels=null afp_pre_nms=300 proposals_per_afp=100 pool_top_n=200 \
         --device "$DEV" --out "$O/train_paper" --no-progress
 }
 

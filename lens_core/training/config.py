@@ -81,9 +81,9 @@ class TrainConfig:
     # (None: the preset's, 64 cpu / 256 paper), each AFP's best cells entering its NMS and its boxes kept, and the
     # pooled boxes (after the AFPs' proposals are pooled and NMS'd) that the head scores on each slice.
     fpn_channels: int | None = None
-    afp_pre_nms: int = 300
-    proposals_per_afp: int = 100
-    pool_top_n: int = 200
+    afp_pre_nms: int = 100
+    proposals_per_afp: int = 50
+    pool_top_n: int = 50
     # Start from these LENS weights (a lens.pt of the same experts) instead of at random: round 2 from round 1
     # (mining.round2_init). None = from scratch.
     init_from: str | None = None
@@ -151,7 +151,8 @@ class TrainConfig:
         for k in ("fpn_channels", "afp_pre_nms", "proposals_per_afp", "pool_top_n"):
             v = getattr(self, k)
             if not (v is None and k == "fpn_channels") and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
-                raise ValueError(f"{k} must be a positive integer{' or null' if k == 'fpn_channels' else ''}, got {v!r}")
+                null = " or null" if k == "fpn_channels" else ""
+                raise ValueError(f"{k} must be a positive integer{null}, got {v!r}")
         if self.proposals_per_afp > self.afp_pre_nms:
             raise ValueError(f"proposals_per_afp ({self.proposals_per_afp}) exceeds afp_pre_nms ({self.afp_pre_nms}), "
                              "the cells it keeps them from")
