@@ -65,20 +65,6 @@ def test_resume_after_a_killed_epoch_gives_the_weights_of_an_uninterrupted_run(p
     assert not all(torch.equal(a[k], c[k]) for k in a)
 
 
-def test_reading_the_next_batch_during_a_step_trains_the_same_model_as_reading_it_after(prep, tmp_path, monkeypatch):
-    """The batch read ahead in the background (loop.PREFETCH) is a function of (seed, epoch, batch) alone."""
-    from lens_core.training import loop
-
-    ahead = train(small_cfg(epochs=2), prep, tmp_path / "ahead", device="cpu", progress=False)
-    monkeypatch.setattr(loop, "PREFETCH", False)
-    inline = train(small_cfg(epochs=2), prep, tmp_path / "inline", device="cpu", progress=False)
-    a = torch.load(ahead, weights_only=True)["state_dict"]
-    b = torch.load(inline, weights_only=True)["state_dict"]
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "ahead" / "losses.parquet"),
-                                  pd.read_parquet(tmp_path / "inline" / "losses.parquet"))
-
-
 def test_a_step_budget_trains_that_many_steps_and_resumes_exactly(prep, tmp_path):
     cfg = small_cfg(steps_per_epoch=2)
     ref = train(cfg, prep, tmp_path / "ref", device="cpu", progress=False)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable
 
@@ -80,60 +79,26 @@ def load_initial_weights(model: LENS, path: str | Path) -> None:
         raise ValueError(f"{path}: init_from: other layers than this training's ({' '.join(str(e).split())[:200]})") \
             from e
 
-# Read each batch while the previous one trains (_LensTrainer._batch): the same batches, so the same model
-PREFETCH = True
-
-
 class _LensTrainer:
     """LENS's epochs for :func:`lens_core.training.engine.run`: one dataset per batch, each epoch's batches
     (and their augmentation, ROI sampling) a function of (seed, epoch, batch); the learning curve's validation
     after every ``val_every`` epochs and the last."""
 
-    def __init__(self, cfg, model, opt, sched, sampler, index, reader, dev, valset, meta, prefetch: bool = True):
+    def __init__(self, cfg, model, opt, sched, sampler, index, reader, dev, valset, meta):
         self.cfg, self.model, self.opt, self.sched, self.sampler = cfg, model, opt, sched, sampler
         self.index, self.reader, self.dev, self.valset, self.meta = index, reader, dev, valset, meta
         self.epochs = cfg.epochs
         self.steps = 0
-        # Batch b + 1 is read while batch b trains: a batch is a function of (seed, epoch, b) alone, so the steps
-        # see the same bytes either way. On the CPU the reading (h5py, augmentation, targets) was ~11 ms of a
-        # ~75 ms step, mostly while the step's single-threaded parts (NMS, Python) left a core idle.
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="lens-batches") if prefetch else None
-        self._plan: tuple[int, list] = (-1, [])
-        self._ahead = None  # ((epoch, b), future of its Batch)
 
     def batches(self, epoch):
-        self._plan = (epoch, self.sampler.plan(epoch))
-        return self._plan[1]
-
-    def _load(self, epoch, b, batch_keys):
-        name, keys = batch_keys
-        rng = self.sampler.rng(epoch, b, 1)
-        return load_batch(keys, self.index[name], self.reader, self.cfg, self.model.stride, rng)
-
-    def _batch(self, epoch, b, batch_keys):
-        """Batch b of the epoch (read ahead when the previous step asked for it), and batch b + 1 asked for."""
-        ahead, self._ahead = self._ahead, None
-        batch = None
-        if ahead is not None:
-            ready = ahead[1].result()  # raises the reading's own error (it names the file)
-            batch = ready if ahead[0] == (epoch, b) else None
-        if batch is None:
-            batch = self._load(epoch, b, batch_keys)
-        plan_epoch, plan = self._plan
-        if self._pool is not None and plan_epoch == epoch and b + 1 < len(plan):
-            self._ahead = ((epoch, b + 1), self._pool.submit(self._load, epoch, b + 1, plan[b + 1]))
-        return batch
-
-    def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
-        self._ahead = None
+        return self.sampler.plan(epoch)
 
     def step(self, epoch, b, batch_keys):
         cfg, model, opt, sampler, dev = self.cfg, self.model, self.opt, self.sampler, self.dev
-        name, _ = batch_keys
+        name, keys = batch_keys
         step = self.steps
-        batch = self._batch(epoch, b, batch_keys)
+        rng = sampler.rng(epoch, b, 1)
+        batch = load_batch(keys, self.index[name], self.reader, cfg, model.stride, rng)
         gen = torch.Generator().manual_seed(int(sampler.rng(epoch, b, 2).integers(2**62)))
         with autocast(dev, cfg.precision):
             losses = model.losses(batch.images.to(dev), name, batch.afp.to(dev),
@@ -223,13 +188,11 @@ def train(
     ckpt_path = out / "checkpoint.pt"
     fingerprint = {"training config": cfg.to_dict(),
                    "input tables": input_fingerprint(cfg, Path(prep_dir), Path(labels) if labels is not None else None)}
-    trainer = _LensTrainer(cfg, model, opt, sched, sampler, index, SliceReader(cfg.slices), dev, valset, meta,
-                           prefetch=PREFETCH)
+    trainer = _LensTrainer(cfg, model, opt, sched, sampler, index, SliceReader(cfg.slices), dev, valset, meta)
     try:
         rows, val_rows = engine.run(trainer, checkpoint=ckpt_path, fingerprint=fingerprint, resume=resume,
                                     progress=progress, desc="epoch", on_step=on_step)
     finally:
-        trainer.close()  # before the reader: a batch may still be reading
         trainer.reader.close()
     val_rows = [r for r in val_rows if r]  # epochs without a validation score have an empty row
     model_path = out / "lens.pt"
