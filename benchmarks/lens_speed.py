@@ -156,7 +156,8 @@ def run_all(a) -> dict:
 
 
 # The model's settings that lens_speed reads from a config's train: section, with the values of a checkout (or a
-# config) that has none of them: d879e6b's model.
+# config) that has none of them: d879e6b's model. lens_core.model.lens.LATER_ARGS holds the same values, but a
+# --compare checkout as old as d879e6b has no LATER_ARGS to import, so they are written here too.
 MODEL_DEFAULTS = {"afp_trunk": "per_dataset", "fpn_channels": None, "afp_pre_nms": 300, "proposals_per_afp": 100,
                   "pool_top_n": 200}
 

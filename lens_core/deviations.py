@@ -53,8 +53,9 @@ REGISTRY: tuple[Deviation, ...] = (
     Deviation("train.afp_trunk", "per_dataset",
               "each dataset's AFP is its own network in the paper; shared gives the AFPs one 3x3 layer per branch "
               "(each keeps its own 1x1 output layer, as each expert keeps its own output layers on the shared FCs): "
-              "part of the lean CPU model, ~2.7x faster training steps and ~5.5x faster proposals than d879e6b, "
-              "validation as high over three seeds (docs/speed.md, \"The lean model\")"),
+              "part of the lean CPU model, 2.40x faster training steps and 5.18x faster proposals than d879e6b "
+              "(benchmarks/lens_speed.py --compare), validation as high over three seeds "
+              "(docs/speed.md, \"The lean model\")"),
     Deviation("train.fpn_channels", None,
               "null keeps the preset's FPN width (the paper preset's 256; the cpu preset's 64 is already its own); "
               "32 is the lean CPU model's (docs/speed.md, \"The lean model\")"),
